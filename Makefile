@@ -1,0 +1,50 @@
+# natsbench: `make demo` runs the default sweep and serves the dashboard; `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.natsbench-installed
+# Every Ray process listens and talks on 127.0.0.1 only; token auth off the same way everywhere.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install system-deps test demo lint clean
+
+install: $(STAMP)
+
+# torch first and pinned: 2.13.0 is the CPU build in the local wheel cache, so the project's
+# `torch==2.13.0` requirement is already met and pip never fetches a CUDA build.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	@$(PY) -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed: ' + torch.__version__"
+	@touch $(STAMP)
+
+# Debian packages the tests drive: docker-compose (validates docker-compose.yml without an engine),
+# chromium + chromium-driver (real-browser dashboard test).
+system-deps:
+	@missing=""; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: install system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+demo: install
+	$(VENV)/bin/natsbench demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache results test-artifacts
