@@ -1,0 +1,71 @@
+"""`lm_text`: streaming perplexity over long real text.
+
+Each instance is a window of held-out text of `context_length` tokens; the model scores it
+token by token with the policy active (`nats_model.generate.score`, as StreamingLLM evaluates
+streaming perplexity). The default corpus is the Python standard library's own source files
+(real text on every machine), split into train and held-out parts by file
+(`nats_model.data.text`); `text_dir=DIR` takes any local folder of .txt files (for example PG-19).
+
+Reported numbers: a perplexity has no accuracy, so a cell's `accuracy` is None; its `extras`
+hold `nll` (mean negative log-likelihood per predicted token, nats) and `ppl` = exp(nll), over
+all predicted tokens of all instances. Each instance's score is its own mean NLL.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from functools import lru_cache
+
+from .base import CountTokens, Instance, Param, Workload
+
+# Bytes per token assumed first for a non-byte tokenizer; the window grows until it is long enough.
+FIRST_BYTES_PER_TOKEN = 4
+
+
+@lru_cache(maxsize=4)
+def _heldout(text_dir: str | None):
+    from nats_model.data.text import TextCorpus
+
+    return TextCorpus.load("heldout", text_dir=text_dir)
+
+
+class LmText(Workload):
+    name = "lm_text"
+    description = "streaming perplexity over held-out real text (stdlib source, or text_dir of .txt)"
+    metric = "perplexity (accuracy None; extras.ppl, extras.nll)"
+    params = (
+        Param("context_length", "int", 1024, "tokens scored per instance", minimum=2, maximum=10_000_000),
+        Param("text_dir", "str", None, "a local folder of .txt files (default: the Python stdlib's source)",
+              nullable=True),
+    )
+
+    def check(self, params: dict) -> None:
+        try:
+            _heldout(params["text_dir"])
+        except ValueError as exc:
+            raise ValueError(f"workload 'lm_text': parameter 'text_dir': {exc}") from None
+
+    def make(self, rng: random.Random, params: dict, index: int, count_tokens: CountTokens,
+             seed: int) -> Instance:
+        corpus = _heldout(params["text_dir"])
+        want = params["context_length"]
+        n_bytes = want + 8  # a few spare bytes: a cut multi-byte character is dropped when decoding
+        state = rng.getstate()
+        while True:
+            rng.setstate(state)
+            text = bytes(corpus.sample(rng, n_bytes)).decode("utf-8", errors="ignore")
+            if count_tokens(text) >= want or n_bytes > 64 * want:
+                break
+            n_bytes = max(n_bytes * 2, want * FIRST_BYTES_PER_TOKEN)
+        return Instance(id=self.instance_id(seed, index), workload=self.name, prompt=text, answer="",
+                        max_new_tokens=0, kind="nll",
+                        meta={"max_tokens": want, "text_dir": params["text_dir"]})
+
+    def score(self, prediction: str, instance: Instance) -> float:
+        raise TypeError("lm_text is scored by per-token NLL (services.evaluation), not by generated text")
+
+
+def perplexity(total_nll: float, n_tokens: int) -> float:
+    """exp(mean NLL); inf for an empty count."""
+    return math.exp(total_nll / n_tokens) if n_tokens else math.inf

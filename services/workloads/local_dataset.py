@@ -1,0 +1,155 @@
+"""`local_dataset`: a local parquet or jsonl file in kvpress's columns, so RULER / LongBench
+exports a user already has can run without any download.
+
+Columns: `context`, `question`, `answer_prefix`, `answer` (a string or a list of strings),
+`max_new_tokens` (optional per row), `task` (optional). The prompt is
+`context + question + answer_prefix`, concatenated as they are (kvpress's datasets carry their
+own separators). Scoring (`metric`): `auto` uses token F1 (best over the references) for QA
+tasks (a task name containing "qa", or LongBench's QA sets) and RULER's `string_match_all`
+otherwise; `string_match_part`, `token_f1` and `exact_match` can be forced.
+`context_length` (tokens) cuts the middle of a longer context, as LongBench does.
+The n instances are a seeded sample of the rows without replacement (all rows when n is larger).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .base import CountTokens, Instance, Param, Workload
+from .scoring import best_token_f1, exact_match, string_match_all, string_match_part
+
+REQUIRED_COLUMNS = ("context", "question", "answer_prefix", "answer")
+QA_TASKS = {"narrativeqa", "qasper", "multifieldqa_en", "multifieldqa_zh", "hotpotqa", "2wikimqa",
+            "musique", "triviaqa", "qa_1", "qa_2"}
+METRICS = ("auto", "string_match_all", "string_match_part", "token_f1", "exact_match")
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a .parquet or .jsonl/.json-lines file as dicts; ValueError on a missing file,
+    another suffix or missing columns."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"workload 'local_dataset': parameter 'path' must be an existing file, got {str(path)!r}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pandas as pd
+
+        rows = pd.read_parquet(path).to_dict(orient="records")
+    elif suffix in (".jsonl", ".json"):
+        rows = []
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{lineno}: not a JSON object per line ({exc.msg})") from None
+    else:
+        raise ValueError(
+            f"workload 'local_dataset': parameter 'path' must end in .parquet or .jsonl, got {path.name!r}"
+        )
+    if not rows:
+        raise ValueError(f"workload 'local_dataset': {path} has no rows")
+    missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
+    if missing:
+        raise ValueError(
+            f"workload 'local_dataset': {path} lacks column(s) {missing}; kvpress columns are "
+            f"{', '.join(REQUIRED_COLUMNS)}, max_new_tokens and task (optional)"
+        )
+    return rows
+
+
+def answers_of(value) -> list[str]:
+    """The reference answers of a row: a string, or a list/array of strings."""
+    if isinstance(value, str):
+        return [value]
+    if hasattr(value, "tolist"):  # numpy arrays from parquet list columns
+        value = value.tolist()
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"workload 'local_dataset': column 'answer' must be a string or a list of strings, got {value!r}")
+
+
+def middle_truncate(text: str, max_tokens: int, count_tokens: CountTokens) -> str:
+    """`text` with its middle cut out so that it has at most `max_tokens` tokens."""
+    if count_tokens(text) <= max_tokens:
+        return text
+    keep = len(text) * max_tokens // max(count_tokens(text), 1)
+    while keep > 0:
+        cut = text[: keep // 2] + text[len(text) - (keep - keep // 2):]
+        if count_tokens(cut) <= max_tokens:
+            return cut
+        keep = int(keep * 0.95)
+    return ""
+
+
+def resolve_metric(metric: str, task: str | None) -> str:
+    if metric != "auto":
+        return metric
+    name = (task or "").lower()
+    return "token_f1" if (name in QA_TASKS or "qa" in name) else "string_match_all"
+
+
+class LocalDataset(Workload):
+    name = "local_dataset"
+    description = "rows of a local parquet/jsonl in kvpress's columns (RULER / LongBench exports)"
+    metric = "string match (RULER) or token F1 (QA), per row"
+    params = (
+        Param("path", "str", None, "the .parquet or .jsonl file (required)", nullable=True),
+        Param("task", "str", None, "keep only rows whose `task` column equals this", nullable=True),
+        Param("metric", "str", "auto", "scoring rule", choices=METRICS),
+        Param("context_length", "int", None, "cut the middle of longer contexts to this many tokens",
+              minimum=1, nullable=True),
+        Param("max_new_tokens", "int", None, "tokens to generate (default: the row's column, else 32)",
+              minimum=1, nullable=True),
+    )
+
+    def check(self, params: dict) -> None:
+        if params["path"] is None:
+            raise ValueError("workload 'local_dataset' needs parameter 'path' (a .parquet or .jsonl file)")
+
+    def instances(self, params: dict | None, n: int, seed: int,
+                  count_tokens: CountTokens | None = None) -> list[Instance]:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n_examples must be a positive integer, got {n!r}")
+        p = self.validate(params)
+        count = count_tokens or (lambda s: len(s.encode("utf-8")))
+        rows = list(enumerate(read_rows(p["path"])))
+        if p["task"] is not None:
+            tasks = sorted({str(r.get("task")) for _, r in rows})
+            rows = [(i, r) for i, r in rows if r.get("task") == p["task"]]
+            if not rows:
+                raise ValueError(f"workload 'local_dataset': parameter 'task' must be one of {tasks}, "
+                                 f"got {p['task']!r}")
+        order = list(range(len(rows)))
+        random.Random(f"{self.name}:{seed}").shuffle(order)
+        return [self._instance(*rows[j], p, count) for j in order[:n]]
+
+    def _instance(self, row_index: int, row: dict, p: dict, count: CountTokens) -> Instance:
+        answers = answers_of(row["answer"])
+        task = row.get("task")
+        task = None if task is None or task != task else str(task)  # NaN from pandas -> None
+        context = str(row["context"])
+        if p["context_length"] is not None:
+            context = middle_truncate(context, p["context_length"], count)
+        max_new = p["max_new_tokens"]
+        if max_new is None:
+            value = row.get("max_new_tokens")
+            max_new = int(value) if value is not None and value == value else 32
+        prompt = context + str(row["question"]) + str(row["answer_prefix"] or "")
+        meta = {"row": row_index, "task": task, "answers": answers, "metric": resolve_metric(p["metric"], task)}
+        return Instance(id=f"{self.name}/row{row_index}", workload=self.name, prompt=prompt,
+                        answer=answers[0], max_new_tokens=max_new, meta=meta)
+
+    def score(self, prediction: str, instance: Instance) -> float:
+        answers, metric = instance.meta["answers"], instance.meta["metric"]
+        if metric == "token_f1":
+            return best_token_f1(prediction, answers)
+        if metric == "string_match_part":
+            return string_match_part(prediction, answers)
+        if metric == "exact_match":
+            return max(exact_match(prediction, a) for a in answers)
+        return string_match_all(prediction, answers)

@@ -1,0 +1,109 @@
+"""Shared machinery of the synthetic workloads: they wrap the task formats of
+`nats_model.data.tasks` (the same functions the models are trained on) and fit their prompts to
+`context_length` tokens of the model's tokenizer.
+
+The task functions size prompts in bytes (the byte-level tokenizer's tokens). For another
+tokenizer the byte length is rescaled by the measured tokens-per-byte ratio (a few rounds, each
+from the same random state, so the content stays a pure function of the seed) and the longest
+prompt that is not longer than `context_length` tokens is kept.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .base import CountTokens, Instance, Param, Workload
+from .scoring import exact_match
+
+FIT_ROUNDS = 6
+
+
+def common_params(context_length: int) -> tuple[Param, ...]:
+    from nats_model.data.tasks import DEFAULT_FILLER
+
+    return (
+        Param("context_length", "int", context_length, "prompt length in tokens of the model's tokenizer",
+              minimum=16, maximum=1_000_000),
+        Param("depth", "float", None, "where the (asked) needle sits in the filler, 0 = start, 1 = end; "
+              "null draws a depth per instance uniformly in [0, 1]", minimum=0.0, maximum=1.0, nullable=True),
+        Param("filler", "str", DEFAULT_FILLER, "the text repeated around the needles"),
+    )
+
+
+def fit_prompt(task, rng: random.Random, kwargs: dict, context_length: int,
+               count_tokens: CountTokens) -> tuple[str, str]:
+    """(prompt, answer) of `task` whose prompt has at most `context_length` tokens (as close as
+    the filler's granularity allows); every round starts from the same random state."""
+    state = rng.getstate()
+    n_bytes = context_length
+    best: tuple[str, str] | None = None
+    best_tokens = -1
+    for _ in range(FIT_ROUNDS):
+        rng.setstate(state)
+        try:
+            prompt, answer = task(rng, context_length=n_bytes, **kwargs)
+        except ValueError:
+            if best is None:
+                raise
+            break
+        tokens = count_tokens(prompt)
+        if tokens == context_length:
+            return prompt, answer
+        if best_tokens < tokens < context_length:
+            best, best_tokens = (prompt, answer), tokens
+        new_bytes = max(1, round(n_bytes * context_length / max(tokens, 1)))
+        if tokens > context_length:
+            new_bytes = min(new_bytes, n_bytes - 1)
+        if new_bytes == n_bytes:
+            break
+        n_bytes = new_bytes
+    if best is None:
+        raise ValueError(
+            f"context_length={context_length} is too small: the task's fixed text alone is longer "
+            "under this tokenizer; use a larger context_length"
+        )
+    return best
+
+
+class SyntheticWorkload(Workload):
+    """A workload over one task format of `nats_model.data.tasks`: subclasses name the task
+    (`task`), list their extra parameters, map parameters to the task's keyword arguments
+    (`task_kwargs`) and score. The default scorer is exact match on the first line."""
+
+    task: str = ""
+    answer_margin_tokens: int = 2
+
+    def task_kwargs(self, params: dict) -> dict:
+        skip = {"context_length", "depth"}
+        return {k: v for k, v in params.items() if k not in skip}
+
+    def check(self, params: dict) -> None:
+        # Run the task once at a generous length so the task's own range checks (e.g. queries
+        # <= pairs) surface as a ValueError at validation time, before any model runs.
+        from nats_model.data import tasks
+
+        kwargs = self.task_kwargs(params)
+        try:
+            getattr(tasks, self.task)(random.Random(0), context_length=1 << 16, depth=0.5, **kwargs)
+        except ValueError as exc:
+            raise ValueError(f"workload {self.name!r}: {exc}") from None
+
+    def make(self, rng: random.Random, params: dict, index: int, count_tokens: CountTokens,
+             seed: int) -> Instance:
+        from nats_model.data import tasks
+
+        depth = params["depth"] if params["depth"] is not None else rng.random()
+        kwargs = dict(self.task_kwargs(params), depth=depth)
+        prompt, answer = fit_prompt(getattr(tasks, self.task), rng, kwargs, params["context_length"],
+                                    count_tokens)
+        meta = {"depth": round(depth, 6), "prompt_tokens": count_tokens(prompt)}
+        meta.update(self.extra_meta(prompt, answer, params))
+        max_new = count_tokens(answer) + self.answer_margin_tokens
+        return Instance(id=self.instance_id(seed, index), workload=self.name, prompt=prompt, answer=answer,
+                        max_new_tokens=max_new, meta=meta)
+
+    def extra_meta(self, prompt: str, answer: str, params: dict) -> dict:
+        return {}
+
+    def score(self, prediction: str, instance: Instance) -> float:
+        return exact_match(prediction, instance.answer)
