@@ -1,0 +1,1 @@
+"""Tests of the NAtS method core (nats_model.mask, scorer, attention)."""
