@@ -1,0 +1,123 @@
+"""Expand a validated sweep into cells, each with its stable run key, and decide what runs.
+
+A cell is one (model, policy + params, workload + params, seed); its config is the plain dict
+of docs/DESIGN.md and its `run_key` is `services.store.run_key(config)`, so the same cell of
+the same code version always gets the same key (resume, idempotent writes). Cells are ordered
+model-first, so a worker that holds a model finds its next cell next to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.spec import SweepSpec
+
+DONE, FAILED, PENDING, RUNNING = "done", "failed", "pending", "running"
+
+
+def _grid(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Product of the list-valued entries; scalars ride along. Keys keep the file's order."""
+    keys = list(params)
+    axes = [params[k] if isinstance(params[k], list) else [params[k]] for k in keys]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
+
+
+def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+    """All cell configs of a sweep, model-major (then workload, policy, seed)."""
+    configs: list[dict[str, Any]] = []
+    for m in spec.models:
+        for w in spec.workloads:
+            for w_params in _grid(w.params):
+                for p in spec.policies:
+                    for p_params in _grid(p.params):
+                        for seed in spec.seeds:
+                            configs.append(
+                                {
+                                    "model": m.name,
+                                    "policy": p.name,
+                                    "policy_params": p_params,
+                                    "workload": w.name,
+                                    "workload_params": w_params,
+                                    "n_examples": w.examples,
+                                    "seed": seed,
+                                    "device": m.device,
+                                    "dtype": m.dtype,
+                                }
+                            )
+    return configs
+
+
+@dataclass
+class Cell:
+    """One unit of work: its run key, its config, and the status the store had before the run."""
+
+    run_key: str
+    config: dict[str, Any]
+    status: str = PENDING
+
+    @property
+    def model_key(self) -> tuple[str, str, str]:
+        c = self.config
+        return (c["model"], c["device"], c["dtype"])
+
+
+@dataclass
+class Plan:
+    """The cells of one sweep split into those to execute now and those skipped."""
+
+    sweep: str
+    cells: list[Cell]
+    todo: list[Cell] = field(default_factory=list)
+    skipped: list[Cell] = field(default_factory=list)
+
+
+def build_cells(spec: SweepSpec) -> list[Cell]:
+    """Cells with run keys; duplicate configs (e.g. the same grid listed twice) collapse."""
+    try:
+        from services.store import run_key
+    except ImportError:  # the package re-exports it; keys is where it lives
+        from services.store.keys import run_key
+
+    seen: dict[str, Cell] = {}
+    for config in expand(spec):
+        key = run_key(config)
+        seen.setdefault(key, Cell(key, config))
+    return list(seen.values())
+
+
+def decide(sweep: str, cells: list[Cell], statuses: dict[str, str], rerun_failed: bool) -> Plan:
+    """Skip done cells (and failed ones unless `rerun_failed`); pending/running cells run."""
+    plan = Plan(sweep=sweep, cells=cells)
+    for cell in cells:
+        cell.status = statuses.get(cell.run_key, PENDING)
+        if cell.status == DONE or (cell.status == FAILED and not rerun_failed):
+            plan.skipped.append(cell)
+        else:
+            plan.todo.append(cell)
+    return plan
+
+
+def describe(config: dict[str, Any]) -> str:
+    """Short human label of a cell: model | policy(params) | workload(params) | seed."""
+
+    def fmt(d: dict[str, Any]) -> str:
+        return ",".join(f"{k}={v}" for k, v in d.items())
+
+    return (
+        f"{config['model']} | {config['policy']}({fmt(config['policy_params'])}) | "
+        f"{config['workload']}({fmt(config['workload_params'])}) x{config['n_examples']} | "
+        f"seed={config['seed']}"
+    )
+
+
+def format_plan(plan: Plan) -> str:
+    """The `--dry-run` listing: one line per cell with its key prefix and what will happen."""
+    lines = [f"sweep {plan.sweep}: {len(plan.cells)} cells, {len(plan.todo)} to run, "
+             f"{len(plan.skipped)} skipped"]
+    todo = {c.run_key for c in plan.todo}
+    for c in plan.cells:
+        action = "run " if c.run_key in todo else "skip"
+        lines.append(f"  {action} {c.run_key[:12]} [{c.status:<7}] {describe(c.config)}")
+    return "\n".join(lines)

@@ -1,0 +1,253 @@
+"""The sweep file: a validated description of models x policies x workloads x seeds.
+
+A sweep file (YAML or JSON) looks like::
+
+    name: smoke
+    models:
+      - {name: random:tiny-gpt, dtype: float32, device: cpu}
+    policies:
+      - {name: full}
+      - {name: streaming_llm, params: {budget: [0.1, 0.5]}}
+    workloads:
+      - {name: passkey, params: {context_len: [256, 512]}, examples: 4}
+    seeds: [0]
+    resources: {workers: 2, gpus_per_worker: 0}
+
+A list in `params` is a grid axis (the cells take its product); a scalar is fixed. Every
+problem is reported with its field path (`policies[1].params.budget[0]`) and, where the set is
+closed, the allowed values; `load_spec` raises `SpecError` before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class SpecError(ValueError):
+    """A sweep file that cannot run: `problems` holds one "path: message" line per fault."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"invalid sweep file {source}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelSpec(_Strict):
+    """One model to load: a reference-model name (models/<name>), a folder path, or a
+    test model name such as `random:tiny-gpt`; `dtype` and `device` say how to load it."""
+
+    name: str = Field(min_length=1)
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+class PolicySpec(_Strict):
+    """One KV policy with its parameter grid (lists are grid axes); `budget` is the kept
+    fraction of the KV cache, in (0, 1]."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkloadSpec(_Strict):
+    """One workload with its parameter grid and the number of examples per cell."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    examples: int = Field(default=8, ge=1)
+
+
+class ResourceSpec(_Strict):
+    """How many `PolicyWorker` actors run at once and what each one reserves."""
+
+    workers: int = Field(default=1, ge=1)
+    gpus_per_worker: float = Field(default=0.0, ge=0.0)
+    cpus_per_worker: float = Field(default=1.0, gt=0.0)
+    max_attempts: int = Field(default=3, ge=1)
+
+
+class SweepSpec(_Strict):
+    """A whole sweep: its unique name, what to cross, and the resources to use."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    models: list[ModelSpec] = Field(min_length=1)
+    policies: list[PolicySpec] = Field(min_length=1)
+    workloads: list[WorkloadSpec] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of the spec (stable across key order)."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _pydantic_problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        path = _path(tuple(err["loc"]))
+        kind = err["type"]
+        if kind == "missing":
+            msg = "required field is missing"
+        elif kind == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        else:
+            msg = f"{err['msg']} (got {err.get('input')!r})"
+        problems.append(f"{path}: {msg}")
+    return problems
+
+
+def _policy_names() -> list[str] | None:
+    try:
+        from nats_model import policies
+    except ImportError:
+        return None
+    fn = getattr(policies, "available", None)
+    return sorted(fn()) if callable(fn) else None
+
+
+def _workload_names() -> list[str] | None:
+    try:
+        from services import workloads
+    except ImportError:
+        return None
+    for attr in ("available", "names", "list_workloads"):
+        fn = getattr(workloads, attr, None)
+        if callable(fn):
+            return sorted(fn())
+    registry = getattr(workloads, "REGISTRY", None) or getattr(workloads, "WORKLOADS", None)
+    return sorted(registry) if isinstance(registry, dict) else None
+
+
+def _axis(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _check_budgets(path: str, params: dict[str, Any], problems: list[str]) -> None:
+    if "budget" not in params:
+        return
+    raw = params["budget"]
+    values = _axis(raw)
+    if isinstance(raw, list) and not raw:
+        problems.append(f"{path}.budget: an empty list gives no cells; give one or more numbers in (0, 1]")
+    for i, b in enumerate(values):
+        where = f"{path}.budget" + (f"[{i}]" if isinstance(raw, list) else "")
+        if b is None:
+            continue
+        if isinstance(b, bool) or not isinstance(b, int | float):
+            problems.append(f"{where}: must be a number in (0, 1] or null, got {b!r}")
+        elif not 0.0 < float(b) <= 1.0:
+            problems.append(f"{where}: must be in (0, 1] (the kept fraction of the KV cache), got {b!r}")
+
+
+def _check_grid(path: str, params: dict[str, Any], problems: list[str]) -> None:
+    for key, value in params.items():
+        if isinstance(value, list) and not value:
+            problems.append(f"{path}.{key}: an empty list gives no cells; give at least one value")
+
+
+def _check_workload_params(i: int, w: WorkloadSpec, problems: list[str]) -> None:
+    """Every grid combination through the workload's own validator (names, ranges, cross-checks)."""
+    import itertools
+
+    from services import workloads
+
+    validate = getattr(workloads.get(w.name), "validate", None)
+    if validate is None or any(isinstance(v, list) and not v for v in w.params.values()):
+        return
+    keys = list(w.params)
+    axes = [w.params[k] if isinstance(w.params[k], list) else [w.params[k]] for k in keys]
+    seen: set[str] = set()
+    for combo in itertools.product(*axes):
+        try:
+            validate(dict(zip(keys, combo, strict=True)))
+        except (ValueError, TypeError) as exc:
+            msg = f"workloads[{i}].params: {exc}"
+            if msg not in seen:
+                seen.add(msg)
+                problems.append(msg)
+
+
+def check_semantics(spec: SweepSpec) -> list[str]:
+    """Checks pydantic cannot do: registry names, budget ranges, dtypes, devices, duplicates."""
+    problems: list[str] = []
+    for i, m in enumerate(spec.models):
+        if m.dtype not in DTYPES:
+            problems.append(f"models[{i}].dtype: unknown dtype {m.dtype!r}; allowed: {', '.join(DTYPES)}")
+        dev = m.device.split(":")[0]
+        if dev not in DEVICES or (":" in m.device and not m.device.split(":", 1)[1].isdigit()):
+            problems.append(
+                f"models[{i}].device: unknown device {m.device!r}; allowed: cpu, cuda, cuda:N, auto"
+            )
+    policy_names = _policy_names()
+    for i, p in enumerate(spec.policies):
+        if policy_names is not None and p.name not in policy_names:
+            problems.append(
+                f"policies[{i}].name: unknown policy {p.name!r}; allowed: {', '.join(policy_names)}"
+            )
+        _check_grid(f"policies[{i}].params", p.params, problems)
+        _check_budgets(f"policies[{i}].params", p.params, problems)
+    workload_names = _workload_names()
+    for i, w in enumerate(spec.workloads):
+        if workload_names is not None and w.name not in workload_names:
+            problems.append(
+                f"workloads[{i}].name: unknown workload {w.name!r}; allowed: {', '.join(workload_names)}"
+            )
+        _check_grid(f"workloads[{i}].params", w.params, problems)
+        if workload_names is not None and w.name in workload_names:
+            _check_workload_params(i, w, problems)
+    if len(set(spec.seeds)) != len(spec.seeds):
+        problems.append(f"seeds: duplicate seeds {spec.seeds}; give each seed once")
+    return problems
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
+    """Validate a decoded sweep document; raises `SpecError` listing every problem."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [f"<root>: expected a mapping with name, models, policies, workloads; "
+                                 f"got {type(data).__name__}"])
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, _pydantic_problems(exc)) from None
+    problems = check_semantics(spec)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file (.yaml/.yml/.json); raises `SpecError`."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(str(path), [f"<file>: no such file {str(path)!r}"])
+    text = p.read_text()
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise SpecError(str(path), [f"<file>: not valid YAML/JSON: {exc}"]) from None
+    return parse_spec(data, str(path))

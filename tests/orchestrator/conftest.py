@@ -1,0 +1,57 @@
+"""Fixtures of the orchestrator tests: ONE local Ray cluster per test session, on 127.0.0.1.
+
+The cluster is started lazily by the first test that asks for `ray_cluster` (2 CPUs, no
+dashboard). Its workers import the controllable runner `orch_fake_runner` from this folder
+(PYTHONPATH is set before Ray starts, so every worker process inherits it) and log each cell
+they execute to a session file (`NATSBENCH_FAKE_LOG`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+# Must be set before ray is imported anywhere in this process.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import pytest  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+FAKE_RUNNER = "orch_fake_runner"
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+
+def fake_calls(log_path: Path, model: str) -> list[dict]:
+    """The cells the fake runner executed for `model` (one dict per call, in order)."""
+    if not log_path.exists():
+        return []
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["model"] == model]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """{"address": GCS address, "log": fake-runner log path}; Ray stays up for the session."""
+    log = tmp_path_factory.mktemp("fake-runner") / "calls.jsonl"
+    os.environ["NATSBENCH_FAKE_LOG"] = str(log)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), str(REPO), os.environ.get("PYTHONPATH")) if p)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    address = ray.get_runtime_context().gcs_address
+    yield {"address": address, "log": log}
+    ray.shutdown()
+
+
+@pytest.fixture
+def fake_runner(monkeypatch, ray_cluster):
+    """Route cells to the fake runner for this test (the driver reads NATSBENCH_CELL_RUNNER)."""
+    monkeypatch.setenv("NATSBENCH_CELL_RUNNER", FAKE_RUNNER)
+    return ray_cluster
