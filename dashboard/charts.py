@@ -1,0 +1,171 @@
+"""Altair charts of the dashboard, as pure functions of DataFrames from `dashboard.data`.
+
+Every function returns an Altair chart object and touches no Streamlit state, so the
+tests check the specs as data (`chart.to_dict()`). Colours are fixed per policy through
+`policy_scale`, so a policy has the same colour in every view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import pandas as pd
+
+from dashboard.data import DONE, HIGHER_IS_BETTER, latency_by_context, pareto_mask
+
+# Ten distinguishable colours (Tableau 10); NAtS gets the first one when present.
+PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2",
+           "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac")
+STATUS_COLORS = {"done": "#54a24b", "failed": "#e45756", "pending": "#bab0ac"}
+AXIS_TITLES = {
+    "accuracy": "accuracy", "perplexity": "perplexity (lower is better)",
+    "kv_bytes_physical": "physical KV bytes held", "kept_fraction": "kept fraction of the KV cache",
+    "tpot_s": "time per output token (s)", "ttft_s": "time to first token (s)",
+    "context_length": "context length (tokens)",
+}
+_BYTES = {"kv_bytes_physical", "kv_bytes_full", "peak_memory_bytes"}
+_TOOLTIP = ("policy", "budget", "model", "workload", "seed", "sweep", "run_key")
+
+
+def policy_scale(policies: Sequence[str]) -> alt.Scale:
+    """A colour scale with a fixed colour per policy name (NAtS first, then alphabetical)."""
+    names = sorted(set(policies), key=lambda p: (p.lower() != "nats", p))
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+    return alt.Scale(domain=names, range=colors)
+
+
+def _axis(col: str) -> alt.Axis:
+    fmt = ".2~s" if col in _BYTES else (".0%" if col == "kept_fraction" else None)
+    return alt.Axis(title=AXIS_TITLES.get(col, col), format=fmt) if fmt else alt.Axis(title=AXIS_TITLES.get(col, col))
+
+
+def _tooltip(cols: Sequence[str]) -> list[alt.Tooltip]:
+    out = []
+    for col in cols:
+        if col in _BYTES:
+            out.append(alt.Tooltip(f"{col}:Q", format=",.0f", title=col))
+        elif col in ("accuracy", "kept_fraction", "perplexity", "tpot_s", "ttft_s", "budget"):
+            out.append(alt.Tooltip(f"{col}:Q", format=".4~g", title=col))
+        elif col == "seed":
+            out.append(alt.Tooltip(f"{col}:Q", format="d"))
+        else:
+            out.append(alt.Tooltip(f"{col}:N"))
+    return out
+
+
+def pareto_data(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Finished runs with both `x` and `y`, plus `on_frontier` per (workload, model)."""
+    higher = HIGHER_IS_BETTER.get(y, True)
+    part = df[(df["status"] == DONE) & df[x].notna() & df[y].notna()]
+    cols = list(dict.fromkeys([*_TOOLTIP, x, y, "kept_fraction", "kv_bytes_physical"]))
+    part = part[[c for c in cols if c in part.columns]].copy()
+    part["on_frontier"] = False
+    for _, group in part.groupby(["workload", "model"], sort=False):
+        mask = pareto_mask(group[x], group[y], higher_is_better=higher)
+        part.loc[mask[mask].index, "on_frontier"] = True
+    return part.sort_values(["workload", "model", x]).reset_index(drop=True)
+
+
+def pareto_chart(
+    df: pd.DataFrame, x: str = "kv_bytes_physical", y: str = "accuracy", *,
+    policies: Sequence[str] | None = None, log_x: bool | None = None, columns: int = 2,
+) -> alt.FacetChart:
+    """`y` against `x` per run, colour per policy, the Pareto frontier as a dashed line, one
+    panel per workload; hovering a point shows the run. `log_x` defaults to log when x spans
+    more than 20x."""
+    if x not in ("kv_bytes_physical", "kept_fraction"):
+        raise ValueError(f"pareto x={x!r}: use 'kv_bytes_physical' or 'kept_fraction'")
+    data = pareto_data(df, x, y)
+    if log_x is None:
+        pos = data[x][data[x] > 0]
+        log_x = bool(len(pos)) and float(pos.max()) > 20 * float(pos.min())
+    xscale = alt.Scale(type="log") if log_x else alt.Scale(zero=False)
+    color = alt.Color("policy:N", scale=policy_scale(policies or data["policy"].unique().tolist()),
+                      legend=alt.Legend(title="policy", orient="right"))
+    shape_by_model = data["model"].nunique() > 1
+    points = alt.Chart().mark_point(filled=True, size=90, opacity=0.85).encode(
+        x=alt.X(f"{x}:Q", scale=xscale, axis=_axis(x)),
+        y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False), axis=_axis(y)),
+        color=color,
+        shape=alt.Shape("model:N") if shape_by_model else alt.value("circle"),
+        tooltip=_tooltip(list(dict.fromkeys([*_TOOLTIP[:4], y, "kv_bytes_physical", "kept_fraction", *_TOOLTIP[4:]]))),
+    )
+    frontier = alt.Chart().transform_filter("datum.on_frontier").mark_line(
+        color="#333333", strokeDash=[5, 3], strokeWidth=1.5, interpolate="step-after",
+    ).encode(x=f"{x}:Q", y=f"{y}:Q", detail="model:N", order=f"{x}:Q")
+    return alt.layer(frontier, points, data=data).properties(width=320, height=240).facet(
+        facet=alt.Facet("workload:N", title=None), columns=columns,
+    ).properties(title=f"{AXIS_TITLES.get(y, y)} vs {AXIS_TITLES.get(x, x)} (dashed: Pareto frontier)")
+
+
+def latency_chart(
+    df: pd.DataFrame, y: str = "tpot_s", *, policies: Sequence[str] | None = None,
+) -> alt.Chart | alt.FacetChart:
+    """`y` (TPOT, TTFT or physical KV bytes) against context length, a line per policy and
+    budget (colour = policy, dash = budget), a panel per model when there are several."""
+    if y not in ("tpot_s", "ttft_s", "kv_bytes_physical", "kept_fraction"):
+        raise ValueError(f"latency y={y!r}: use tpot_s, ttft_s, kv_bytes_physical or kept_fraction")
+    data = latency_by_context(df)
+    data = data[data[y].notna()]
+    color = alt.Color("policy:N", scale=policy_scale(policies or data["policy"].unique().tolist()))
+    chart = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=60, filled=True)).encode(
+        x=alt.X("context_length:Q", axis=_axis("context_length"), scale=alt.Scale(zero=False)),
+        y=alt.Y(f"{y}:Q", axis=_axis(y)),
+        color=color,
+        strokeDash=alt.StrokeDash("budget_label:N", title="budget"),
+        detail="budget_label:N",
+        tooltip=_tooltip(["policy", "budget", "model", "context_length", y, "runs"]),
+    ).properties(width=420, height=280, title=f"{AXIS_TITLES.get(y, y)} vs context length")
+    if data["model"].nunique() > 1:
+        return chart.properties(title="").facet(column=alt.Column("model:N", title=None))
+    return chart
+
+
+def overview_chart(overview: pd.DataFrame) -> alt.Chart:
+    """A stacked bar per sweep: done / failed / pending run counts."""
+    long = overview.melt(id_vars=["sweep"], value_vars=["done", "failed", "pending"],
+                         var_name="status", value_name="count")
+    order = list(STATUS_COLORS)
+    return alt.Chart(long).mark_bar().encode(
+        y=alt.Y("sweep:N", title=None, sort=overview["sweep"].tolist()),
+        x=alt.X("count:Q", title="runs", stack="zero"),
+        color=alt.Color("status:N", scale=alt.Scale(domain=order, range=[STATUS_COLORS[s] for s in order]),
+                        legend=alt.Legend(orient="bottom", title=None)),
+        order=alt.Order("status_order:Q"),
+        tooltip=["sweep:N", "status:N", "count:Q"],
+    ).transform_calculate(
+        status_order="indexof(['done','failed','pending'], datum.status)",
+    ).properties(height=alt.Step(28))
+
+
+def paper_reference_chart(
+    ours: pd.DataFrame, published: pd.DataFrame, *, policies: Sequence[str] | None = None,
+) -> alt.LayerChart:
+    """Kept fraction per policy: published points and ranges (hollow squares joined by a band,
+    "published, not measured here") beside the kept fractions measured here (a diamond per
+    finished run)."""
+    measured = ours[(ours["status"] == DONE) & ours["kept_fraction"].notna()]
+    measured = measured[["policy", "kept_fraction", "model", "workload", "budget"]].assign(
+        source="measured here")
+    names = list(dict.fromkeys([*published["policy"], *measured["policy"]]))
+    color = alt.Color("policy:N", scale=policy_scale(policies or names), legend=None)
+    y = alt.Y("policy:N", sort=names, title=None)
+    pub_tooltip = ["setting:N", "policy:N", alt.Tooltip("kept_low:Q", format=".1%"),
+                   alt.Tooltip("kept_high:Q", format=".1%"), "claim:N", "source:N"]
+    pub_range = alt.Chart(published).mark_rule(strokeWidth=7, opacity=0.3).encode(
+        x=alt.X("kept_low:Q", scale=alt.Scale(domain=[0, 1]), axis=_axis("kept_fraction")),
+        x2="kept_high:Q", y=y, color=color, tooltip=pub_tooltip,
+    )
+    pub_ends = alt.Chart(published).transform_fold(["kept_low", "kept_high"], as_=["end", "kept"]).mark_point(
+        shape="square", filled=False, size=130, strokeWidth=2).encode(
+        x="kept:Q", y=y, color=color, tooltip=pub_tooltip,
+    )
+    ours_layer = alt.Chart(measured).mark_point(filled=True, size=70, shape="diamond").encode(
+        x="kept_fraction:Q", y=y, color=color,
+        tooltip=_tooltip(["policy", "model", "workload", "budget", "kept_fraction"]) + ["source:N"],
+    )
+    return alt.layer(pub_range, pub_ends, ours_layer).properties(
+        height=alt.Step(34), width=560,
+        title="kept fraction: hollow squares / bands = published, not measured here; diamonds = measured here",
+    )

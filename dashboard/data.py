@@ -1,0 +1,248 @@
+"""Pure data functions of the dashboard: run records -> pandas DataFrames.
+
+Nothing here imports Streamlit, so every view's numbers are testable as plain data.
+A run record is the dict `services.store.Store.runs()` returns (see docs/DESIGN.md);
+`records_frame` flattens a list of them into one row per run with a few derived columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+
+# Run statuses. `done` and `failed` are final; everything else counts as pending.
+DONE, FAILED = "done", "failed"
+PENDING_STATUSES = ("pending", "running")
+
+# Metric columns of a run record, in the order the views show them.
+METRICS = (
+    "accuracy", "perplexity", "kept_fraction", "kv_bytes_physical", "kv_bytes_full",
+    "ttft_s", "tpot_s", "tokens_per_s", "peak_memory_bytes",
+)
+# Which direction is better, per metric a chart may put on its y axis.
+HIGHER_IS_BETTER = {"accuracy": True, "perplexity": False, "tokens_per_s": True}
+
+_DICT_FIELDS = ("policy_params", "workload_params", "environment", "extras", "config")
+_COLUMNS = (
+    "run_key", "sweep", "model", "policy", "budget", "workload", "seed", "status", "error",
+    "attempts", "started_at", "finished_at", "n_examples", *METRICS, "context_length",
+    *_DICT_FIELDS,
+)
+
+
+def _as_dict(value: Any) -> dict:
+    """A JSON column as a dict: dicts pass, JSON text is parsed, anything else is {}."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def _number(value: Any) -> float:
+    """A float, or NaN for None / non-numeric values."""
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def records_frame(records: Iterable[dict]) -> pd.DataFrame:
+    """One row per run record, with derived columns.
+
+    Derived: `budget` (from the record, else `policy_params["budget"]`), `perplexity`
+    (from `extras["perplexity"]`: the `lm_text` metric has no accuracy), `context_length`
+    (from `workload_params["context_length"]`). Metric columns are floats (NaN when missing),
+    timestamps are UTC datetimes. An empty input gives an empty frame with every column.
+    """
+    rows = []
+    for rec in records:
+        row = {col: rec.get(col) for col in _COLUMNS if col not in _DICT_FIELDS}
+        for field in _DICT_FIELDS:
+            row[field] = _as_dict(rec.get(field))
+        extras, wparams = row["extras"], row["workload_params"]
+        if row.get("budget") is None:
+            row["budget"] = row["policy_params"].get("budget")
+        if row.get("perplexity") is None:
+            row["perplexity"] = extras.get("perplexity")
+        row["context_length"] = wparams.get("context_length")
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=list(_COLUMNS))
+    for col in (*METRICS, "budget", "context_length", "seed", "attempts", "n_examples"):
+        df[col] = pd.to_numeric(df[col].map(_number), errors="coerce").astype(float)
+    for col in ("started_at", "finished_at"):
+        df[col] = pd.to_datetime(df[col], errors="coerce", utc=True)
+    for col in ("sweep", "model", "policy", "workload", "status", "run_key"):
+        df[col] = df[col].fillna("").astype(str)
+    return df
+
+
+def budget_label(budget: float) -> str:
+    """'none' for a run without a budget (e.g. the full cache), else the budget as a short number ('0.25')."""
+    return "none" if pd.isna(budget) else f"{budget:g}"
+
+
+def filter_runs(
+    df: pd.DataFrame,
+    *,
+    sweeps: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+    workloads: Sequence[str] | None = None,
+    policies: Sequence[str] | None = None,
+    budget_range: tuple[float, float] | None = None,
+    include_unbudgeted: bool = True,
+) -> pd.DataFrame:
+    """The rows matching every given filter (None = no filter on that column).
+
+    `budget_range` is inclusive; runs without a budget (e.g. the full cache) stay in
+    when `include_unbudgeted` is true.
+    """
+    keep = pd.Series(True, index=df.index)
+    for col, allowed in (("sweep", sweeps), ("model", models), ("workload", workloads), ("policy", policies)):
+        if allowed is not None:
+            keep &= df[col].isin(list(allowed))
+    if budget_range is not None:
+        lo, hi = budget_range
+        in_range = df["budget"].between(lo, hi)
+        keep &= in_range | (df["budget"].isna() & include_unbudgeted)
+    return df[keep]
+
+
+def sweep_overview(df: pd.DataFrame, sweeps: Iterable[str] = ()) -> pd.DataFrame:
+    """Per sweep: total, done, failed, pending run counts and the last update time.
+
+    `sweeps` adds sweeps that have no runs yet (zeros). Sorted by last update, newest first.
+    """
+    cols = ["sweep", "runs", "done", "failed", "pending", "progress", "last_update"]
+    if df.empty and not sweeps:
+        return pd.DataFrame(columns=cols)
+    last = df[["started_at", "finished_at"]].max(axis=1) if not df.empty else pd.Series(dtype="datetime64[ns, UTC]")
+    work = df.assign(_last=last)
+    rows = []
+    names = list(dict.fromkeys([*sorted(df["sweep"].unique()), *sweeps]))
+    for name in names:
+        part = work[work["sweep"] == name]
+        n_done = int((part["status"] == DONE).sum())
+        n_failed = int((part["status"] == FAILED).sum())
+        n = len(part)
+        rows.append({
+            "sweep": name, "runs": n, "done": n_done, "failed": n_failed,
+            "pending": n - n_done - n_failed,
+            "progress": (n_done + n_failed) / n if n else 0.0,
+            "last_update": part["_last"].max() if n else pd.NaT,
+        })
+    out = pd.DataFrame(rows, columns=cols)
+    return out.sort_values("last_update", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def leaderboard(df: pd.DataFrame, model: str | None = None, workload: str | None = None) -> pd.DataFrame:
+    """Finished runs of one model and workload, one row per (policy, budget), seeds averaged.
+
+    Columns: policy, budget, accuracy, perplexity, kept_fraction, kv_bytes_physical,
+    kv_bytes_full, ttft_s, tpot_s, tokens_per_s, runs. Sorted by accuracy (else perplexity),
+    best first.
+    """
+    part = df[df["status"] == DONE]
+    if model is not None:
+        part = part[part["model"] == model]
+    if workload is not None:
+        part = part[part["workload"] == workload]
+    metrics = [m for m in METRICS if m != "peak_memory_bytes"]
+    cols = ["policy", "budget", *metrics, "runs"]
+    if part.empty:
+        return pd.DataFrame(columns=cols)
+    grouped = part.groupby(["policy", "budget"], dropna=False)
+    out = grouped[metrics].mean().join(grouped.size().rename("runs")).reset_index()
+    if out["accuracy"].notna().any():
+        out = out.sort_values(["accuracy", "kv_bytes_physical"], ascending=[False, True], na_position="last")
+    else:
+        out = out.sort_values(["perplexity", "kv_bytes_physical"], ascending=[True, True], na_position="last")
+    return out[cols].reset_index(drop=True)
+
+
+def pareto_mask(x: pd.Series, y: pd.Series, *, higher_is_better: bool = True) -> pd.Series:
+    """True for the points no other point dominates (x lower is better; y per `higher_is_better`).
+
+    A point is dominated when another has x <= its x and a y at least as good, one of them
+    strictly. Rows with a missing x or y are never on the frontier. Equal points are all kept.
+    """
+    mask = pd.Series(False, index=x.index)
+    valid = x.notna() & y.notna()
+    if not valid.any():
+        return mask
+    yy = y[valid] if higher_is_better else -y[valid]
+    order = pd.DataFrame({"x": x[valid], "y": yy}).sort_values(["x", "y"], ascending=[True, False])
+    best = -math.inf
+    best_x = math.nan
+    for idx, px, py in zip(order.index, order["x"], order["y"], strict=True):
+        if py > best or (py == best and px == best_x):
+            mask[idx] = True
+            if py > best:
+                best, best_x = py, px
+    return mask
+
+
+def pareto_frontier(
+    df: pd.DataFrame, x: str, y: str, *, higher_is_better: bool | None = None, by: str | None = None,
+) -> pd.DataFrame:
+    """The Pareto-optimal rows of `df` (lower `x`, better `y`), per group of `by`, sorted by x.
+
+    `higher_is_better` defaults from the metric name (accuracy: higher, perplexity: lower).
+    """
+    if higher_is_better is None:
+        higher_is_better = HIGHER_IS_BETTER.get(y, True)
+    if df.empty:
+        return df.iloc[0:0]
+    if by is None:
+        mask = pareto_mask(df[x], df[y], higher_is_better=higher_is_better)
+    else:
+        mask = pd.Series(False, index=df.index)
+        for _, part in df.groupby(by, sort=False):
+            mask |= pareto_mask(part[x], part[y], higher_is_better=higher_is_better).reindex(
+                df.index, fill_value=False)
+    keys = [by, x] if by else [x]
+    return df[mask].sort_values(keys)
+
+
+def latency_by_context(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs with a context length, averaged per (model, policy, budget, context_length).
+
+    Columns: model, policy, budget, budget_label, context_length, tpot_s, ttft_s,
+    kv_bytes_physical, kept_fraction, runs.
+    """
+    part = df[(df["status"] == DONE) & df["context_length"].notna()]
+    keys = ["model", "policy", "budget", "context_length"]
+    vals = ["tpot_s", "ttft_s", "kv_bytes_physical", "kept_fraction"]
+    if part.empty:
+        return pd.DataFrame(columns=[*keys, "budget_label", *vals, "runs"])
+    grouped = part.groupby(keys, dropna=False)
+    out = grouped[vals].mean().join(grouped.size().rename("runs")).reset_index()
+    out.insert(3, "budget_label", out["budget"].map(budget_label))
+    return out.sort_values(keys).reset_index(drop=True)
+
+
+def run_label(row: pd.Series) -> str:
+    """A one-line name of a run for pickers: status, model, workload, policy, budget, seed."""
+    seed = "" if pd.isna(row["seed"]) else f" seed {int(row['seed'])}"
+    mark = {"failed": "FAILED ", DONE: ""}.get(row["status"], f"{row['status'].upper()} ")
+    return (f"{mark}{row['policy']} @ {budget_label(row['budget'])} | {row['workload']} | "
+            f"{row['model']}{seed} [{row['run_key'][:8]}]")
+
+
+def run_metrics(row: pd.Series) -> pd.DataFrame:
+    """The metrics of one run as a two-column table (metric, value); missing ones left out."""
+    items = [(m, row[m]) for m in METRICS if not pd.isna(row[m])]
+    for key, value in sorted(row["extras"].items()):
+        if key != "perplexity" and isinstance(value, int | float) and not isinstance(value, bool):
+            items.append((f"extras.{key}", value))
+    return pd.DataFrame(items, columns=["metric", "value"])

@@ -1,0 +1,69 @@
+"""A realistic set of run records for the dashboard tests (plain dicts, DESIGN.md run fields).
+
+Two sweeps: `tiny-main` (one model; six policies x budgets x three workloads, including
+`lm_text` with perplexity instead of accuracy, and one failed run) and `tiny-running`
+(a sweep still in progress: done, running and pending runs). Metrics follow simple
+monotone rules with noise, so accuracy grows with the kept fraction and KV bytes with
+the context length, as in a real sweep.
+"""
+
+from __future__ import annotations
+
+import random
+
+MODEL = "gpt-tiny-nats"
+POLICIES = ("full", "nats", "streamingllm", "h2o", "snapkv", "tova")
+BUDGETS = (0.125, 0.25, 0.5)
+CONTEXTS = (256, 512, 1024)
+FAILED_ERROR = "RuntimeError: KV cache capacity 0 < 1 token (budget too small for tova at 256 tokens)"
+ENV = {"python": "3.11", "torch": "2.13.0+cpu", "device": "cpu", "host": "test-host", "git_commit": "abc1234"}
+
+
+def _record(sweep: str, policy: str, budget: float | None, workload: str, ctx: int, seed: int,
+            rng: random.Random, status: str = "done") -> dict:
+    kept = 1.0 if budget is None else (budget * 0.8 if policy == "nats" else budget)
+    full_bytes = 2 * 2 * 4 * 32 * ctx * 4  # layers * (k, v) * heads * head_dim * tokens * fp32
+    quality = 1.0 if policy == "full" else (min(0.99, 0.86 + 0.4 * kept) if policy == "nats" else 0.75 + 0.2 * kept)
+    params = {} if budget is None else {"budget": budget}
+    wparams = {"context_length": ctx, "n_examples": 8}
+    config = {"model": MODEL, "policy": policy, "policy_params": params, "workload": workload,
+              "workload_params": wparams, "n_examples": 8, "seed": seed, "device": "cpu", "dtype": "float32"}
+    rec = {
+        **config, "sweep": sweep, "budget": budget, "run_key": f"{sweep}-{policy}-{budget}-{workload}-{ctx}-{seed}",
+        "status": status, "error": None, "attempts": 1, "environment": ENV, "config": config,
+        "accuracy": None, "kv_bytes_physical": None, "kv_bytes_full": None, "kept_fraction": None,
+        "ttft_s": None, "tpot_s": None, "tokens_per_s": None, "peak_memory_bytes": None, "extras": {},
+    }
+    if status != "done":
+        return rec
+    tpot = 0.0012 + 0.0000008 * ctx * kept + rng.uniform(0, 0.0002)
+    rec.update({
+        "kv_bytes_physical": int(full_bytes * kept * 1.05) if budget else full_bytes,
+        "kv_bytes_full": full_bytes, "kept_fraction": round(kept, 4),
+        "ttft_s": 0.01 * ctx / 256 + rng.uniform(0, 0.002), "tpot_s": tpot, "tokens_per_s": 1.0 / tpot,
+        "peak_memory_bytes": 50_000_000 + full_bytes,
+    })
+    if workload == "lm_text":
+        rec["extras"] = {"perplexity": round(3.2 / quality + rng.uniform(0, 0.05), 3), "nll": 1.2}
+    else:
+        rec["accuracy"] = round(min(1.0, quality * (1.0 - ctx / 8192) + rng.uniform(-0.03, 0.03)), 3)
+    return rec
+
+
+def fixture_records(seed: int = 0) -> list[dict]:
+    """Every record of both sweeps: 79 runs, 1 failed, 2 running / pending."""
+    rng = random.Random(seed)
+    out = []
+    for policy in POLICIES:
+        for budget in (None,) if policy == "full" else BUDGETS:
+            for ctx in CONTEXTS:
+                out.append(_record("tiny-main", policy, budget, "passkey", ctx, 0, rng))
+            out.append(_record("tiny-main", policy, budget, "kv_recall", 512, 0, rng))
+            out.append(_record("tiny-main", policy, budget, "lm_text", 512, 0, rng))
+    failed = _record("tiny-main", "tova", 0.125, "passkey", 256, 1, rng, status="failed")
+    failed["error"], failed["attempts"] = FAILED_ERROR, 3
+    out.append(failed)
+    for i, policy in enumerate(("full", "nats", "h2o")):
+        out.append(_record("tiny-running", policy, None if policy == "full" else 0.25, "passkey", 512, 0, rng,
+                           status=("done", "running", "pending")[i]))
+    return out
