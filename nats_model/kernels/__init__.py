@@ -1,0 +1,10 @@
+"""Triton kernels of NAtS attention (training forward/backward and an inference prefill).
+
+Importing this package does not import triton: the kernels are compiled on first call. They
+run on CUDA, or on the CPU only under TRITON_INTERPRET=1 set before triton is first imported.
+"""
+
+from nats_model.kernels.nats_attn import nats_attention_triton
+from nats_model.kernels.prefill import nats_prefill_triton
+
+__all__ = ["nats_attention_triton", "nats_prefill_triton"]
