@@ -26,6 +26,10 @@ def byte_count(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
+def _num_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Param:
     """One workload parameter: its name, default, type and the values it accepts.
@@ -49,8 +53,8 @@ class Param:
         if self.choices is not None:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         elif self.kind in ("int", "float"):
-            lo = "-inf" if self.minimum is None else f"{self.minimum:g}"
-            hi = "inf" if self.maximum is None else f"{self.maximum:g}"
+            lo = "-inf" if self.minimum is None else _num_text(self.minimum)
+            hi = "inf" if self.maximum is None else _num_text(self.maximum)
             text = f"{'an integer' if self.kind == 'int' else 'a number'} in [{lo}, {hi}]"
         elif self.kind == "bool":
             text = "true or false"

@@ -1,0 +1,380 @@
+"""Run one benchmark cell: load a model, make the workload's instances, run them through a KV
+policy with the shared engine (`nats_model.generate`), score and measure.
+
+`load_model(name_or_path, device="cpu", dtype="float32") -> ModelHandle` accepts
+- a shipped reference model by name: the folder `models/<name>/` of the repository;
+- a GPT checkpoint folder (`config.json` with `"model_type": "natsbench-gpt"` or without a
+  model type, plus `model.safetensors`), tokenised byte-level;
+- a local Hugging Face model folder (AutoModelForCausalLM + AutoTokenizer, local files only);
+- a test-only random model: `random:tiny-gpt` (2-layer byte-level GPT, full attention),
+  `random:tiny-gpt-nats` (the same with NAtS type scorers, window 16) or `random:tiny-llama`
+  (a 2-layer Llama with a small byte-level BPE tokenizer trained in memory, so the Hugging Face
+  path with a real tokenizer runs without downloads). Weights come from a fixed seed.
+
+`run_cell(handle, config) -> record` never raises for a failure inside the cell: the record
+then has `status="failed"` and `error="<ExceptionType>: <message>"` (bad policy or workload
+parameters give the ValueError's message), with the traceback in `extras.traceback`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO_ROOT / "models"
+DTYPES = ("float32", "bfloat16", "float16")
+RANDOM_MODELS = ("random:tiny-gpt", "random:tiny-gpt-nats", "random:tiny-llama")
+CONFIG_DEFAULTS: dict[str, Any] = {"policy_params": {}, "workload_params": {}, "n_examples": 1, "seed": 0}
+RECORD_KEYS = ("model", "policy", "policy_params", "workload", "workload_params", "n_examples", "seed",
+               "device", "dtype")
+WARMUP_PROMPT_TOKENS = 64
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model with its tokenizer: `kind` is "gpt" (the small byte-level GPT) or "hf"
+    (a Hugging Face causal LM); `encode`/`decode`/`count_tokens` use the model's own tokenizer,
+    so workloads measure `context_length` in the model's tokens."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    kind: str
+    device: str
+    dtype: str
+    source: str
+    info: dict = field(default_factory=dict)
+
+    def encode(self, text: str) -> list[int]:
+        if self.kind == "hf":
+            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return self.tokenizer.encode(text)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def decode(self, ids: list[int]) -> str:
+        if self.kind == "hf":
+            eos = self.tokenizer.eos_token_id
+            if eos is not None and eos in ids:
+                ids = ids[: ids.index(eos)]
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode(ids)
+
+
+# ---------------------------------------------------------------- loading
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA device is available (use --device cpu)")
+    return device
+
+
+def shipped_models() -> list[str]:
+    """Names of the reference models in `models/` (folders with a config.json)."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def _tiny_bpe_tokenizer():
+    """A byte-level BPE tokenizer (vocabulary ~400) trained in memory on the task formats' text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from nats_model.data import tasks
+
+    corpus = [tasks.DEFAULT_FILLER * 4, tasks.PASSKEY_HEAD, tasks.NIAH_HEAD, tasks.KV_HEAD, tasks.VAR_HEAD,
+              "What is the pass key? The pass key is 12345. Remember it.", "The number for K is 67890.",
+              "Recall a b c.\nAnswer: a=1 b=2", "What is z? z=q. q=a. a=123."]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+def _random_model(name: str):
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if name in ("random:tiny-gpt", "random:tiny-gpt-nats"):
+            from nats_model.models.gpt import GPT, GPTConfig
+            from nats_model.tokenizer import ByteTokenizer
+
+            attention = "nats" if name.endswith("-nats") else "full"
+            cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=64, max_seq_len=8192, attention=attention,
+                            window=16)
+            return GPT(cfg).eval(), ByteTokenizer(), "gpt"
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tok = _tiny_bpe_tokenizer()
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        return LlamaForCausalLM(cfg).eval(), tok, "hf"
+
+
+def _load_folder(folder: Path, torch_dtype):
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"model folder {str(folder)!r} has no config.json (a GPT checkpoint or a Hugging Face "
+                         "model folder needs one)")
+    model_type = json.loads(cfg_path.read_text()).get("model_type")
+    if model_type in (None, "natsbench-gpt"):
+        from nats_model.models.gpt import GPT
+        from nats_model.tokenizer import ByteTokenizer
+
+        return GPT.from_pretrained(folder, device="cpu", dtype=torch_dtype), ByteTokenizer(), "gpt"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"Hugging Face model folder {str(folder)!r} has no usable tokenizer: {exc}") from None
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch_dtype)
+    return model.eval(), tok, "hf"
+
+
+def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32") -> ModelHandle:
+    """Load a shipped model by name, a GPT checkpoint folder, a local Hugging Face folder or a
+    `random:` test model (see the module docstring); ValueError naming what was tried."""
+    torch_dtype = _torch_dtype(dtype)
+    device = _check_device(device)
+    name = str(name_or_path)
+    if name.startswith("random:"):
+        if name not in RANDOM_MODELS:
+            raise ValueError(f"unknown random test model {name!r}; allowed: {', '.join(RANDOM_MODELS)}")
+        model, tok, kind = _random_model(name)
+        source = name
+    else:
+        folder = Path(name).expanduser()
+        if not folder.is_dir() and (MODELS_DIR / name).is_dir():
+            folder = MODELS_DIR / name
+        if not folder.is_dir():
+            raise ValueError(
+                f"model {name!r} not found: not a folder and not a shipped model (shipped: "
+                f"{', '.join(shipped_models()) or 'none yet'}); test models: {', '.join(RANDOM_MODELS)}"
+            )
+        model, tok, kind = _load_folder(folder, torch_dtype)
+        source = str(folder.resolve())
+    model = model.to(device=device, dtype=torch_dtype).eval()
+    info = {"kind": kind, "source": source, "n_parameters": sum(p.numel() for p in model.parameters())}
+    return ModelHandle(name=name, model=model, tokenizer=tok, kind=kind, device=device, dtype=dtype,
+                       source=source, info=info)
+
+
+# ---------------------------------------------------------------- environment
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    env = os.environ.get("NATSBENCH_GIT_COMMIT")
+    if env:
+        return env
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_info(device: str = "cpu") -> dict:
+    """Where and with what a cell ran: git commit (`-dirty` with local changes; env
+    NATSBENCH_GIT_COMMIT overrides, e.g. inside a Ray job without .git), package versions,
+    device name, host, CPU threads."""
+    from importlib import metadata
+
+    import torch
+
+    versions = {}
+    for pkg in ("natsbench", "torch", "transformers", "numpy", "triton"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        device_name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        device_name = _cpu_name()
+    return {"git_commit": _git_commit(), "python": platform.python_version(), "packages": versions,
+            "device": str(device), "device_name": device_name, "host": socket.gethostname(),
+            "platform": platform.platform(), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+
+
+# ---------------------------------------------------------------- one cell
+
+def normalize_config(config: dict, handle: ModelHandle | None = None) -> dict:
+    """The cell config with defaults filled in; ValueError naming a missing or bad field."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a cell config must be a dict, got {type(config).__name__}")
+    cfg = {**CONFIG_DEFAULTS, **config}
+    if handle is not None:
+        cfg.setdefault("model", handle.name)
+        cfg.setdefault("device", handle.device)
+        cfg.setdefault("dtype", handle.dtype)
+    for key in ("model", "policy", "workload", "device", "dtype"):
+        if not isinstance(cfg.get(key), str) or not cfg[key]:
+            raise ValueError(f"cell config field {key!r} must be a non-empty string, got {cfg.get(key)!r}")
+    for key in ("policy_params", "workload_params"):
+        if cfg[key] is None:
+            cfg[key] = {}
+        if not isinstance(cfg[key], dict):
+            raise ValueError(f"cell config field {key!r} must be a dict, got {cfg[key]!r}")
+    for key, low in (("n_examples", 1), ("seed", 0)):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < low:
+            raise ValueError(f"cell config field {key!r} must be an integer >= {low}, got {cfg[key]!r}")
+    if cfg["dtype"] not in DTYPES:
+        raise ValueError(f"cell config field 'dtype' must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
+    if handle is not None and (cfg["device"], cfg["dtype"]) != (handle.device, handle.dtype):
+        raise ValueError(f"cell asks for device={cfg['device']!r} dtype={cfg['dtype']!r} but the model was "
+                         f"loaded on device={handle.device!r} dtype={handle.dtype!r}")
+    return cfg
+
+
+def build_policy(name: str, params: dict):
+    """A fresh policy from `nats_model.policies` (ValueError for an unknown name or parameter)."""
+    from nats_model import policies
+
+    allowed = policies.available()
+    if name not in allowed:
+        raise ValueError(f"unknown policy {name!r}; allowed: {', '.join(allowed)}")
+    return policies.build(name, **params)
+
+
+def _run_key(cfg: dict) -> str | None:
+    try:
+        from services.store import run_key
+    except ImportError:
+        return None
+    return run_key({k: cfg[k] for k in RECORD_KEYS})
+
+
+def _new_record(config: Any) -> dict:
+    base = config if isinstance(config, dict) else {}
+    record = {k: base.get(k, CONFIG_DEFAULTS.get(k)) for k in RECORD_KEYS}
+    record.update(run_key=base.get("run_key"), sweep=base.get("sweep"), status="failed", error=None,
+                  attempts=base.get("attempts", 1), environment={}, accuracy=None, kv_bytes_physical=None,
+                  kv_bytes_full=None, kept_fraction=None, ttft_s=None, tpot_s=None, tokens_per_s=None,
+                  peak_memory_bytes=None, n_examples=base.get("n_examples"), extras={})
+    return record
+
+
+def _run_generate(handle: ModelHandle, workload, instances, make_policy, metrics) -> None:
+    import torch
+    from nats_model.generate import generate
+
+    device = handle.device
+    first = handle.encode(instances[0].prompt)[:WARMUP_PROMPT_TOKENS]
+    generate(handle.model, torch.tensor([first], device=device), make_policy(), max_new_tokens=2)  # warm-up
+    metrics.start()
+    for inst in instances:
+        ids = handle.encode(inst.prompt)
+        result = generate(handle.model, torch.tensor([ids], device=device), make_policy(),
+                          max_new_tokens=inst.max_new_tokens)
+        tokens = result.tokens[0].tolist()  # (max_new_tokens,)
+        prediction = handle.decode(tokens)
+        metrics.add_generation(inst, result, prediction, workload.score(prediction, inst), len(ids), len(tokens))
+
+
+def _run_nll(handle: ModelHandle, instances, make_policy, metrics) -> None:
+    import torch
+    from nats_model.generate import score
+
+    from services.metrics import device_sync
+
+    device = handle.device
+    first = handle.encode(instances[0].prompt)[:WARMUP_PROMPT_TOKENS]
+    score(handle.model, torch.tensor([first], device=device), make_policy())  # warm-up
+    metrics.start()
+    for inst in instances:
+        ids = handle.encode(inst.prompt)[: inst.meta["max_tokens"]]
+        device_sync(device)
+        t0 = time.perf_counter()
+        out = score(handle.model, torch.tensor([ids], device=device), make_policy())
+        device_sync(device)
+        elapsed = time.perf_counter() - t0
+        nll = getattr(out, "nll", out)  # a tensor of per-token NLL, or a result carrying one
+        metrics.add_nll(inst, nll, elapsed, stats=out if hasattr(out, "nll") else None)
+
+
+def run_cell(handle: ModelHandle, config: dict) -> dict:
+    """Run one cell and return its run record (docs/DESIGN.md); never raises for a failure
+    inside the cell (status "failed", `error` "<Type>: <message>", traceback in extras)."""
+    import torch
+
+    from services import workloads
+    from services.metrics import CellMetrics, json_safe
+
+    record = _new_record(config)
+    try:
+        record["environment"] = environment_info(getattr(handle, "device", "cpu"))
+        cfg = normalize_config(config, handle)
+        record.update({k: cfg[k] for k in RECORD_KEYS})
+        record["run_key"] = record["run_key"] or _run_key(cfg)
+        workload = workloads.get(cfg["workload"])
+        wparams = workload.validate(cfg["workload_params"])
+        build_policy(cfg["policy"], cfg["policy_params"])  # a bad name or parameter fails here, before work
+
+        def make_policy():
+            return build_policy(cfg["policy"], cfg["policy_params"])
+
+        instances = workload.instances(wparams, cfg["n_examples"], cfg["seed"], count_tokens=handle.count_tokens)
+        metrics = CellMetrics(device=handle.device)
+        kind = instances[0].kind
+        torch.manual_seed(cfg["seed"])
+        with torch.no_grad():
+            if kind == "nll":
+                _run_nll(handle, instances, make_policy, metrics)
+            else:
+                _run_generate(handle, workload, instances, make_policy, metrics)
+        fields, extras = metrics.summary(kind)
+        record.update(fields)
+        record["extras"] = {"workload_params_resolved": wparams, "model_info": handle.info,
+                            "metric": workload.metric, **extras}
+        record["status"], record["error"] = "done", None
+    except Exception as exc:  # noqa: BLE001 - a cell reports its failure, it never raises
+        record["status"] = "failed"
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["extras"] = {**record.get("extras", {}), "traceback": traceback.format_exc(limit=20)[-8000:]}
+    return json_safe(record)
+
