@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nats_model.kernels.nats_attn_fwd import pow2_head_dim
+from nats_model.kernels.nats_attn_fwd import mma, pow2_head_dim, upcast_dots
 
 
 @triton.jit
@@ -29,7 +29,7 @@ def nats_bwd_dkdv_kernel(
     DK, DV, COLS,  # dk/dv (B,Hkv,N,D) fp32, cols (5,B,Hkv,N) fp32
     scale, N, HQ, GROUP, HD, N_KV_TOTAL,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    CLAMP: tl.constexpr, IEEE: tl.constexpr,
+    CLAMP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     hk = tl.program_id(1)  # flat (batch, kv head)
@@ -74,24 +74,16 @@ def nats_bwd_dkdv_kernel(
             lse = tl.load(LSE + r_base + offs_m, mask=m_ok, other=0.0)
             lse_t = tl.load(LSE_T + r_base + offs_m, mask=m_ok, other=0.0)
             delta = tl.load(DELTA + r_base + offs_m, mask=m_ok, other=0.0)
-            if IEEE:
-                s_t = tl.dot(k, tl.trans(q), input_precision="ieee") * scale  # (BN, BM) key x query
-                dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")  # (BN, BM)
-            else:
-                s_t = tl.dot(k, tl.trans(q)) * scale
-                dp_t = tl.dot(v, tl.trans(do))
+            s_t = mma(k, tl.trans(q), IEEE, UPCAST) * scale  # (BN, BM) key x query
+            dp_t = mma(v, tl.trans(do), IEEE, UPCAST)  # (BN, BM)
             rows = offs_m[None, :]  # (1, BM)
             causal = (rows >= offs_n[:, None]) & m_ok[None, :] & n_ok[:, None]  # (BN, BM)
             visible = causal & (rows <= vis_end[:, None])
             p_t = tl.where(visible, tl.exp(tl.where(visible, s_t - lse[None, :], 0.0)), 0.0)
             dpd = dp_t - delta[None, :]
             ds_t = p_t * dpd  # (BN, BM) softmax gradient of the scores
-            if IEEE:
-                dv += tl.dot(p_t.to(do.dtype), do, input_precision="ieee")
-                dk += tl.dot(ds_t.to(q.dtype), q, input_precision="ieee")
-            else:
-                dv += tl.dot(p_t.to(do.dtype), do)
-                dk += tl.dot(ds_t.to(q.dtype), q)
+            dv += mma(p_t.to(do.dtype), do, IEEE, UPCAST)
+            dk += mma(ds_t.to(q.dtype), q, IEEE, UPCAST)
             # type gradient tile: p~ over every causal pair, masked-out ones included
             pt_t = tl.exp(tl.where(causal, s_t - lse_t[None, :], 0.0))
             if CLAMP:
@@ -122,7 +114,7 @@ def nats_bwd_dq_kernel(
     DQ, ROW,  # dq (B,Hq,N,D) fp32, row (B,Hq,N) fp32
     scale, N, HQ, GROUP, HD,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    CLAMP: tl.constexpr, IEEE: tl.constexpr,
+    CLAMP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -157,22 +149,15 @@ def nats_bwd_dq_kernel(
         se = tl.load(SW_END + t_base + offs_n, mask=n_ok, other=-1)
         ss = tl.load(STRICT_START + t_base + offs_n, mask=n_ok, other=N)
         vis_end = tl.where(t == 0, N - 1, tl.where(t == 1, le, se))
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # (BM, BN)
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k)) * scale
-            dp = tl.dot(do, tl.trans(v))
+        s = mma(q, tl.trans(k), IEEE, UPCAST) * scale  # (BM, BN)
+        dp = mma(do, tl.trans(v), IEEE, UPCAST)
         rows = offs_m[:, None]  # (BM, 1)
         causal = (rows >= offs_n[None, :]) & n_ok[None, :] & m_ok[:, None]
         visible = causal & (rows <= vis_end[None, :])
         p = tl.where(visible, tl.exp(tl.where(visible, s - lse[:, None], 0.0)), 0.0)
         dpd = dp - delta[:, None]
         ds = p * dpd
-        if IEEE:
-            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
-        else:
-            dq += tl.dot(ds.to(k.dtype), k)
+        dq += mma(ds.to(k.dtype), k, IEEE, UPCAST)
         pt = tl.exp(tl.where(causal, s - lse_t[:, None], 0.0))
         if CLAMP:
             pt = tl.minimum(pt, 1.0)
@@ -199,6 +184,7 @@ def nats_backward(
     group = hq // hkv
     block_d = pow2_head_dim(hd)
     ieee = q.dtype == torch.float32
+    upcast = upcast_dots(q)
     dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
     dk = torch.empty(k.shape, device=q.device, dtype=torch.float32)
     dv = torch.empty(k.shape, device=q.device, dtype=torch.float32)
@@ -207,11 +193,11 @@ def nats_backward(
     nats_bwd_dkdv_kernel[(triton.cdiv(n, block_n), bsz * hkv)](
         q, k, v, do, lse, lse_t, delta, types, loc_end, loc_end2, sw_end, strict_start,
         dk, dv, cols, float(scale), n, hq, group, hd, bsz * hkv * n,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CLAMP=clamp, IEEE=ieee,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CLAMP=clamp, IEEE=ieee, UPCAST=upcast,
     )
     nats_bwd_dq_kernel[(triton.cdiv(n, block_m), bsz * hq)](
         q, k, v, do, lse, lse_t, delta, types, loc_end, sw_end, strict_start,
         dq, row, float(scale), n, hq, group, hd,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CLAMP=clamp, IEEE=ieee,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CLAMP=clamp, IEEE=ieee, UPCAST=upcast,
     )
     return dq, dk, dv, cols, row

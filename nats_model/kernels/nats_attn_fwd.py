@@ -19,13 +19,26 @@ NEG_BIG = -1.0e30  # finite "minus infinity" for running maxima: exp(NEG_BIG - N
 
 
 @triton.jit
+def mma(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """tl.dot with fp32 accumulation; IEEE: full fp32 products (no TF32) for fp32 inputs; UPCAST:
+    multiply in fp32, used only for bf16 under TRITON_INTERPRET (its bf16 dot returns garbage)."""
+    if UPCAST:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif IEEE:
+        c = tl.dot(a, b, input_precision="ieee")
+    else:
+        c = tl.dot(a, b)
+    return c
+
+
+@triton.jit
 def nats_fwd_kernel(
     Q, K, V, OUT, LSE, LSE_FULL,  # q (B,Hq,N,D) k/v (B,Hkv,N,D) out like q, lse (B,Hq,N) fp32
     TYPES, LOC_END, SW_END,  # (B,Hkv,N) int32 per-key bounds
     SKIP, VISITED,  # optional (B,Hq,Mb,Nb) int8 "visit" table and (B,Hq,Mb) int32 counters
     scale, N, HQ, GROUP, HD,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    FULL_LSE: tl.constexpr, USE_SKIP: tl.constexpr, IEEE: tl.constexpr,
+    FULL_LSE: tl.constexpr, USE_SKIP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -62,10 +75,7 @@ def nats_fwd_kernel(
             n_ok = offs_n < N
             kv_mask = n_ok[None, :] & d_ok[:, None]
             k_t = tl.load(K + k_base + offs_n[None, :] * HD + offs_d[:, None], mask=kv_mask, other=0.0)  # (BD, BN)
-            if IEEE:
-                s = tl.dot(q, k_t, input_precision="ieee") * scale  # (BM, BN) fp32
-            else:
-                s = tl.dot(q, k_t) * scale
+            s = mma(q, k_t, IEEE, UPCAST) * scale  # (BM, BN) fp32
             t = tl.load(TYPES + t_base + offs_n, mask=n_ok, other=2)
             le = tl.load(LOC_END + t_base + offs_n, mask=n_ok, other=-1)
             se = tl.load(SW_END + t_base + offs_n, mask=n_ok, other=-1)
@@ -80,10 +90,7 @@ def nats_fwd_kernel(
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(V + k_base + offs_n[:, None] * HD + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
                         other=0.0)  # (BN, BD)
-            if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, IEEE, UPCAST)
             m_i = m_new
             if FULL_LSE:
                 s_c = tl.where(causal, s, float("-inf"))
@@ -102,6 +109,11 @@ def nats_fwd_kernel(
         tl.store(LSE_FULL + pid_bh.to(tl.int64) * N + offs_m, mf_i + tl.log(lf_safe), mask=m_ok)
     if USE_SKIP:
         tl.store(VISITED + pid_bh.to(tl.int64) * tl.num_programs(0) + pid_m, n_visited)
+
+
+def upcast_dots(x: torch.Tensor) -> bool:
+    """Whether the kernels must multiply in fp32: only bf16 on the CPU interpreter (see `mma`)."""
+    return x.dtype == torch.bfloat16 and not x.is_cuda
 
 
 def pow2_head_dim(hd: int) -> int:
@@ -138,5 +150,6 @@ def nats_forward(
         float(scale), n, hq, hq // hkv, hd,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=pow2_head_dim(hd),
         FULL_LSE=full_lse, USE_SKIP=skip is not None, IEEE=q.dtype == torch.float32,
+        UPCAST=upcast_dots(q),
     )
     return out, lse, lse_full, visited
