@@ -1,0 +1,242 @@
+"""Memory-true KV cache: per layer, per sequence, per KV head, exactly the tokens a policy keeps.
+
+Layout of one layer (`LayerStore`): a flat buffer `k, v (capacity, hd)` cut into segments, one per
+(sequence b, KV head h), segment id `s = b * Hkv + h`. Segment `s` owns `caps[s]` slots starting at
+`offsets[s]`; its first `lens[s]` slots hold kept tokens (in no particular order: the original
+position of every slot is in `pos`). Segments with equal capacity sit next to each other as a
+*group*, so a group is one strided `(n, cap, hd)` view and attention runs batched per group (one
+group when every head keeps the same number of tokens, the common case).
+
+Memory bound: a relayout gives each segment `len + max(1, floor(0.04 len))` slots (or one common
+capacity when that costs no more than 5% + 1 slot per segment), and after an eviction the layer
+is shrunk again whenever capacity exceeds `1.05 * kept + n_segments` slots. So between steps
+`kv_bytes_physical <= 1.05 * kept_bytes + n_segments * 2 * hd * itemsize` per layer.
+`kv_bytes_physical` counts the K and V storages only (what `untyped_storage().nbytes()` reports);
+positions and policy scores are metadata, reported separately by `meta_bytes`.
+
+Eviction (`compact`) is swap-remove: kept slots beyond the new length move into the holes, so an
+eviction costs O(evicted), not O(kept). Per-slot policy state lives in `aux` fields that move
+with the tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SLACK_FRACTION = 0.04
+BOUND_FRACTION = 1.05
+
+
+def _capacities(lens: list[int]) -> tuple[list[int], bool]:
+    """Slots per segment for target lengths; second value True when one common capacity is used."""
+    caps = [n + max(1, int(n * SLACK_FRACTION)) for n in lens]
+    common = max(caps, default=0)
+    if common * len(lens) <= BOUND_FRACTION * sum(lens) + len(lens):
+        return [common] * len(lens), True
+    return caps, False
+
+
+class LayerStore:
+    """The kept tokens of one attention layer for every (sequence, KV head) segment.
+
+    Holds `k, v (capacity, hd)`, original positions `pos (capacity,)` and float32 `aux` fields
+    (policy state, one value per slot). Policies read and write it in *row form*: tensors of shape
+    `(n_seg, row_cap)` (a free view when all segments share one capacity) via `rows`/`set_rows`,
+    with `valid_rows()` marking the occupied slots.
+    """
+
+    def __init__(self, n_seg: int, head_dim: int, dtype: torch.dtype, device: torch.device,
+                 aux_names: tuple[str, ...] = ()):
+        self.n_seg, self.head_dim, self.dtype, self.device = n_seg, head_dim, dtype, device
+        self.k = torch.empty(0, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty(0, head_dim, dtype=dtype, device=device)
+        self.pos = torch.empty(0, dtype=torch.long, device=device)
+        self.aux: dict[str, torch.Tensor] = {n: torch.empty(0, device=device) for n in aux_names}
+        self.lens = torch.zeros(n_seg, dtype=torch.long, device=device)
+        self._set_layout([0] * n_seg)
+
+    # ---------------------------------------------------------------- layout
+    def _set_layout(self, caps: list[int]) -> None:
+        """Order segments by capacity into groups; compute offsets and the row index."""
+        order = sorted(range(self.n_seg), key=lambda s: (caps[s], s))
+        offsets = [0] * self.n_seg
+        self.groups: list[tuple[torch.Tensor, int, int]] = []  # (segment ids, start slot, cap)
+        start, i = 0, 0
+        while i < len(order):
+            j = i
+            while j < len(order) and caps[order[j]] == caps[order[i]]:
+                offsets[order[j]] = start + (j - i) * caps[order[i]]
+                j += 1
+            seg_ids = torch.tensor(order[i:j], dtype=torch.long, device=self.device)
+            self.groups.append((seg_ids, start, caps[order[i]]))
+            start += (j - i) * caps[order[i]]
+            i = j
+        self.caps_list = caps
+        self.capacity = start
+        self.row_cap = max(caps, default=0)
+        self.uniform = len(set(caps)) <= 1 and order == list(range(self.n_seg))
+        self.caps = torch.tensor(caps, dtype=torch.long, device=self.device)
+        self.offsets = torch.tensor(offsets, dtype=torch.long, device=self.device)
+        j = torch.arange(self.row_cap, device=self.device)
+        self.row_exists = j[None, :] < self.caps[:, None]  # (n_seg, row_cap)
+        self.row_index = torch.where(self.row_exists, self.offsets[:, None] + j[None, :], 0)  # flat slot
+
+    def relayout(self, target_lens: list[int]) -> None:
+        """Reallocate with capacities for `target_lens` (>= current lens); copies the kept slots."""
+        caps, _ = _capacities(target_lens)
+        valid = self.valid_rows()
+        src = self.row_index[valid]  # flat slots in row-major (segment, slot) order
+        old = (self.k, self.v, self.pos, dict(self.aux))
+        self._set_layout(caps)
+        dst = self.row_index[self.valid_rows()]  # same (segment, slot) order in the new layout
+        total = self.capacity
+        self.k = torch.empty(total, self.head_dim, dtype=self.dtype, device=self.device)
+        self.v = torch.empty_like(self.k)
+        self.pos = torch.zeros(total, dtype=torch.long, device=self.device)
+        self.k[dst], self.v[dst], self.pos[dst] = old[0][src], old[1][src], old[2][src]
+        for name, a in old[3].items():
+            self.aux[name] = torch.zeros(total, device=self.device)
+            self.aux[name][dst] = a[src]
+
+    # -------------------------------------------------------------- row form
+    def valid_rows(self) -> torch.Tensor:
+        """(n_seg, row_cap) bool: slot holds a kept token."""
+        return torch.arange(self.row_cap, device=self.device)[None, :] < self.lens[:, None]
+
+    def rows(self, flat: torch.Tensor, fill=0) -> torch.Tensor:
+        """A per-slot tensor (capacity, ...) in row form (n_seg, row_cap, ...); a view when uniform."""
+        if self.uniform:
+            return flat.view(self.n_seg, self.row_cap, *flat.shape[1:])
+        out = flat[self.row_index]
+        mask = self.row_exists.view(*self.row_exists.shape, *([1] * (flat.dim() - 1)))
+        return torch.where(mask, out, torch.as_tensor(fill, dtype=flat.dtype, device=flat.device))
+
+    def set_rows(self, flat: torch.Tensor, rows: torch.Tensor) -> None:
+        """Write row-form values back into the per-slot tensor `flat` (in place)."""
+        if self.uniform:
+            flat.view(self.n_seg, self.row_cap, *flat.shape[1:]).copy_(rows)
+        else:
+            flat[self.row_index[self.row_exists]] = rows[self.row_exists]
+
+    # ------------------------------------------------------------ mutations
+    def append(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Store new tokens. k, v (n_seg, T, hd); pos, valid (n_seg, T). Invalid (padding) tokens
+        are not stored. Returns the flat slot of every new token (n_seg, T), -1 where not stored."""
+        n_seg, T = pos.shape
+        if bool(valid.all()):
+            n_new = torch.full((n_seg,), T, dtype=torch.long, device=self.device)
+            rank = torch.arange(T, device=self.device).expand(n_seg, T)
+        else:
+            n_new = valid.sum(1)
+            rank = valid.long().cumsum(1) - 1
+        new_lens = self.lens + n_new
+        if bool((new_lens > self.caps).any()):
+            self.relayout(new_lens.tolist())
+        slot = self.offsets[:, None] + self.lens[:, None] + rank  # (n_seg, T)
+        if T == 1 and n_new.numel() and bool(valid.all()):
+            dst = slot[:, 0]
+            self.k.index_copy_(0, dst, k[:, 0])
+            self.v.index_copy_(0, dst, v[:, 0])
+            self.pos.index_copy_(0, dst, pos[:, 0])
+            for a in self.aux.values():
+                a.index_fill_(0, dst, 0.0)
+        else:
+            dst = slot[valid]
+            self.k[dst], self.v[dst], self.pos[dst] = k[valid], v[valid], pos[valid]
+            for a in self.aux.values():
+                a[dst] = 0.0
+        self.lens = new_lens
+        return torch.where(valid, slot, -1)
+
+    def compact(self, keep: torch.Tensor) -> int:
+        """Drop every occupied slot where `keep (n_seg, row_cap)` is False; returns how many."""
+        valid = self.valid_rows()
+        keep = keep & valid
+        new_lens = keep.sum(1)
+        n_drop = int((self.lens - new_lens).sum())
+        if n_drop == 0:
+            return 0
+        j = torch.arange(self.row_cap, device=self.device)[None, :]
+        holes = self.row_index[valid & ~keep & (j < new_lens[:, None])]  # slots to refill
+        movers = self.row_index[keep & (j >= new_lens[:, None])]  # kept slots past the new end
+        if holes.numel():  # both lists are in (segment, slot) order with equal counts per segment
+            for t in (self.k, self.v, self.pos, *self.aux.values()):
+                t[holes] = t[movers]
+        self.lens = new_lens
+        kept = int(new_lens.sum())
+        if self.capacity > BOUND_FRACTION * kept + self.n_seg:
+            self.relayout(new_lens.tolist())
+        return n_drop
+
+    # ------------------------------------------------------------ accounting
+    def kv_bytes_physical(self) -> int:
+        return self.k.untyped_storage().nbytes() + self.v.untyped_storage().nbytes()
+
+    def meta_bytes(self) -> int:
+        return self.pos.untyped_storage().nbytes() + sum(a.untyped_storage().nbytes() for a in self.aux.values())
+
+
+class KVCache:
+    """All layers' `LayerStore`s plus the tokens seen per sequence.
+
+    Created lazily per layer from the first keys it sees (so the engine needs no model
+    introspection). `seen (B,)` counts the real (non-padding) tokens of each sequence so far;
+    `kv_bytes_full` is what a cache keeping all of them would hold.
+    """
+
+    def __init__(self, batch: int, aux_names: tuple[str, ...] = ()):
+        self.batch = batch
+        self.aux_names = aux_names
+        self.layers: dict[int, LayerStore] = {}
+        self.seen = torch.zeros(batch, dtype=torch.long)
+        self.n_kv_heads = 0
+        self.head_dim = 0
+        self.itemsize = 0
+
+    def layer(self, idx: int, k: torch.Tensor) -> LayerStore:
+        """The store of layer `idx`, created from keys `k (B, Hkv, T, hd)` on first use."""
+        store = self.layers.get(idx)
+        if store is None:
+            B, Hkv, _, hd = k.shape
+            if B != self.batch:
+                raise ValueError(f"keys have batch {B}, the cache was made for batch {self.batch}")
+            self.n_kv_heads, self.head_dim, self.itemsize = Hkv, hd, k.element_size()
+            self.seen = self.seen.to(k.device)
+            store = LayerStore(B * Hkv, hd, k.dtype, k.device, self.aux_names)
+            self.layers[idx] = store
+        return store
+
+    def seen_per_segment(self) -> torch.Tensor:
+        """(B * Hkv,) tokens seen by the sequence of each segment."""
+        return self.seen.repeat_interleave(max(self.n_kv_heads, 1))
+
+    def kv_bytes_physical(self) -> int:
+        return sum(s.kv_bytes_physical() for s in self.layers.values())
+
+    def meta_bytes(self) -> int:
+        return sum(s.meta_bytes() for s in self.layers.values())
+
+    def kept_tokens(self) -> int:
+        return sum(int(s.lens.sum()) for s in self.layers.values())
+
+    def kv_bytes_kept(self) -> int:
+        return self.kept_tokens() * 2 * self.head_dim * self.itemsize
+
+    def kv_bytes_full(self) -> int:
+        per_token = len(self.layers) * self.n_kv_heads * 2 * self.head_dim * self.itemsize
+        return int(self.seen.sum()) * per_token
+
+    def kept_fraction(self) -> float:
+        """kept / seen, averaged over layers, KV heads and sequences (sequences with no tokens skipped)."""
+        if not self.layers:
+            return 1.0
+        seen = self.seen_per_segment().float()
+        has = seen > 0
+        if not bool(has.any()):
+            return 1.0
+        fr = [(s.lens.float()[has] / seen[has]).mean() for s in self.layers.values()]
+        return float(torch.stack(fr).mean())
+
+    def kept_per_layer_head(self) -> torch.Tensor:
+        """(n_layers, B, Hkv) kept token counts."""
+        return torch.stack([self.layers[i].lens.view(self.batch, -1) for i in sorted(self.layers)])

@@ -1,0 +1,307 @@
+"""One generation engine for every policy and model: chunked prefill, token-by-token decode.
+
+`KVEngine` is the `kv_engine` of the model contract (docs/DESIGN.md): each attention layer calls
+`attend(layer_idx, q, k, v, positions=..., type_logits=...)`; the engine stores the new keys in
+the memory-true `KVCache`, attends over exactly the kept tokens (batched per group of equal-
+capacity segments, never a padded full-size cache), lets the policy evict, and returns
+`(B, Hq, T, hd)`. `generate` and `score` drive a model (the small GPT or a Hugging Face Llama /
+Mistral / Qwen2, see `nats_model.models.hf`) through it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nats_model.cache import KVCache, LayerStore
+from nats_model.policies.base import Policy, Step
+
+
+class KVEngine:
+    """Per-run engine state: the cache, the policy and the current step's positions/padding.
+
+    Call `begin_step(positions, valid, ...)` before each model forward; the model then calls
+    `attend` once per layer. `kv_bytes_physical_peak` is the largest K/V footprint seen at any
+    point, including the moment between storing a step's tokens and evicting.
+    """
+
+    def __init__(self, policy: Policy, batch: int):
+        self.policy = policy
+        self.cache = KVCache(batch, tuple(policy.aux_fields))
+        self.kv_bytes_physical_peak = 0
+        self._step: dict = {}
+
+    def begin_step(self, positions: torch.Tensor, valid: torch.Tensor, *, prefill: bool,
+                   last_prefill: bool = False) -> None:
+        """positions, valid (B, T): original positions of the step's tokens, False for padding."""
+        self.cache.seen = self.cache.seen.to(positions.device) + valid.sum(1)
+        self._step = {"pos": positions, "valid": valid, "prefill": prefill, "last": last_prefill}
+
+    def kept_per_seq(self) -> torch.Tensor:
+        """(B,) tokens layer 0 / KV head 0 holds (0 before the first step)."""
+        store = self.cache.layers.get(min(self.cache.layers, default=-1))
+        if store is None:
+            return torch.zeros(self.cache.batch, dtype=torch.long)
+        return store.lens.view(self.cache.batch, -1)[:, 0]
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+               positions: torch.Tensor | None = None, type_logits: torch.Tensor | None = None,
+               scale: float | None = None, sliding_window: int | None = None) -> torch.Tensor:
+        """q (B, Hq, T, hd), k, v (B, Hkv, T, hd) (RoPE applied) -> attention output (B, Hq, T, hd).
+        `positions` (the RoPE positions) are not needed: causality uses the original positions
+        given to `begin_step`."""
+        B, Hq, T, hd = q.shape
+        Hkv = k.shape[1]
+        if Hq % Hkv:
+            raise ValueError(f"query heads {Hq} must be a multiple of KV heads {Hkv}")
+        g, n_seg = Hq // Hkv, B * Hkv
+        st = self._step
+        if "pos_seg" not in st:  # (n_seg, T), computed once per step
+            st["pos_seg"] = st["pos"].repeat_interleave(Hkv, 0)
+            st["valid_seg"] = st["valid"].repeat_interleave(Hkv, 0)
+            st["all_valid"] = bool(st["valid"].all())
+        store = self.cache.layer(layer_idx, k)
+        k_new, v_new = k.reshape(n_seg, T, hd), v.reshape(n_seg, T, hd)
+        new_slots = store.append(k_new, v_new, st["pos_seg"], st["valid_seg"])
+        self.kv_bytes_physical_peak = max(self.kv_bytes_physical_peak, self.cache.kv_bytes_physical())
+        qs = q.reshape(n_seg, g, T, hd)
+        scale = hd ** -0.5 if scale is None else scale
+        out, attn_sum, probs = attend_store(store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"],
+                                            scale, sliding_window, self.policy.observe,
+                                            decode=not st["prefill"])
+        step = Step(layer=layer_idx, prefill=st["prefill"], last_prefill=st["last"],
+                    seen=self.cache.seen_per_segment(), q_pos=st["pos_seg"], q_valid=st["valid_seg"],
+                    new_slots=new_slots, attn_sum=attn_sum, probs=probs, type_logits=type_logits,
+                    q=qs, k_new=k_new, v_new=v_new)
+        keep = self.policy.select(store, step)
+        if keep is not None and store.compact(keep):
+            self.policy.after_compact(store, step)
+        return out.view(B, Hq, T, hd)
+
+
+def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_valid: torch.Tensor,
+                 all_valid: bool, scale: float, sliding_window: int | None, observe: str,
+                 decode: bool = False):
+    """Attention of q (n_seg, g, T, hd) over every segment's kept slots, one batched call per
+    group of equal-capacity segments. Key slot j is visible to query t when it is occupied, its
+    original position <= the query's (and within `sliding_window`). Returns out (n_seg, g, T, hd)
+    and, as `observe` asks, attn_sum (n_seg, row_cap) / probs (n_seg, g, T, row_cap)."""
+    n_seg, g, T, hd = q.shape
+    want = observe != "none"
+    out = q.new_empty(n_seg, g, T, hd) if not store.uniform else None
+    attn_sum = q.new_zeros(n_seg, store.row_cap, dtype=torch.float32) if observe == "sum" else None
+    probs_all = q.new_zeros(n_seg, g, T, store.row_cap, dtype=torch.float32) if observe == "probs" else None
+    # padding queries look at everything (their output is discarded) so no row is empty
+    qp = q_pos if all_valid else torch.where(q_valid, q_pos, torch.iinfo(torch.long).max // 2)
+    for seg_ids, start, cap in store.groups:
+        n = seg_ids.numel()
+        if n == 0 or cap == 0:
+            continue
+        K = store.k[start:start + n * cap].view(n, cap, hd)
+        V = store.v[start:start + n * cap].view(n, cap, hd)
+        sel = slice(None) if store.uniform else seg_ids
+        lens = store.lens[sel]
+        slot = torch.arange(cap, device=q.device)
+        if decode and all_valid and T == 1 and sliding_window is None:
+            # every stored position precedes the query: only unoccupied slots are hidden
+            mask = None if bool((lens == cap).all()) else (slot[None, :] < lens[:, None])[:, None, :]
+        else:
+            P = store.pos[start:start + n * cap].view(n, cap)
+            mask = (slot[None, :] < lens[:, None])[:, None, :] & (P[:, None, :] <= qp[sel][:, :, None])
+            if sliding_window is not None:
+                mask = mask & (P[:, None, :] > qp[sel][:, :, None] - sliding_window)  # (n, T, cap)
+        qg = q[sel].reshape(n, g * T, hd)  # the group's query heads become extra query rows
+        if mask is not None and mask.shape[1] != 1:
+            mask = mask[:, None].expand(n, g, T, cap).reshape(n, g * T, cap)
+        if not want:
+            o = F.scaled_dot_product_attention(qg[:, None], K[:, None], V[:, None],
+                                               attn_mask=None if mask is None else mask[:, None], scale=scale)
+            o = o[:, 0]  # (n, g*T, hd)
+        else:
+            s = torch.bmm(qg, K.transpose(1, 2)).float() * scale  # (n, g*T, cap)
+            if mask is not None:
+                s = s.masked_fill(~mask, torch.finfo(torch.float32).min)
+            p = torch.softmax(s, dim=-1)
+            o = torch.bmm(p.to(V.dtype), V)  # (n, g*T, hd)
+            p4 = p.view(n, g, T, cap)
+            if not all_valid:
+                p4 = p4 * q_valid[sel][:, None, :, None]
+            if attn_sum is not None:
+                attn_sum[sel, :cap] = p4.sum(dim=(1, 2))
+            if probs_all is not None:
+                probs_all[sel, :, :, :cap] = p4
+        o = o.view(n, g, T, hd)
+        if store.uniform:
+            out = o
+        else:
+            out[seg_ids] = o
+    if out is None:  # empty cache (cannot happen for real queries, which see themselves)
+        out = q.new_zeros(n_seg, g, T, hd)
+    if not all_valid:
+        out = out.masked_fill(~q_valid[:, None, :, None], 0.0)
+    return out, attn_sum, probs_all
+
+
+@dataclass
+class GenerationResult:
+    """New tokens and what the run cost. kv_bytes_* count K and V storage (see nats_model.cache).
+
+    tokens (B, max_new_tokens); kept_per_layer_head (n_layers, B, Hkv) at the end; ttft_s: prompt
+    in to first token out; tpot_s: mean time per later token; tokens_per_s: B * max_new_tokens
+    over the whole call.
+    """
+
+    tokens: torch.Tensor
+    kv_bytes_physical: int
+    kv_bytes_physical_peak: int
+    kv_bytes_full: int
+    kv_bytes_kept: int
+    kv_meta_bytes: int
+    kept_fraction: float
+    ttft_s: float
+    tpot_s: float
+    tokens_per_s: float
+    kept_per_layer_head: torch.Tensor
+
+    def metrics(self) -> dict:
+        """The scalar fields as a plain dict (for run records)."""
+        return {k: getattr(self, k) for k in ("kv_bytes_physical", "kv_bytes_physical_peak", "kv_bytes_full",
+                                              "kv_bytes_kept", "kv_meta_bytes", "kept_fraction", "ttft_s",
+                                              "tpot_s", "tokens_per_s")}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  prefill_chunk_size: int | None) -> torch.Tensor:
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (batch, length>0), got shape {tuple(input_ids.shape)}")
+    if prefill_chunk_size is not None and (not isinstance(prefill_chunk_size, int) or prefill_chunk_size < 1):
+        raise ValueError(f"prefill_chunk_size must be None or an int >= 1, got {prefill_chunk_size!r}")
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
+    mask = attention_mask.bool()
+    if bool((mask[:, 1:].int() < mask[:, :-1].int()).any()):
+        raise ValueError("attention_mask: only left padding is supported (zeros before ones in each row)")
+    if not bool(mask[:, -1].all()):
+        raise ValueError("attention_mask: every sequence needs at least one real token")
+    return mask
+
+
+def _prefill(adapter, engine: KVEngine, input_ids, mask, chunk: int | None) -> torch.Tensor:
+    """Feed the prompt in chunks; returns the logits of the last position (B, V)."""
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, P) like Hugging Face
+    P = input_ids.shape[1]
+    chunk = P if chunk is None else chunk
+    logits = None
+    for s in range(0, P, chunk):
+        e = min(P, s + chunk)
+        pos, val = positions[:, s:e], mask[:, s:e]
+        rope = engine.policy.rope_positions(pos, engine.kept_per_seq().to(pos.device), val)
+        engine.begin_step(pos, val, prefill=True, last_prefill=e == P)
+        logits = adapter.forward(input_ids[:, s:e], rope, engine)
+    return logits[:, -1]
+
+
+def _decode_step(adapter, engine: KVEngine, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """tok, pos (B,) -> logits (B, V) for the next token."""
+    valid = torch.ones(tok.shape[0], 1, dtype=torch.bool, device=tok.device)
+    rope = engine.policy.rope_positions(pos[:, None], engine.kept_per_seq().to(pos.device), valid)
+    engine.begin_step(pos[:, None], valid, prefill=False)
+    return adapter.forward(tok[:, None], rope, engine)[:, -1]
+
+
+def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None, gen) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, policy: Policy, max_new_tokens: int,
+             attention_mask: torch.Tensor | None = None, prefill_chunk_size: int | None = 512,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+             seed: int | None = None) -> GenerationResult:
+    """Generate `max_new_tokens` per sequence with `policy` managing the KV cache.
+    Greedy unless `do_sample`; left padding via `attention_mask`; `prefill_chunk_size=None`
+    prefills the whole prompt in one step."""
+    from nats_model.models.hf import adapt
+
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if do_sample and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    mask = _check_inputs(input_ids, attention_mask, prefill_chunk_size)
+    adapter = adapt(model)
+    device = input_ids.device
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    policy.reset()
+    engine = KVEngine(policy, input_ids.shape[0])
+    out = []
+    with adapter.session(engine):
+        _sync(device)
+        t0 = time.perf_counter()
+        logits = _prefill(adapter, engine, input_ids, mask, prefill_chunk_size)
+        tok = _pick(logits, do_sample, temperature, top_k, gen)
+        out.append(tok)
+        _sync(device)
+        t1 = time.perf_counter()
+        pos = mask.long().sum(1)  # original position of the first new token
+        for _ in range(max_new_tokens - 1):
+            logits = _decode_step(adapter, engine, tok, pos)
+            tok = _pick(logits, do_sample, temperature, top_k, gen)
+            out.append(tok)
+            pos = pos + 1
+        _sync(device)
+        t2 = time.perf_counter()
+    cache = engine.cache
+    return GenerationResult(
+        tokens=torch.stack(out, 1), kv_bytes_physical=cache.kv_bytes_physical(),
+        kv_bytes_physical_peak=engine.kv_bytes_physical_peak, kv_bytes_full=cache.kv_bytes_full(),
+        kv_bytes_kept=cache.kv_bytes_kept(), kv_meta_bytes=cache.meta_bytes(),
+        kept_fraction=cache.kept_fraction(), ttft_s=t1 - t0,
+        tpot_s=(t2 - t1) / (max_new_tokens - 1) if max_new_tokens > 1 else 0.0,
+        tokens_per_s=input_ids.shape[0] * max_new_tokens / max(t2 - t0, 1e-12),
+        kept_per_layer_head=cache.kept_per_layer_head())
+
+
+@torch.no_grad()
+def score(model, input_ids: torch.Tensor, policy: Policy, attention_mask: torch.Tensor | None = None,
+          prefill_chunk_size: int = 1) -> torch.Tensor:
+    """Streaming NLL (B, T-1): entry t is -log p(token t+1 | tokens <= t) with the policy active,
+    feeding `prefill_chunk_size` tokens per step (1 = token by token, as StreamingLLM evaluates).
+    NaN where token t is padding."""
+    from nats_model.models.hf import adapt
+
+    mask = _check_inputs(input_ids, attention_mask, prefill_chunk_size)
+    adapter = adapt(model)
+    policy.reset()
+    engine = KVEngine(policy, input_ids.shape[0])
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    T = input_ids.shape[1]
+    nll = []
+    with adapter.session(engine):
+        for s in range(0, T - 1, prefill_chunk_size):
+            e = min(T - 1, s + prefill_chunk_size)
+            pos, val = positions[:, s:e], mask[:, s:e]
+            rope = policy.rope_positions(pos, engine.kept_per_seq().to(pos.device), val)
+            engine.begin_step(pos, val, prefill=True, last_prefill=False)
+            logp = torch.log_softmax(adapter.forward(input_ids[:, s:e], rope, engine).float(), -1)
+            tgt = input_ids[:, s + 1:e + 1]
+            step_nll = -logp.gather(-1, tgt[..., None])[..., 0]
+            nll.append(step_nll.masked_fill(~val, float("nan")))
+    return torch.cat(nll, 1)

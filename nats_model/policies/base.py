@@ -1,0 +1,128 @@
+"""The KV-cache policy interface every policy file implements.
+
+A policy is a `@dataclass` whose fields are its hyperparameters. The engine
+(`nats_model.generate.KVEngine`) calls, for every attention layer and every step (a prefill
+chunk or one decode token):
+
+1. `KVCache` stores the step's new keys/values (padding never stored);
+2. the current queries attend over the kept tokens plus the new ones (causal by original position);
+3. `select(store, step)` returns which slots survive (`(n_seg, row_cap)` bool, or None = keep all);
+4. the store drops the others (swap-remove) and shrinks when over the memory bound;
+5. `after_compact(store, step)` may edit the survivors (e.g. StreamingLLM re-rotates keys).
+
+Everything a policy needs arrives in `Step` in row form `(n_seg, row_cap)` with segment
+`s = b * Hkv + h`; per-slot state that must survive across steps is kept in the store's `aux`
+fields named in `aux_fields` (zero for new tokens; moved with the tokens on eviction).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from nats_model.cache import LayerStore
+
+
+@dataclass
+class Step:
+    """What one layer's step shows the policy. Row-form tensors are `(n_seg, row_cap)`.
+
+    layer: layer index. prefill / last_prefill: a prompt chunk / the prompt's last chunk.
+    seen (n_seg,): tokens seen by the segment's sequence, this step included.
+    q_pos, q_valid (n_seg, T): original positions of the step's queries / False for padding.
+    new_slots (n_seg, T): flat slot of each new token (-1 for padding).
+    attn_sum (n_seg, row_cap) or None: attention each slot received this step, summed over the
+      step's real queries and over the query heads of the KV head's GQA group (observe="sum").
+    probs (n_seg, g, T, row_cap) or None: per query head and query (observe="probs"; padding
+      queries are zero).
+    type_logits (B, Hkv, T, 3) or None: NAtS scorer logits of the new tokens.
+    q (n_seg, g, T, hd), k_new / v_new (n_seg, T, hd): the step's queries and new keys/values.
+    """
+
+    layer: int
+    prefill: bool
+    last_prefill: bool
+    seen: torch.Tensor
+    q_pos: torch.Tensor
+    q_valid: torch.Tensor
+    new_slots: torch.Tensor
+    attn_sum: torch.Tensor | None
+    probs: torch.Tensor | None
+    type_logits: torch.Tensor | None
+    q: torch.Tensor
+    k_new: torch.Tensor
+    v_new: torch.Tensor
+
+
+@dataclass
+class Policy:
+    """Base of all KV policies: budget handling and default (keep-everything) hooks.
+
+    Subclasses set `name` (registry key), `observe` ("none", "sum" or "probs": what attention
+    the engine must compute for `Step`), `aux_fields` (per-slot state) and implement `select`.
+    Budget: `budget` is a fraction of the tokens seen (0 < budget <= 1), `budget_tokens` an
+    absolute count per (layer, sequence, KV head); `needs_budget` policies require exactly one.
+    """
+
+    budget: float | None = None
+    budget_tokens: int | None = None
+
+    name: ClassVar[str] = ""
+    observe: ClassVar[str] = "none"
+    aux_fields: ClassVar[tuple[str, ...]] = ()
+    needs_budget: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and self.budget_tokens is not None:
+            raise ValueError(f"{self.name}: give budget (fraction) or budget_tokens, not both")
+        if self.budget is not None and not (isinstance(self.budget, int | float) and 0 < self.budget <= 1):
+            raise ValueError(f"{self.name}: budget must be a fraction in (0, 1], got {self.budget!r}")
+        if self.budget_tokens is not None and (
+            isinstance(self.budget_tokens, bool) or not isinstance(self.budget_tokens, int)
+            or self.budget_tokens < 1
+        ):
+            raise ValueError(f"{self.name}: budget_tokens must be an int >= 1, got {self.budget_tokens!r}")
+        if self.needs_budget and self.budget is None and self.budget_tokens is None:
+            raise ValueError(f"{self.name}: needs a budget: budget=<fraction in (0, 1]> or budget_tokens=<int >= 1>")
+
+    def budget_for(self, seen: torch.Tensor) -> torch.Tensor:
+        """Kept-token budget per segment (long, like `seen`); `seen` when there is no budget."""
+        if self.budget_tokens is not None:
+            return torch.full_like(seen, self.budget_tokens)
+        if self.budget is not None:
+            return torch.ceil(seen.double() * self.budget - 1e-9).long().clamp(min=1)
+        return seen.clone()
+
+    def budget_label(self) -> str:
+        if self.budget_tokens is not None:
+            return f"{self.budget_tokens} tokens"
+        return "all" if self.budget is None else f"{self.budget:g}"
+
+    # ------------------------------------------------------------------ hooks
+    def reset(self) -> None:
+        """Forget per-run state (called once per generate/score call, before the first step)."""
+
+    def rope_positions(self, positions: torch.Tensor, kept_per_seq: torch.Tensor,
+                       valid: torch.Tensor) -> torch.Tensor:
+        """RoPE positions `(B, T)` the model uses for the step's tokens (default: the original ones).
+        kept_per_seq (B,): tokens layer 0 KV head 0 holds before the step; valid (B, T)."""
+        return positions
+
+    def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        """Which occupied slots survive: (n_seg, row_cap) bool, or None to keep all."""
+        return None
+
+    def after_compact(self, store: LayerStore, step: Step) -> None:
+        """Called after eviction; may edit the surviving slots (keys, aux)."""
+
+
+def recent_mask(pos_rows: torch.Tensor, seen: torch.Tensor, n_recent: torch.Tensor) -> torch.Tensor:
+    """(n_seg, row_cap) True for the `n_recent (n_seg,)` most recent original positions."""
+    return pos_rows >= (seen - n_recent)[:, None]
+
+
+def ceil_frac(x: float) -> int:
+    return math.ceil(x - 1e-9)
