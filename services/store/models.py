@@ -1,0 +1,133 @@
+"""The typed SQLAlchemy 2 ORM schema of the result store.
+
+`sweeps` holds one row per sweep file (name unique, the validated spec as JSON);
+`runs` holds one row per benchmark cell, keyed by `run_key` (see `keys.run_key`), with
+its config, status, timestamps from the database clock, environment and metrics;
+`sweep_runs` says which sweeps contain which runs, because two sweeps that share a cell
+share its row (the row's `sweep_id` is the sweep that first planned it). The schema is
+created and upgraded only by the Alembic migrations in `migrations/versions`; keep them
+in step with this file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .clock import db_now
+
+# The statuses a run moves through: pending -> running -> done | failed.
+RUN_STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed")
+FINISHED_STATUSES: tuple[str, ...] = ("done", "failed")
+
+# JSON everywhere; JSONB on PostgreSQL (indexable, compact).
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the natsbench store tables."""
+
+
+class Sweep(Base):
+    """One sweep: a named grid of cells with the spec it was planned from."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (UniqueConstraint("name", name="uq_sweeps_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=db_now(), nullable=False
+    )
+
+
+class Run(Base):
+    """One benchmark cell (model x policy x budget x workload x seed) and its measured record."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("run_key", name="uq_runs_run_key"),
+        CheckConstraint("status IN ('pending', 'running', 'done', 'failed')", name="ck_runs_status"),
+        Index("ix_runs_sweep_id_status", "sweep_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    sweep_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sweeps.id", name="fk_runs_sweep_id", ondelete="SET NULL"), nullable=True
+    )
+    # The config, column by column for filtering, and whole in `config`.
+    model: Mapped[str] = mapped_column(String(500), nullable=False)
+    policy: Mapped[str] = mapped_column(String(100), nullable=False)
+    policy_params: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    budget: Mapped[float | None] = mapped_column(Float, nullable=True)
+    workload: Mapped[str] = mapped_column(String(100), nullable=False)
+    workload_params: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    seed: Mapped[int] = mapped_column(Integer, nullable=False)
+    n_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    device: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    dtype: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    # Lifecycle; timestamps come from the database clock.
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=db_now(), nullable=False
+    )
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # Metrics.
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    kv_bytes_physical: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    kv_bytes_full: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    kept_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ttft_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tpot_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    extras: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class SweepRun(Base):
+    """Membership: run `run_id` is a cell of sweep `sweep_id`."""
+
+    __tablename__ = "sweep_runs"
+
+    sweep_id: Mapped[int] = mapped_column(
+        ForeignKey("sweeps.id", name="fk_sweep_runs_sweep_id", ondelete="CASCADE"), primary_key=True
+    )
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", name="fk_sweep_runs_run_id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+# Metric columns a finished record may carry, in the order tables print them.
+METRIC_FIELDS: tuple[str, ...] = (
+    "accuracy",
+    "kv_bytes_physical",
+    "kv_bytes_full",
+    "kept_fraction",
+    "ttft_s",
+    "tpot_s",
+    "tokens_per_s",
+    "peak_memory_bytes",
+)
