@@ -89,7 +89,7 @@ class _Dispatcher:
     """The `ray.wait` loop over a fixed number of worker slots."""
 
     def __init__(self, spec: SweepSpec, store: Any, plan: Plan, n_workers: int, runner: str,
-                 result: SweepResult, progress: Any) -> None:
+                 result: SweepResult, progress: Any, rerun_failed: bool = False) -> None:
         import ray
 
         from services.worker import PolicyWorker
@@ -107,6 +107,8 @@ class _Dispatcher:
         self.slots: list[dict[str, Any]] = [{"actor": self.make_actor(), "model": None} for _ in range(n_workers)]
         self.inflight: dict[Any, tuple[dict[str, Any], Cell, float]] = {}
         self.deaths: dict[str, int] = {}
+        self.claimed: set[str] = set()  # claimed by this driver (a retried cell is not claimed twice)
+        self.rerun_failed = rerun_failed
 
     def _next_cell(self, slot: dict[str, Any]) -> Cell | None:
         own = self.queues.get(slot["model"])
@@ -121,8 +123,10 @@ class _Dispatcher:
 
     def _dispatch(self, slot: dict[str, Any]) -> None:
         while (cell := self._next_cell(slot)) is not None:
-            if not self.store.claim(cell.run_key):  # another driver holds or finished it
-                continue
+            if cell.run_key not in self.claimed:
+                if not self.store.claim(cell.run_key, retry_failed=self.rerun_failed):
+                    continue  # another driver holds or finished it
+                self.claimed.add(cell.run_key)
             ref = slot["actor"].run.remote(cell.config)
             self.inflight[ref] = (slot, cell, time.perf_counter())
             return
@@ -203,7 +207,7 @@ def run_sweep(spec: SweepSpec, db_url: str, *, address: str | None = None, worke
             bar = tqdm(total=len(plan.todo), desc=f"sweep {spec.name}", unit="cell", file=sys.stderr,
                        mininterval=0.5, dynamic_ncols=True)
         runner = runner or os.environ.get(RUNNER_ENV) or DEFAULT_RUNNER
-        dispatcher = _Dispatcher(spec, store, plan, n_workers, runner, result, bar)
+        dispatcher = _Dispatcher(spec, store, plan, n_workers, runner, result, bar, rerun_failed)
         main_thread = threading.current_thread() is threading.main_thread()
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
         try:

@@ -168,21 +168,40 @@ def _check_grid(path: str, params: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"{path}.{key}: an empty list gives no cells; give at least one value")
 
 
-def _check_workload_params(i: int, w: WorkloadSpec, problems: list[str]) -> None:
-    """Every grid combination through the workload's own validator (names, ranges, cross-checks)."""
+def _combos(params: dict[str, Any]) -> list[dict[str, Any]]:
     import itertools
 
+    keys = list(params)
+    axes = [params[k] if isinstance(params[k], list) else [params[k]] for k in keys]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
+
+
+def _check_policy_params(i: int, p: PolicySpec, problems: list[str]) -> None:
+    """Build the policy once per grid combination: its own validator names bad fields/values."""
+    from nats_model import policies
+
+    seen: set[str] = set()
+    for combo in _combos(p.params):
+        try:
+            policies.build(p.name, **combo)
+        except (ValueError, TypeError) as exc:
+            msg = f"policies[{i}].params: {exc}"
+            if msg not in seen:
+                seen.add(msg)
+                problems.append(msg)
+
+
+def _check_workload_params(i: int, w: WorkloadSpec, problems: list[str]) -> None:
+    """Every grid combination through the workload's own validator (names, ranges, cross-checks)."""
     from services import workloads
 
     validate = getattr(workloads.get(w.name), "validate", None)
     if validate is None or any(isinstance(v, list) and not v for v in w.params.values()):
         return
-    keys = list(w.params)
-    axes = [w.params[k] if isinstance(w.params[k], list) else [w.params[k]] for k in keys]
     seen: set[str] = set()
-    for combo in itertools.product(*axes):
+    for combo in _combos(w.params):
         try:
-            validate(dict(zip(keys, combo, strict=True)))
+            validate(combo)
         except (ValueError, TypeError) as exc:
             msg = f"workloads[{i}].params: {exc}"
             if msg not in seen:
@@ -207,8 +226,11 @@ def check_semantics(spec: SweepSpec) -> list[str]:
             problems.append(
                 f"policies[{i}].name: unknown policy {p.name!r}; allowed: {', '.join(policy_names)}"
             )
+        before = len(problems)
         _check_grid(f"policies[{i}].params", p.params, problems)
         _check_budgets(f"policies[{i}].params", p.params, problems)
+        if policy_names is not None and p.name in policy_names and len(problems) == before:
+            _check_policy_params(i, p, problems)
     workload_names = _workload_names()
     for i, w in enumerate(spec.workloads):
         if workload_names is not None and w.name not in workload_names:

@@ -1,0 +1,93 @@
+"""`natsbench demo`: what `make demo` runs.
+
+The default sweep (`configs/demo.yaml`) on an in-process Ray bound to 127.0.0.1 into
+`sqlite:///results/natsbench.sqlite`, then the comparison table (mean accuracy per policy and
+budget for each workload, with the kept fraction and the physical KV bytes), then the
+dashboard on 127.0.0.1:8501 until Ctrl-C, unless env `NO_DASHBOARD=1`. Done cells are skipped,
+so a second `make demo` goes straight to the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from orchestrator.commands.common import DEFAULT_DB_URL
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(DEMO_CONFIG), help=f"sweep file (default {DEMO_CONFIG.name})")
+    parser.add_argument("--db", metavar="URL", default=DEFAULT_DB_URL,
+                        help=f"result store (default {DEFAULT_DB_URL}; the demo ignores $NATSBENCH_DB_URL)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help="worker actors (default: the sweep's)")
+    parser.add_argument("--port", type=int, default=8501, help="dashboard port on 127.0.0.1 (default 8501)")
+
+
+def _label(rec: dict[str, Any]) -> str:
+    params = rec.get("workload_params") or {}
+    return rec["workload"] + ("(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
+
+
+def comparison_table(records: list[dict[str, Any]]) -> str:
+    """Rows: model x policy x budget; columns: mean accuracy per workload cell, kept fraction,
+    mean physical KV KiB. Failed cells show as `x`."""
+    workloads = sorted({_label(r) for r in records})
+    groups: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        budget = (r.get("policy_params") or {}).get("budget")
+        groups[(r["model"], r["policy"], "-" if budget is None else f"{budget:g}")][_label(r)].append(r)
+    short = [w.replace("context_length=", "n=").replace("workload", "")[:18] for w in workloads]
+    head = f"{'model':<18} {'policy':<14} {'budget':<6} " + " ".join(f"{s:>18}" for s in short)
+    head += f" {'kept':>6} {'KV KiB':>8}"
+    lines = [head, "-" * len(head)]
+    for (model, policy, budget), by_w in sorted(groups.items()):
+        cells, kept, kv = [], [], []
+        for w in workloads:
+            rs = by_w.get(w, [])
+            ok = [r for r in rs if r.get("status") == "done" and r.get("accuracy") is not None]
+            cells.append("" if not rs else ("x" if not ok else f"{sum(r['accuracy'] for r in ok) / len(ok):.2f}"))
+            kept += [r["kept_fraction"] for r in ok if r.get("kept_fraction") is not None]
+            kv += [r["kv_bytes_physical"] for r in ok if r.get("kv_bytes_physical") is not None]
+        kept_s = f"{sum(kept) / len(kept):.2f}" if kept else "-"
+        kv_s = f"{sum(kv) / len(kv) / 1024:.1f}" if kv else "-"
+        lines.append(f"{model[:18]:<18} {policy[:14]:<14} {budget:<6} " + " ".join(f"{c:>18}" for c in cells)
+                     + f" {kept_s:>6} {kv_s:>8}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator.run import open_store, run_sweep
+    from orchestrator.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.config)
+    except SpecError as exc:
+        print(f"natsbench demo: {exc}", file=sys.stderr)
+        return 2
+    if args.db.startswith("sqlite:///results/"):
+        Path("results").mkdir(exist_ok=True)
+    store = open_store(args.db)
+    print(f"natsbench demo: sweep {spec.name} ({args.config}) into {args.db}", file=sys.stderr)
+    result = run_sweep(spec, args.db, workers=args.workers, store=store)
+    print(comparison_table(store.runs(spec.name)))
+    print(json.dumps(result.summary()))
+    sys.stdout.flush()
+    if result.interrupted:
+        return 130
+    if os.environ.get("NO_DASHBOARD") == "1":
+        return 1 if result.failed else 0
+    try:
+        from orchestrator.commands import dashboard
+    except ImportError:
+        print("natsbench demo: the dashboard (issue #7) is not built yet; results are in "
+              f"{args.db} (`natsbench results`)", file=sys.stderr)
+        return 1 if result.failed else 0
+    print(f"natsbench demo: dashboard on http://127.0.0.1:{args.port} (Ctrl-C stops)", file=sys.stderr)
+    return dashboard.serve(args.db, host="127.0.0.1", port=args.port)
