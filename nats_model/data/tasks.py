@@ -8,7 +8,7 @@ filler; needles are snapped to the nearest sentence boundary of the filler. Trai
 (`nats_model.train`) and the workloads (`services.workloads`) use these same functions.
 
 Formats (keys are single characters so that one key is one token):
-- passkey: "... The pass key is 12345. Remember it. 12345 is the pass key. ..."
+- passkey: "... The pass key is 12345. ..."
   + "\\nWhat is the pass key? The pass key is " -> "12345"
 - niah_multikey: needles "The number for K is 12345. ", one asked:
   "\\nWhat is the number for K? The number for K is " -> "12345"
@@ -29,10 +29,10 @@ DEFAULT_FILLER = (
 )
 ANSWER_END = "\n"
 
-PASSKEY_HEAD = "There is a pass key hidden in this text. Find it and remember it.\n"
-NIAH_HEAD = "Some special numbers are hidden in this text. Remember them.\n"
-KV_HEAD = "Remember the value of every key.\n"
-VAR_HEAD = "Follow the variable assignments.\n"
+PASSKEY_HEAD = "Find the pass key.\n"
+NIAH_HEAD = "Remember the numbers.\n"
+KV_HEAD = "Remember the values.\n"
+VAR_HEAD = "Track the variables.\n"
 
 NIAH_KEYS = string.ascii_uppercase
 KV_KEYS = string.ascii_lowercase
@@ -128,7 +128,7 @@ def passkey(
     """A `digits`-digit pass key hidden at `depth` in filler; the answer is the key."""
     _check_depth(depth)
     key = _number(rng, digits)
-    needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
+    needle = f"The pass key is {key}. "
     tail = "\nWhat is the pass key? The pass key is "
     return assemble(PASSKEY_HEAD, [(needle, depth)], tail, context_length, filler), key
 

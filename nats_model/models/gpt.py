@@ -50,6 +50,7 @@ class Attention(nn.Module):
             self.scorer = TypeScorer(d, config.n_kv_head, chunk_size=config.chunk_size)
         # inference types (B, Hkv, N or Nc) of the last NAtS forward, for kept-fraction statistics
         self.last_types: torch.Tensor | None = None
+        self.last_n_tokens = 0
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                 kv_engine=None) -> torch.Tensor:
@@ -75,12 +76,14 @@ class Attention(nn.Module):
         cfg = self.config
         logits = self.scorer(x.detach())  # (B, Hkv, N or Nc, 3)
         with torch.no_grad():
-            types = scorer_mod.inference_types(logits, global_bias=cfg.global_bias)  # (B, Hkv, N or Nc)
-        self.last_types = types
+            types = scorer_mod.infer_types(logits, global_bias=cfg.global_bias)  # (B, Hkv, N or Nc)
+            if cfg.chunk_size is not None:
+                types = scorer_mod.mark_unfinished_chunk_global(types, q.shape[2], cfg.chunk_size)
+        self.last_types, self.last_n_tokens = types, q.shape[2]
         if self.training:
             from nats_model.attention import nats_attention
 
-            onehot = scorer_mod.training_types(logits)  # (B, Hkv, N or Nc, 3), straight-through
+            onehot = scorer_mod.sample_train_types(logits)  # (B, Hkv, N or Nc, 3), straight-through
             return nats_attention(q, k, v, onehot, window=cfg.window, lam=cfg.lam, chunk_size=cfg.chunk_size)
         vis = dense_visibility(types, cfg.window, cfg.chunk_size, q.shape[2])  # (B, Hkv, N, N)
         group = cfg.n_head // cfg.n_kv_head
@@ -183,9 +186,7 @@ class GPT(nn.Module):
             types = block.attn.last_types
             if types is None:
                 continue
-            n_tokens = types.shape[-1] if self.config.chunk_size is None else None
-            if n_tokens is None:  # chunk types: the token count is not stored; use full chunks
-                n_tokens = types.shape[-1] * self.config.chunk_size
+            n_tokens = block.attn.last_n_tokens
             fracs.append(kept_fraction_of(types, self.config.window, self.config.chunk_size, n_tokens).mean())
         return float(torch.stack(fracs).mean()) if fracs else None
 
