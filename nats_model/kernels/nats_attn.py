@@ -31,8 +31,6 @@ import torch
 
 from nats_model.kernels.bounds import KeyBounds, collected_term, key_bounds
 
-DEFAULT_BLOCK = 64
-
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, types_onehot: torch.Tensor,
                   chunk_size: int | None) -> None:
@@ -81,16 +79,20 @@ class NatsAttentionTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, types_onehot, window, lam, chunk_size, scale, block):  # noqa: D102
-        from nats_model.kernels.nats_attn_fwd import nats_forward
+        from nats_model.kernels.nats_attn_fwd import default_block, nats_forward, with_block_fallback
 
         n = q.shape[2]
         unit_types = types_onehot.detach().argmax(-1)  # (B, Hkv, U) hard types
         kb = key_bounds(unit_types, n, window, chunk_size)
         token_level = chunk_size is None
+        type_grad = types_onehot.requires_grad  # without it the backward skips the type-gradient sums
+        full_lse = token_level and type_grad  # p~ of the token level needs the unmasked normaliser
         q_c, k_c, v_c = q.contiguous(), k.contiguous(), v.contiguous()
-        out, lse, lse_full, _ = nats_forward(q_c, k_c, v_c, kb.types, kb.loc_end, kb.sw_end, scale,
-                                             full_lse=token_level, block_m=block, block_n=block)
-        ctx.save_for_backward(q_c, k_c, v_c, out, lse, lse_full if token_level else lse)
+        block = block or default_block(q, q.shape[-1])
+        out, lse, lse_full, _ = with_block_fallback(
+            lambda bl: nats_forward(q_c, k_c, v_c, kb.types, kb.loc_end, kb.sw_end, scale,
+                                    full_lse=full_lse, block_m=bl, block_n=bl), block)
+        ctx.save_for_backward(q_c, k_c, v_c, out, lse, lse_full if full_lse else lse)
         ctx.kb, ctx.scale, ctx.lam, ctx.block, ctx.token_level = kb, scale, lam, block, token_level
         ctx.chunk_size, ctx.onehot_dtype = chunk_size, types_onehot.dtype
         return out
@@ -98,6 +100,7 @@ class NatsAttentionTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out):  # noqa: D102
         from nats_model.kernels.nats_attn_bwd import nats_backward
+        from nats_model.kernels.nats_attn_fwd import with_block_fallback
 
         q, k, v, out, lse, lse_t = ctx.saved_tensors
         kb: KeyBounds = ctx.kb
@@ -106,8 +109,12 @@ class NatsAttentionTriton(torch.autograd.Function):
         do = d_out.contiguous()
         delta = (do.float() * out.float()).sum(-1)  # (B, Hq, N) D[m] = rowsum(dO * O)
         bounds = (kb.types, kb.loc_end, kb.loc_end2, kb.sw_end, kb.strict_start)
-        dq, dk, dv, cols, row = nats_backward(q, k, v, do, lse, lse_t, delta, bounds, ctx.scale,
-                                              clamp=not ctx.token_level, block_m=ctx.block, block_n=ctx.block)
+        type_grad = ctx.needs_input_grad[3]
+        dq, dk, dv, cols, row = with_block_fallback(
+            lambda bl: nats_backward(q, k, v, do, lse, lse_t, delta, bounds, ctx.scale, clamp=not ctx.token_level,
+                                     type_grad=type_grad, block_m=bl, block_n=bl), ctx.block)
+        if not type_grad:
+            return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None
         row_kv = row.view(bsz, hkv, hq // hkv, n).sum(2)  # (B, Hkv, N) summed over the GQA group
         col_g, col_l, col_s, col_strict, col_next = (_per_unit(c, kb) for c in cols)
         c_term = collected_term(kb.unit_types, col_strict, _per_unit(row_kv, kb), col_next)
@@ -124,7 +131,7 @@ class NatsAttentionTriton(torch.autograd.Function):
 
 def nats_attention_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, types_onehot: torch.Tensor, *, window: int,
-    lam: float = 0.0, chunk_size: int | None = None, scale: float | None = None, block: int = DEFAULT_BLOCK,
+    lam: float = 0.0, chunk_size: int | None = None, scale: float | None = None, block: int | None = None,
 ) -> torch.Tensor:
     """NAtS attention on the Triton kernels: same contract as `nats_model.attention.nats_attention`.
 
@@ -132,9 +139,10 @@ def nats_attention_triton(
     or (B,Hkv,ceil(N/C),3) with `chunk_size=C`, hard one-hot in the order (G, L, S). Returns out
     (B,Hq,N,hd); its backward gives dq, dk, dv and the type gradients of NATS_METHOD 3-4.
     Runs on CUDA, or on the CPU under TRITON_INTERPRET=1 (set before triton is imported).
+    `block` (query = key block) defaults by head dim and dtype, halved on OutOfResources.
     """
     _check_inputs(q, k, v, types_onehot, chunk_size)
-    if block not in (16, 32, 64, 128):
+    if block not in (None, 16, 32, 64, 128):
         raise ValueError(f"block must be one of 16, 32, 64, 128, got {block}")
     sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return NatsAttentionTriton.apply(q, k, v, types_onehot, int(window), float(lam), chunk_size, sc, block)

@@ -29,7 +29,7 @@ def nats_bwd_dkdv_kernel(
     DK, DV, COLS,  # dk/dv (B,Hkv,N,D) fp32, cols (5,B,Hkv,N) fp32
     scale, N, HQ, GROUP, HD, N_KV_TOTAL,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    CLAMP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    CLAMP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, TYPE_GRAD: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     hk = tl.program_id(1)  # flat (batch, kv head)
@@ -84,18 +84,18 @@ def nats_bwd_dkdv_kernel(
             ds_t = p_t * dpd  # (BN, BM) softmax gradient of the scores
             dv += mma(p_t.to(do.dtype), do, IEEE, UPCAST)
             dk += mma(ds_t.to(q.dtype), q, IEEE, UPCAST)
-            # type gradient tile: p~ over every causal pair, masked-out ones included
-            pt_t = tl.exp(tl.where(causal, s_t - lse_t[None, :], 0.0))
-            if CLAMP:
-                pt_t = tl.minimum(pt_t, 1.0)
-            dm_t = tl.where(causal, pt_t * dpd, 0.0)  # (BN, BM)
-            col_g += tl.sum(dm_t, 1)
-            col_l += tl.sum(tl.where(rows <= le[:, None], dm_t, 0.0), 1)
-            col_s += tl.sum(tl.where(rows <= se[:, None], dm_t, 0.0), 1)
-            strict = is_local[:, None] & (rows > ss[:, None]) & (rows <= le[:, None])
-            col_strict += tl.sum(tl.where(strict, dm_t, 0.0), 1)
-            nxt = is_local[:, None] & (rows > le[:, None]) & (rows <= le2[:, None])
-            col_next += tl.sum(tl.where(nxt, dm_t, 0.0), 1)
+            if TYPE_GRAD:  # type gradient tile: p~ over every causal pair, masked-out ones included
+                pt_t = tl.exp(tl.where(causal, s_t - lse_t[None, :], 0.0))
+                if CLAMP:
+                    pt_t = tl.minimum(pt_t, 1.0)
+                dm_t = tl.where(causal, pt_t * dpd, 0.0)  # (BN, BM)
+                col_g += tl.sum(dm_t, 1)
+                col_l += tl.sum(tl.where(rows <= le[:, None], dm_t, 0.0), 1)
+                col_s += tl.sum(tl.where(rows <= se[:, None], dm_t, 0.0), 1)
+                strict = is_local[:, None] & (rows > ss[:, None]) & (rows <= le[:, None])
+                col_strict += tl.sum(tl.where(strict, dm_t, 0.0), 1)
+                nxt = is_local[:, None] & (rows > le[:, None]) & (rows <= le2[:, None])
+                col_next += tl.sum(tl.where(nxt, dm_t, 0.0), 1)
 
     tl.store(DK + k_base + offs_n[:, None] * HD + offs_d[None, :], dk * scale, mask=kv_mask)
     tl.store(DV + k_base + offs_n[:, None] * HD + offs_d[None, :], dv, mask=kv_mask)
@@ -114,7 +114,7 @@ def nats_bwd_dq_kernel(
     DQ, ROW,  # dq (B,Hq,N,D) fp32, row (B,Hq,N) fp32
     scale, N, HQ, GROUP, HD,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    CLAMP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    CLAMP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, TYPE_GRAD: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -158,11 +158,12 @@ def nats_bwd_dq_kernel(
         dpd = dp - delta[:, None]
         ds = p * dpd
         dq += mma(ds.to(k.dtype), k, IEEE, UPCAST)
-        pt = tl.exp(tl.where(causal, s - lse_t[:, None], 0.0))
-        if CLAMP:
-            pt = tl.minimum(pt, 1.0)
-        strict = causal & (t == 1)[None, :] & (rows > ss[None, :]) & (rows <= le[None, :])
-        row_strict += tl.sum(tl.where(strict, pt * dpd, 0.0), 1)
+        if TYPE_GRAD:
+            pt = tl.exp(tl.where(causal, s - lse_t[:, None], 0.0))
+            if CLAMP:
+                pt = tl.minimum(pt, 1.0)
+            strict = causal & (t == 1)[None, :] & (rows > ss[None, :]) & (rows <= le[None, :])
+            row_strict += tl.sum(tl.where(strict, pt * dpd, 0.0), 1)
 
     tl.store(DQ + q_base + offs_m[:, None] * HD + offs_d[None, :], dq * scale, mask=qd_mask)
     tl.store(ROW + r_base + offs_m, row_strict, mask=m_ok)
@@ -171,12 +172,13 @@ def nats_bwd_dq_kernel(
 def nats_backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
     lse_t: torch.Tensor, delta: torch.Tensor, bounds: tuple[torch.Tensor, ...], scale: float, *,
-    clamp: bool, block_m: int = 64, block_n: int = 64,
+    clamp: bool, type_grad: bool = True, block_m: int = 64, block_n: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch both backward kernels. bounds = (types, loc_end, loc_end2, sw_end, strict_start).
 
     Returns dq (B,Hq,N,D), dk, dv (B,Hkv,N,D) in fp32, cols (5,B,Hkv,N) fp32 (G, L, S, strict,
-    next per-key sums of dM, summed over the GQA group) and row (B,Hq,N) fp32 (strict sums by row).
+    next per-key sums of dM, summed over the GQA group) and row (B,Hq,N) fp32 (strict sums by row);
+    with `type_grad=False` cols and row stay zero and the kernels skip the dM tiles.
     """
     types, loc_end, loc_end2, sw_end, strict_start = bounds
     bsz, hq, n, hd = q.shape
@@ -188,16 +190,16 @@ def nats_backward(
     dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
     dk = torch.empty(k.shape, device=q.device, dtype=torch.float32)
     dv = torch.empty(k.shape, device=q.device, dtype=torch.float32)
-    cols = torch.empty((5, bsz, hkv, n), device=q.device, dtype=torch.float32)
-    row = torch.empty((bsz, hq, n), device=q.device, dtype=torch.float32)
+    cols = torch.zeros((5, bsz, hkv, n), device=q.device, dtype=torch.float32)
+    row = torch.zeros((bsz, hq, n), device=q.device, dtype=torch.float32)
     nats_bwd_dkdv_kernel[(triton.cdiv(n, block_n), bsz * hkv)](
         q, k, v, do, lse, lse_t, delta, types, loc_end, loc_end2, sw_end, strict_start,
         dk, dv, cols, float(scale), n, hq, group, hd, bsz * hkv * n,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CLAMP=clamp, IEEE=ieee, UPCAST=upcast,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CLAMP=clamp, IEEE=ieee, UPCAST=upcast, TYPE_GRAD=type_grad,
     )
     nats_bwd_dq_kernel[(triton.cdiv(n, block_m), bsz * hq)](
         q, k, v, do, lse, lse_t, delta, types, loc_end, sw_end, strict_start,
         dq, row, float(scale), n, hq, group, hd,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CLAMP=clamp, IEEE=ieee, UPCAST=upcast,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CLAMP=clamp, IEEE=ieee, UPCAST=upcast, TYPE_GRAD=type_grad,
     )
     return dq, dk, dv, cols, row

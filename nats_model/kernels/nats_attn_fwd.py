@@ -116,6 +116,25 @@ def upcast_dots(x: torch.Tensor) -> bool:
     return x.dtype == torch.bfloat16 and not x.is_cuda
 
 
+def default_block(x: torch.Tensor, hd: int) -> int:
+    """Query/key block size for the tiles: 64 on the interpreter; on CUDA smaller for wide rows."""
+    if not x.is_cuda:
+        return 64
+    row_bytes = pow2_head_dim(hd) * x.element_size()
+    return 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16
+
+
+def with_block_fallback(launch, block: int):
+    """Call launch(block); on Triton's OutOfResources (shared memory) retry with half the block."""
+    while True:
+        try:
+            return launch(block)
+        except triton.runtime.errors.OutOfResources:
+            if block <= 16:
+                raise
+            block //= 2
+
+
 def pow2_head_dim(hd: int) -> int:
     """The head dim the kernels compute with: the next power of two, at least 16."""
     if not 1 <= hd <= 256:

@@ -65,6 +65,17 @@ def test_matches_reference_fp32(b, hq, hkv, n, hd, w, chunk, lam, block, forced)
     assert got[4].abs().max() > 1e-2
 
 
+def test_without_type_gradient():
+    """types_onehot without requires_grad: the kernels skip the type sums, dq/dk/dv unchanged."""
+    q, k, v, d_out, onehot = _inputs(1, 2, 1, 33, 16, None, True, seed=2)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out = nats_attention_triton(*leaves, onehot, window=3, block=32)
+    got = (out, *torch.autograd.grad(out, leaves, d_out))
+    ref = _run(nats_attention_reference, q, k, v, d_out, onehot, window=3)[:4]
+    for name, g, r in zip(NAMES, got, ref, strict=False):
+        torch.testing.assert_close(g, r, atol=2e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def _loop_type_grads(q, k, v, d_out, types, window, lam, scale):
     """dh (B, Hkv, N, 3) straight from NATS_METHOD 3-4 with python loops over keys and queries."""
     b, hq, n, _ = q.shape
