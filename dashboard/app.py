@@ -37,7 +37,7 @@ def sidebar_filters(df):
 
     def pick(label: str, col: str, key: str):
         options = sorted(df[col].unique().tolist())
-        chosen = side.multiselect(label, options, default=options, key=key, placeholder=f"all {label.lower()}")
+        chosen = side.multiselect(label, options, default=[], key=key, placeholder=f"all {label.lower()}")
         return chosen if chosen else options
 
     sweeps = pick("Sweeps", "sweep", "f_sweep")
@@ -49,7 +49,8 @@ def sidebar_filters(df):
     if len(budgets):
         lo, hi = float(budgets.min()), float(budgets.max())
         if hi > lo:
-            budget_range = side.slider("Budget (kept fraction asked for)", lo, hi, (lo, hi), key="f_budget")
+            budget_range = side.slider("Budget (kept fraction asked for)", lo, hi, (lo, hi), key="f_budget",
+                                        format="%.3f")
         include_none = side.checkbox("Include runs without a budget (full cache)", value=True, key="f_nobudget")
     return data.filter_runs(df, sweeps=sweeps, models=models, workloads=workloads, policies=policies,
                             budget_range=budget_range, include_unbudgeted=include_none)

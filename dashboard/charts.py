@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import altair as alt
 import pandas as pd
 
+from dashboard import paper_reference
 from dashboard.data import DONE, HIGHER_IS_BETTER, latency_by_context, pareto_mask
 
 # Ten distinguishable colours (Tableau 10); NAtS gets the first one when present.
@@ -22,6 +23,7 @@ AXIS_TITLES = {
     "accuracy": "accuracy", "perplexity": "perplexity (lower is better)",
     "kv_bytes_physical": "physical KV bytes held", "kept_fraction": "kept fraction of the KV cache",
     "tpot_s": "time per output token (s)", "ttft_s": "time to first token (s)",
+    "tpot_ms": "time per output token (ms)", "ttft_ms": "time to first token (ms)",
     "context_length": "context length (tokens)",
 }
 _BYTES = {"kv_bytes_physical", "kv_bytes_full", "peak_memory_bytes"}
@@ -45,7 +47,7 @@ def _tooltip(cols: Sequence[str]) -> list[alt.Tooltip]:
     for col in cols:
         if col in _BYTES:
             out.append(alt.Tooltip(f"{col}:Q", format=",.0f", title=col))
-        elif col in ("accuracy", "kept_fraction", "perplexity", "tpot_s", "ttft_s", "budget"):
+        elif col in ("accuracy", "kept_fraction", "perplexity", "tpot_s", "ttft_s", "tpot_ms", "ttft_ms", "budget"):
             out.append(alt.Tooltip(f"{col}:Q", format=".4~g", title=col))
         elif col == "seed":
             out.append(alt.Tooltip(f"{col}:Q", format="d"))
@@ -80,7 +82,7 @@ def pareto_chart(
     if log_x is None:
         pos = data[x][data[x] > 0]
         log_x = bool(len(pos)) and float(pos.max()) > 20 * float(pos.min())
-    xscale = alt.Scale(type="log") if log_x else alt.Scale(zero=False)
+    xscale = alt.Scale(type="log", nice=False, padding=12) if log_x else alt.Scale(zero=False, padding=12)
     color = alt.Color("policy:N", scale=policy_scale(policies or data["policy"].unique().tolist()),
                       legend=alt.Legend(title="policy", orient="right"))
     shape_by_model = data["model"].nunique() > 1
@@ -100,23 +102,27 @@ def pareto_chart(
 
 
 def latency_chart(
-    df: pd.DataFrame, y: str = "tpot_s", *, policies: Sequence[str] | None = None,
+    df: pd.DataFrame, y: str = "tpot_ms", *, budget: float | None = None,
+    policies: Sequence[str] | None = None,
 ) -> alt.Chart | alt.FacetChart:
-    """`y` (TPOT, TTFT or physical KV bytes) against context length, a line per policy and
-    budget (colour = policy, dash = budget), a panel per model when there are several."""
-    if y not in ("tpot_s", "ttft_s", "kv_bytes_physical", "kept_fraction"):
-        raise ValueError(f"latency y={y!r}: use tpot_s, ttft_s, kv_bytes_physical or kept_fraction")
+    """`y` (TPOT / TTFT in ms, physical KV bytes or kept fraction) against context length, a
+    line per policy. With `budget` set, only runs at that budget and runs without one (the
+    full cache) are drawn; a panel per model when there are several."""
+    allowed = ("tpot_ms", "ttft_ms", "kv_bytes_physical", "kept_fraction")
+    if y not in allowed:
+        raise ValueError(f"latency y={y!r}: use one of {', '.join(allowed)}")
     data = latency_by_context(df)
+    if budget is not None:
+        data = data[(data["budget"] == budget) | data["budget"].isna()]
     data = data[data[y].notna()]
     color = alt.Color("policy:N", scale=policy_scale(policies or data["policy"].unique().tolist()))
     chart = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=60, filled=True)).encode(
         x=alt.X("context_length:Q", axis=_axis("context_length"), scale=alt.Scale(zero=False)),
         y=alt.Y(f"{y}:Q", axis=_axis(y)),
         color=color,
-        strokeDash=alt.StrokeDash("budget_label:N", title="budget"),
         detail="budget_label:N",
         tooltip=_tooltip(["policy", "budget", "model", "context_length", y, "runs"]),
-    ).properties(width=420, height=280, title=f"{AXIS_TITLES.get(y, y)} vs context length")
+    ).properties(width=380, height=260, title=AXIS_TITLES.get(y, y))
     if data["model"].nunique() > 1:
         return chart.properties(title="").facet(column=alt.Column("model:N", title=None))
     return chart
@@ -151,21 +157,23 @@ def paper_reference_chart(
     names = list(dict.fromkeys([*published["policy"], *measured["policy"]]))
     color = alt.Color("policy:N", scale=policy_scale(policies or names), legend=None)
     y = alt.Y("policy:N", sort=names, title=None)
+    offset = alt.YOffset("source:N", scale=alt.Scale(domain=[paper_reference.LABEL, "measured here"]))
     pub_tooltip = ["setting:N", "policy:N", alt.Tooltip("kept_low:Q", format=".1%"),
                    alt.Tooltip("kept_high:Q", format=".1%"), "claim:N", "source:N"]
     pub_range = alt.Chart(published).mark_rule(strokeWidth=7, opacity=0.3).encode(
         x=alt.X("kept_low:Q", scale=alt.Scale(domain=[0, 1]), axis=_axis("kept_fraction")),
-        x2="kept_high:Q", y=y, color=color, tooltip=pub_tooltip,
+        x2="kept_high:Q", y=y, yOffset=offset, color=color, tooltip=pub_tooltip,
     )
     pub_ends = alt.Chart(published).transform_fold(["kept_low", "kept_high"], as_=["end", "kept"]).mark_point(
         shape="square", filled=False, size=130, strokeWidth=2).encode(
-        x="kept:Q", y=y, color=color, tooltip=pub_tooltip,
+        x="kept:Q", y=y, yOffset=offset, color=color, tooltip=pub_tooltip,
     )
-    ours_layer = alt.Chart(measured).mark_point(filled=True, size=70, shape="diamond").encode(
-        x="kept_fraction:Q", y=y, color=color,
+    ours_layer = alt.Chart(measured).mark_point(filled=True, size=110, shape="diamond").encode(
+        x="kept_fraction:Q", y=y, yOffset=offset, color=color,
         tooltip=_tooltip(["policy", "model", "workload", "budget", "kept_fraction"]) + ["source:N"],
     )
     return alt.layer(pub_range, pub_ends, ours_layer).properties(
-        height=alt.Step(34), width=560,
-        title="kept fraction: hollow squares / bands = published, not measured here; diamonds = measured here",
+        height=34 * max(len(names), 1), width=640,
+        title="kept fraction per policy: hollow squares / bands = published, not measured here (upper); "
+              "diamonds = measured here (lower)",
     )

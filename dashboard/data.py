@@ -29,7 +29,7 @@ HIGHER_IS_BETTER = {"accuracy": True, "perplexity": False, "tokens_per_s": True}
 _DICT_FIELDS = ("policy_params", "workload_params", "environment", "extras", "config")
 _COLUMNS = (
     "run_key", "sweep", "model", "policy", "budget", "workload", "seed", "status", "error",
-    "attempts", "started_at", "finished_at", "n_examples", *METRICS, "context_length",
+    "attempts", "started_at", "finished_at", "updated_at", "n_examples", *METRICS, "context_length",
     *_DICT_FIELDS,
 )
 
@@ -80,7 +80,7 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(_COLUMNS))
     for col in (*METRICS, "budget", "context_length", "seed", "attempts", "n_examples"):
         df[col] = pd.to_numeric(df[col].map(_number), errors="coerce").astype(float)
-    for col in ("started_at", "finished_at"):
+    for col in ("started_at", "finished_at", "updated_at"):
         df[col] = pd.to_datetime(df[col], errors="coerce", utc=True)
     for col in ("sweep", "model", "policy", "workload", "status", "run_key"):
         df[col] = df[col].fillna("").astype(str)
@@ -118,30 +118,42 @@ def filter_runs(
     return df[keep]
 
 
-def sweep_overview(df: pd.DataFrame, sweeps: Iterable[str] = ()) -> pd.DataFrame:
-    """Per sweep: total, done, failed, pending run counts and the last update time.
+def sweep_overview(df: pd.DataFrame, sweeps: Iterable[str | dict] = ()) -> pd.DataFrame:
+    """Per sweep: total, done, failed, pending run counts, progress and the last update time.
 
-    `sweeps` adds sweeps that have no runs yet (zeros). Sorted by last update, newest first.
+    `sweeps` lists the store's sweeps, as names or as the dicts `Store.sweeps()` returns
+    (`name`, `counts` per status, `updated_at`); a dict's counts are used as they are (they
+    count runs shared with other sweeps too), other sweeps are counted from `df`. Sweeps
+    without runs get zeros. Sorted by last update, newest first.
     """
     cols = ["sweep", "runs", "done", "failed", "pending", "progress", "last_update"]
-    if df.empty and not sweeps:
-        return pd.DataFrame(columns=cols)
-    last = df[["started_at", "finished_at"]].max(axis=1) if not df.empty else pd.Series(dtype="datetime64[ns, UTC]")
+    given: dict[str, dict] = {}
+    for item in sweeps:
+        entry = item if isinstance(item, dict) else {"name": item}
+        if entry.get("name"):
+            given[str(entry["name"])] = entry
+    times = [c for c in ("updated_at", "finished_at", "started_at") if c in df.columns]
+    last = df[times].max(axis=1) if len(df) else pd.Series(dtype="datetime64[ns, UTC]")
     work = df.assign(_last=last)
     rows = []
-    names = list(dict.fromkeys([*sorted(df["sweep"].unique()), *sweeps]))
-    for name in names:
-        part = work[work["sweep"] == name]
-        n_done = int((part["status"] == DONE).sum())
-        n_failed = int((part["status"] == FAILED).sum())
-        n = len(part)
+    for name in dict.fromkeys([*given, *sorted(df["sweep"].unique())]):
+        entry, part = given.get(name, {}), work[work["sweep"] == name]
+        counts = entry.get("counts")
+        if isinstance(counts, dict):
+            n_done, n_failed = int(counts.get(DONE, 0)), int(counts.get(FAILED, 0))
+            n = int(sum(counts.values()))
+            updated = pd.to_datetime(entry.get("updated_at"), utc=True, errors="coerce")
+        else:
+            n_done = int((part["status"] == DONE).sum())
+            n_failed = int((part["status"] == FAILED).sum())
+            n = len(part)
+            updated = part["_last"].max() if n else pd.NaT
         rows.append({
-            "sweep": name, "runs": n, "done": n_done, "failed": n_failed,
-            "pending": n - n_done - n_failed,
-            "progress": (n_done + n_failed) / n if n else 0.0,
-            "last_update": part["_last"].max() if n else pd.NaT,
+            "sweep": name, "runs": n, "done": n_done, "failed": n_failed, "pending": n - n_done - n_failed,
+            "progress": (n_done + n_failed) / n if n else 0.0, "last_update": updated,
         })
     out = pd.DataFrame(rows, columns=cols)
+    out["last_update"] = pd.to_datetime(out["last_update"], utc=True)
     return out.sort_values("last_update", ascending=False, na_position="last").reset_index(drop=True)
 
 
@@ -168,6 +180,16 @@ def leaderboard(df: pd.DataFrame, model: str | None = None, workload: str | None
     else:
         out = out.sort_values(["perplexity", "kv_bytes_physical"], ascending=[True, True], na_position="last")
     return out[cols].reset_index(drop=True)
+
+
+def best_per_policy(lb: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """From a leaderboard: each policy's best row by `metric` (ties: fewer KV bytes), best first."""
+    higher = HIGHER_IS_BETTER.get(metric, True)
+    rows = lb[lb[metric].notna()]
+    if rows.empty:
+        return rows
+    rows = rows.sort_values([metric, "kv_bytes_physical"], ascending=[not higher, True])
+    return rows.drop_duplicates("policy", keep="first").reset_index(drop=True)
 
 
 def pareto_mask(x: pd.Series, y: pd.Series, *, higher_is_better: bool = True) -> pd.Series:
@@ -218,16 +240,17 @@ def latency_by_context(df: pd.DataFrame) -> pd.DataFrame:
     """Finished runs with a context length, averaged per (model, policy, budget, context_length).
 
     Columns: model, policy, budget, budget_label, context_length, tpot_s, ttft_s,
-    kv_bytes_physical, kept_fraction, runs.
+    kv_bytes_physical, kept_fraction, runs, tpot_ms, ttft_ms.
     """
     part = df[(df["status"] == DONE) & df["context_length"].notna()]
     keys = ["model", "policy", "budget", "context_length"]
     vals = ["tpot_s", "ttft_s", "kv_bytes_physical", "kept_fraction"]
     if part.empty:
-        return pd.DataFrame(columns=[*keys, "budget_label", *vals, "runs"])
+        return pd.DataFrame(columns=[*keys, "budget_label", *vals, "runs", "tpot_ms", "ttft_ms"])
     grouped = part.groupby(keys, dropna=False)
     out = grouped[vals].mean().join(grouped.size().rename("runs")).reset_index()
     out.insert(3, "budget_label", out["budget"].map(budget_label))
+    out["tpot_ms"], out["ttft_ms"] = out["tpot_s"] * 1e3, out["ttft_s"] * 1e3
     return out.sort_values(keys).reset_index(drop=True)
 
 

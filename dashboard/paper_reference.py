@@ -12,7 +12,7 @@ import pandas as pd
 
 LABEL = "published, not measured here"
 SOURCE_NOTE = (
-    "Published, not measured here. These points come from summaries of the NAtS paper "
+    "**Published, not measured here.** These points come from summaries of the NAtS paper "
     "(Deng & Lindauer, *Neural Attention Search*, arXiv 2502.13251, NeurIPS 2025); "
     "the paper's own tables are the final word. They are at 7-8B scale (or PG-19 from "
     "scratch), so they show where the method is expected to land, not what this benchmark measured."

@@ -68,45 +68,40 @@ def display_url(url: str) -> str:
 
 @dataclass
 class Snapshot:
-    """What one read of the store gave: the run records, the sweep names, and a message.
+    """What one read of the store gave: the run records, the sweeps, and a message.
 
+    `sweeps` holds the dicts of `Store.sweeps()` (name, counts per status, total, updated_at).
     `problem` is None when the store was read; otherwise it says why there is nothing to
     show (no database file yet, no schema yet) and `runs` is empty.
     """
 
     runs: list[dict] = field(default_factory=list)
-    sweeps: list[str] = field(default_factory=list)
+    sweeps: list[dict] = field(default_factory=list)
     problem: str | None = None
 
 
-def _sweep_name(item: object) -> str:
-    if isinstance(item, dict):
-        return str(item.get("name") or item.get("sweep") or "")
-    return str(getattr(item, "name", item))
-
-
 def load_runs(url: str) -> Snapshot:
-    """Every run record and sweep name in the store at `url`, read through a read-only connection.
+    """Every run record and sweep in the store at `url`, read through a read-only connection.
 
-    A missing SQLite file or a store without its schema gives an empty Snapshot with a
-    `problem`; any other error (bad URL, server down, old schema) propagates.
+    A missing SQLite file, a database without the natsbench schema, or a SQLite file that is
+    no natsbench store gives an empty Snapshot with a `problem`; any other error (bad URL,
+    server down, old schema: `services.store.StoreError` / `SchemaError`) propagates.
     """
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return Snapshot(problem=f"no result store yet: {path} does not exist")
-    from services.store import Store  # heavy import (SQLAlchemy models) only when reading
+    from services.store import Store, StoreError  # heavy import only when reading
 
-    store = Store(readonly_url(url))
-    try:
+    with Store(readonly_url(url)) as store:
         try:
-            runs = list(store.runs())
-            sweeps = [_sweep_name(s) for s in store.sweeps()]
-        except Exception as exc:  # an empty database: the schema was never created
-            if "no such table" in str(exc) or "does not exist" in str(exc) or "UndefinedTable" in type(exc).__name__:
-                return Snapshot(problem=f"the store has no schema yet ({type(exc).__name__})")
+            version = store.schema_version()
+        except StoreError as exc:
+            # natsbench stores are WAL-mode SQLite; a file in another journal mode cannot be
+            # opened read-only by the store's engine (it would switch the file to WAL).
+            if path is not None and "readonly" in str(exc):
+                return Snapshot(problem=f"{path} is not a natsbench store (cannot open it read-only)")
             raise
-    finally:
-        dispose = getattr(store, "close", None) or getattr(getattr(store, "engine", None), "dispose", None)
-        if callable(dispose):
-            dispose()
-    return Snapshot(runs=runs, sweeps=[s for s in sweeps if s])
+        if version is None:
+            return Snapshot(problem="the database has no natsbench schema yet (`natsbench db upgrade`)")
+        runs, sweeps = store.runs(), store.sweeps()
+    return Snapshot(runs=runs, sweeps=[s for s in sweeps if s.get("name")])

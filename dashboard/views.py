@@ -19,18 +19,19 @@ SWEEP_HINT = "natsbench sweep configs/smoke.yaml"
 
 @dataclass
 class Context:
-    """What every view gets: the store URL, all runs, the filtered runs, sweep names, the
-    policy names (fixed colour order) and `load` to re-read the store (cached)."""
+    """What every view gets: the store URL, all runs, the filtered runs, the sweeps (dicts of
+    `Store.sweeps()`), the policy names (fixed colour order) and `load` to re-read the store
+    (cached)."""
 
     url: str
     all_runs: pd.DataFrame
     runs: pd.DataFrame
-    sweeps: list[str]
+    sweeps: list[dict]
     policies: list[str]
     load: Callable[[], tuple]
 
 
-def empty_store(url: str, problem: str | None, sweeps: list[str]) -> None:
+def empty_store(url: str, problem: str | None, sweeps: list[dict]) -> None:
     """The page for a store without runs: how to fill it."""
     st.title("natsbench dashboard")
     st.info(f"No runs in the result store `{source.display_url(url)}` yet"
@@ -41,7 +42,7 @@ def empty_store(url: str, problem: str | None, sweeps: list[str]) -> None:
                 "cell lands in the store and appears here (the page re-reads the store every few seconds). "
                 "`natsbench results` prints the same runs as a table.")
     if sweeps:
-        st.caption("Sweeps registered without runs: " + ", ".join(sweeps))
+        st.caption("Sweeps registered without runs: " + ", ".join(str(s.get("name")) for s in sweeps))
 
 
 def _count_metrics(df: pd.DataFrame) -> None:
@@ -64,6 +65,7 @@ def overview(ctx: Context) -> None:
         _count_metrics(df)
         table = data.sweep_overview(df, sweeps)
         st.dataframe(table, hide_index=True, width="stretch", column_config={
+            "pending": st.column_config.NumberColumn("pending / running"),
             "progress": st.column_config.ProgressColumn("finished", format="percent", min_value=0, max_value=1),
             "last_update": st.column_config.DatetimeColumn("last update (UTC)", format="YYYY-MM-DD HH:mm:ss"),
         })
@@ -83,6 +85,18 @@ def _leaderboard_display(lb: pd.DataFrame) -> pd.DataFrame:
     cols = ["policy", "budget", "accuracy", "perplexity", "kept_fraction", "kv_kib_physical", "ttft_ms",
             "tpot_ms", "tokens_per_s", "runs"]
     return out[[c for c in cols if c != "perplexity" or out["perplexity"].notna().any()]]
+
+
+def _best_per_policy(lb: pd.DataFrame, metric: str) -> None:
+    """A card per policy: its best `metric` and the kept fraction it needed."""
+    best = data.best_per_policy(lb, metric)
+    for start in range(0, len(best), 6):
+        cols = st.columns(6)
+        for col, (_, row) in zip(cols, best.iloc[start:start + 6].iterrows(), strict=False):
+            kept = "" if pd.isna(row["kept_fraction"]) else f"{row['kept_fraction']:.0%} kept"
+            col.metric(row["policy"], f"{row[metric]:.3f}", delta=kept or None, delta_color="off",
+                       delta_arrow="off", border=True,
+                       help=f"best {metric} of {row['policy']} (budget {data.budget_label(row['budget'])})")
 
 
 def leaderboard(ctx: Context) -> None:
@@ -107,7 +121,9 @@ def leaderboard(ctx: Context) -> None:
     metric = "accuracy" if lb["accuracy"].notna().any() else "perplexity"
     st.caption(f"{model} on {workload}: one row per policy and budget (seeds averaged), "
                f"sorted by {metric}. Click a column header to sort.")
-    st.dataframe(_leaderboard_display(lb), hide_index=True, width="stretch", column_config={
+    _best_per_policy(lb, metric)
+    st.dataframe(_leaderboard_display(lb), hide_index=True, width="stretch", height=min(38 + 35 * len(lb), 800),
+                 column_config={
         "accuracy": st.column_config.ProgressColumn("accuracy", format="%.3f", min_value=0, max_value=1),
         "perplexity": st.column_config.NumberColumn("perplexity", format="%.3f"),
         "kept_fraction": st.column_config.NumberColumn("kept fraction", format="percent"),
@@ -150,11 +166,20 @@ def latency_memory(ctx: Context) -> None:
     if lat.empty:
         st.warning("No finished runs with a context length (workload_params.context_length) under these filters.")
         return
+    budgets = sorted(lat["budget"].dropna().unique().tolist())
+    budget = None
+    if budgets:
+        budget = st.segmented_control("Budget", budgets, default=budgets[len(budgets) // 2], key="lat_budget",
+                                      format_func=data.budget_label, required=True)
+        st.caption("Policies at this budget, with the runs without a budget (full cache) as the reference.")
     c1, c2 = st.columns(2)
-    c1.altair_chart(charts.latency_chart(ctx.runs, "tpot_s", policies=ctx.policies), width="stretch")
-    c2.altair_chart(charts.latency_chart(ctx.runs, "kv_bytes_physical", policies=ctx.policies), width="stretch")
-    st.altair_chart(charts.latency_chart(ctx.runs, "ttft_s", policies=ctx.policies))
-    with st.expander("The numbers", expanded=False):
+    c1.altair_chart(charts.latency_chart(ctx.runs, "tpot_ms", budget=budget, policies=ctx.policies), width="stretch")
+    c2.altair_chart(charts.latency_chart(ctx.runs, "kv_bytes_physical", budget=budget, policies=ctx.policies),
+                    width="stretch")
+    c1.altair_chart(charts.latency_chart(ctx.runs, "ttft_ms", budget=budget, policies=ctx.policies), width="stretch")
+    c2.altair_chart(charts.latency_chart(ctx.runs, "kept_fraction", budget=budget, policies=ctx.policies),
+                    width="stretch")
+    with st.expander("The numbers (every budget)", expanded=False):
         st.dataframe(lat, hide_index=True, width="stretch")
 
 
@@ -197,7 +222,7 @@ def run_detail(ctx: Context) -> None:
 
 def paper(ctx: Context) -> None:
     st.title("Paper reference")
-    st.warning(f"**{paper_reference.LABEL.capitalize()}.** {paper_reference.SOURCE_NOTE}", icon=":material/menu_book:")
+    st.warning(paper_reference.SOURCE_NOTE, icon=":material/menu_book:")
     published = paper_reference.published_kept_fractions()
     st.altair_chart(charts.paper_reference_chart(ctx.runs, published, policies=ctx.policies))
     c1, c2 = st.columns([3, 2])

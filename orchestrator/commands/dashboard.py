@@ -46,6 +46,9 @@ def streamlit_command(db_url: str, host: str, port: int) -> list[str]:
         "--server.port", str(port),
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
+        "--client.toolbarMode", "viewer",
+        "--theme.base", "light",
+        "--theme.primaryColor", "#4c78a8",
         "--", "--db", db_url,
     ]
 
