@@ -90,8 +90,9 @@ class LayerStore:
         self._set_layout(caps)
         dst = self.row_index[self.valid_rows()]  # same (segment, slot) order in the new layout
         total = self.capacity
-        self.k = torch.empty(total, self.head_dim, dtype=self.dtype, device=self.device)
-        self.v = torch.empty_like(self.k)
+        # zeros, not empty: a masked slot still enters probs @ V, and 0 * NaN garbage is NaN
+        self.k = torch.zeros(total, self.head_dim, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros_like(self.k)
         self.pos = torch.zeros(total, dtype=torch.long, device=self.device)
         self.k[dst], self.v[dst], self.pos[dst] = old[0][src], old[1][src], old[2][src]
         for name, a in old[3].items():

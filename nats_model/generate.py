@@ -173,6 +173,12 @@ class GenerationResult:
                                               "tpot_s", "tokens_per_s")}
 
 
+def _bind(policy: Policy, adapter) -> None:
+    """Give a policy that re-rotates keys the model's RoPE theta unless it was set explicitly."""
+    if getattr(policy, "rope_theta", 0) is None and adapter.rope_theta is not None:
+        policy.rope_theta = adapter.rope_theta
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -249,6 +255,7 @@ def generate(model, input_ids: torch.Tensor, policy: Policy, max_new_tokens: int
     adapter = adapt(model)
     device = input_ids.device
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    _bind(policy, adapter)
     policy.reset()
     engine = KVEngine(policy, input_ids.shape[0])
     out = []
@@ -289,6 +296,7 @@ def score(model, input_ids: torch.Tensor, policy: Policy, attention_mask: torch.
 
     mask = _check_inputs(input_ids, attention_mask, prefill_chunk_size)
     adapter = adapt(model)
+    _bind(policy, adapter)
     policy.reset()
     engine = KVEngine(policy, input_ids.shape[0])
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)

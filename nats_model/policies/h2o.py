@@ -1,0 +1,60 @@
+"""H2O: heavy hitters (accumulated attention) + a recent window, evicting at every step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from nats_model.cache import LayerStore
+from nats_model.policies.base import Policy, Step, recent_mask
+
+
+@dataclass
+class H2OPolicy(Policy):
+    """H2O (Zhang et al., "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large
+    Language Models", NeurIPS 2023), as its real-drop code does it. Per (layer, sequence, KV head)
+    every cached key carries a score: the attention probability it received, summed over every
+    query so far (prefill queries included) and, for GQA, summed over the query heads of the KV
+    head's group. Once a head holds more than `budget_for(seen)` tokens it keeps the
+    `floor(budget * recent_ratio)` most recent tokens plus the highest-scoring of the others
+    (the heavy hitters) up to the budget, and drops the rest; this runs after every prefill chunk
+    and every decode step. Exact score ties are broken by storage slot (arbitrary).
+    """
+
+    recent_ratio: float = 0.5
+
+    name: ClassVar[str] = "h2o"
+    observe: ClassVar[str] = "sum"
+    aux_fields: ClassVar[tuple[str, ...]] = ("h2o_score",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.recent_ratio, int | float) or not 0 <= self.recent_ratio <= 1:
+            raise ValueError(f"h2o: recent_ratio must be in [0, 1], got {self.recent_ratio!r}")
+
+    def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        score = store.rows(store.aux["h2o_score"])  # (n_seg, row_cap)
+        score = score + step.attn_sum  # accumulate this step's attention
+        store.set_rows(store.aux["h2o_score"], score)
+        budget = self.budget_for(step.seen)
+        n_drop = (store.lens - budget).clamp(min=0)  # (n_seg,)
+        if not bool(n_drop.any()):
+            return None
+        valid = store.valid_rows()
+        n_recent = (budget.double() * self.recent_ratio).floor().long()
+        recent = recent_mask(store.rows(store.pos, fill=-1), step.seen, n_recent) & valid
+        candidates = valid & ~recent  # heavy-hitter candidates; the n_drop lowest go
+        masked = score.masked_fill(~candidates, float("inf"))
+        if int(n_drop.max()) == 1:
+            lowest = masked.argmin(dim=1)  # (n_seg,)
+            drop = torch.zeros_like(valid)
+            drop[torch.arange(store.n_seg, device=drop.device), lowest] = True
+            drop &= (n_drop > 0)[:, None]
+        else:
+            order = masked.argsort(dim=1, stable=True)  # ascending: lowest scores first
+            rank = torch.empty_like(order)
+            rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+            drop = rank < n_drop[:, None]
+        return valid & ~drop

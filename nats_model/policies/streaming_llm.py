@@ -1,0 +1,89 @@
+"""StreamingLLM: attention sinks + a window of the most recent tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from nats_model.cache import LayerStore
+from nats_model.policies.base import Policy, Step, recent_mask
+from nats_model.rope import apply_rope, rope_cos_sin
+
+POSITION_MODES = ("original", "rerotate")
+
+
+@dataclass
+class StreamingLLMPolicy(Policy):
+    """StreamingLLM (Xiao et al., "Efficient Streaming Language Models with Attention Sinks",
+    ICLR 2024). Every head keeps the first `n_sink` tokens of its sequence (the attention sinks)
+    and the most recent ones, `budget_for(seen)` tokens in all (sinks first: with a budget
+    smaller than `n_sink` only that many sinks). `positions="original"`: cached keys keep the
+    RoPE positions they were written with. `positions="rerotate"` (the paper's cache): positions
+    are reassigned inside the cache, the i-th kept token (by original order) sits at position i
+    and a new token at the cache length, so cached keys are re-rotated by the position delta
+    after each eviction (exact only for plain RoPE, `nats_model.rope` layout).
+    """
+
+    n_sink: int = 4
+    positions: str = "original"
+    rope_theta: float | None = None
+
+    name: ClassVar[str] = "streaming_llm"
+    aux_fields: ClassVar[tuple[str, ...]] = ("rope_pos",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.n_sink, bool) or not isinstance(self.n_sink, int) or self.n_sink < 0:
+            raise ValueError(f"streaming_llm: n_sink must be an int >= 0, got {self.n_sink!r}")
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"streaming_llm: positions must be one of {POSITION_MODES}, got {self.positions!r}")
+        if self.budget_tokens is not None and self.budget_tokens <= self.n_sink:
+            raise ValueError(f"streaming_llm: budget_tokens ({self.budget_tokens}) must exceed n_sink ({self.n_sink})")
+
+    def rope_positions(self, positions: torch.Tensor, kept_per_seq: torch.Tensor,
+                       valid: torch.Tensor) -> torch.Tensor:
+        if self.positions == "original":
+            return positions
+        # new tokens go after the kept ones: kept count + rank among the step's real tokens
+        return kept_per_seq[:, None] + (valid.long().cumsum(1) - 1).clamp(min=0)
+
+    def _sinks_recent(self, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = self.budget_for(seen).minimum(seen)
+        sinks = keep.clamp(max=self.n_sink)
+        return sinks, keep - sinks
+
+    def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        if self.positions == "rerotate":  # remember the position each new key was rotated at
+            rank = (step.q_valid.long().cumsum(1) - 1).clamp(min=0)
+            before = store.lens - step.q_valid.sum(1)
+            new = step.new_slots >= 0
+            store.aux["rope_pos"][step.new_slots[new]] = (before[:, None] + rank)[new].float()
+        sinks, recent = self._sinks_recent(step.seen)
+        if bool((store.lens <= sinks + recent).all()):
+            return None
+        pos = store.rows(store.pos, fill=-1)
+        return (pos < sinks[:, None]) | recent_mask(pos, step.seen, recent)
+
+    def after_compact(self, store: LayerStore, step: Step) -> None:
+        if self.positions != "rerotate":
+            return
+        if self.rope_theta is None:
+            raise ValueError("streaming_llm: positions='rerotate' needs rope_theta (the engine sets it "
+                             "from the model; this model's RoPE is not plain)")
+        seen = step.seen
+        sinks, _ = self._sinks_recent(seen)
+        pos = store.rows(store.pos, fill=0)
+        lens = store.lens
+        # rank of each kept token in original order: sinks keep theirs, the recent window follows
+        rank = torch.where(pos < sinks[:, None], pos, sinks[:, None] + pos - (seen - (lens - sinks))[:, None])
+        old = store.rows(store.aux["rope_pos"])
+        delta = (rank.float() - old) * store.valid_rows()
+        moved = delta != 0
+        if not bool(moved.any()):
+            return
+        idx = store.row_index[moved]
+        cos, sin = rope_cos_sin(delta[moved], store.head_dim, self.rope_theta, dtype=store.k.dtype)
+        store.k[idx] = apply_rope(store.k[idx], cos, sin)
+        store.aux["rope_pos"][idx] = rank[moved].float()

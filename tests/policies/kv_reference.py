@@ -1,0 +1,168 @@
+"""Brute-force reference KV engine for the policy tests, written from the papers' rules.
+
+Per (layer, sequence, KV head) it keeps plain Python lists of (position, key, value, score) and
+computes attention head by head with explicit loops: no shared code with nats_model.cache or the
+policies, so agreement is evidence that both implement the rule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nats_model.generate import KVEngine
+from nats_model.models.gpt import GPT, GPTConfig
+from nats_model.rope import apply_rope, rope_cos_sin
+
+
+def budget_tokens(seen: int, budget: float | None, tokens: int | None) -> int:
+    if tokens is not None:
+        return tokens
+    if budget is None:
+        return seen
+    return max(1, math.ceil(seen * budget - 1e-9))
+
+
+def keep_streaming(entries, seen, n_sink, budget):
+    """StreamingLLM rule: the first n_sink positions + the most recent, `budget` in all."""
+    keep = min(budget, seen)
+    sinks = min(n_sink, keep)
+    recent = keep - sinks
+    return [e for e in entries if e["pos"] < sinks or e["pos"] >= seen - recent]
+
+
+def keep_h2o(entries, seen, budget, recent_ratio):
+    """H2O real-drop rule: recent floor(budget * r) by position + top scores of the rest."""
+    if len(entries) <= budget:
+        return entries
+    n_recent = math.floor(budget * recent_ratio)
+    recent = [e for e in entries if e["pos"] >= seen - n_recent]
+    others = sorted((e for e in entries if e["pos"] < seen - n_recent), key=lambda e: -e["score"])
+    heavy = others[: budget - len(recent)]
+    return sorted(recent + heavy, key=lambda e: e["pos"])
+
+
+class ReferenceEngine:
+    """Drop-in `kv_engine` with the same `begin_step`/`attend` API as `KVEngine`.
+
+    rule: "full", "streaming_llm" or "h2o"; rerotate: StreamingLLM positions inside the cache.
+    `history` records, after every layer call, {(layer, b, h): sorted kept positions}.
+    """
+
+    def __init__(self, rule: str, batch: int, budget=None, budget_tokens=None, n_sink=4,
+                 recent_ratio=0.5, rerotate=False, rope_theta=None):
+        self.rule, self.batch = rule, batch
+        self.budget, self.tokens, self.n_sink, self.recent_ratio = budget, budget_tokens, n_sink, recent_ratio
+        self.rerotate, self.rope_theta = rerotate, rope_theta
+        self.store: dict = {}
+        self.seen = [0] * batch
+        self.history: list[dict] = []
+
+    def begin_step(self, positions, valid, *, prefill, last_prefill=False):
+        self.pos, self.valid = positions, valid
+        for b in range(self.batch):
+            self.seen[b] += int(valid[b].sum())
+
+    def kept_per_seq(self):
+        return torch.tensor([len(self.store.get((0, b, 0), [])) for b in range(self.batch)])
+
+    def attend(self, layer, q, k, v, *, positions=None, type_logits=None, scale=None, sliding_window=None):
+        B, Hq, T, hd = q.shape
+        Hkv = k.shape[1]
+        g = Hq // Hkv
+        scale = hd ** -0.5 if scale is None else scale
+        out = torch.zeros_like(q)
+        for b in range(B):
+            for h in range(Hkv):
+                entries = self.store.setdefault((layer, b, h), [])
+                for t in range(T):
+                    if self.valid[b, t]:
+                        entries.append({"pos": int(self.pos[b, t]), "k": k[b, h, t].clone(),
+                                        "v": v[b, h, t].clone(), "score": 0.0, "rope": len(entries)})
+                for t in range(T):
+                    if not self.valid[b, t]:
+                        continue
+                    vis = [e for e in entries if e["pos"] <= int(self.pos[b, t])]
+                    K = torch.stack([e["k"] for e in vis])
+                    V = torch.stack([e["v"] for e in vis])
+                    for j in range(g):
+                        p = torch.softmax((K @ q[b, h * g + j, t]).float() * scale, -1)
+                        out[b, h * g + j, t] = p.to(V.dtype) @ V
+                        for e, pe in zip(vis, p.tolist(), strict=True):
+                            e["score"] += pe
+                seen = self.seen[b]
+                budget = budget_tokens(seen, self.budget, self.tokens)
+                if self.rule == "streaming_llm":
+                    kept = keep_streaming(entries, seen, self.n_sink, budget)
+                elif self.rule == "h2o":
+                    kept = keep_h2o(entries, seen, budget, self.recent_ratio)
+                else:
+                    kept = entries
+                if self.rerotate and len(kept) < len(entries):
+                    kept = sorted(kept, key=lambda e: e["pos"])
+                    for i, e in enumerate(kept):  # move every key to its rank inside the cache
+                        if e["rope"] != i:
+                            cos, sin = rope_cos_sin(torch.tensor(float(i - e["rope"])), hd, self.rope_theta)
+                            e["k"], e["rope"] = apply_rope(e["k"], cos, sin), i
+                self.store[(layer, b, h)] = kept
+        self.history.append({key: sorted(e["pos"] for e in es) for key, es in self.store.items()
+                             if key[0] == layer})
+        return out
+
+
+class RecordingEngine(KVEngine):
+    """The real engine, recording kept positions per (layer, b, h) after every layer call."""
+
+    def __init__(self, policy, batch):
+        super().__init__(policy, batch)
+        self.history: list[dict] = []
+
+    def attend(self, layer, q, k, v, **kw):
+        out = super().attend(layer, q, k, v, **kw)
+        store = self.cache.layers[layer]
+        Hkv = k.shape[1]
+        rows, valid = store.rows(store.pos), store.valid_rows()
+        self.history.append({(layer, s // Hkv, s % Hkv): sorted(rows[s][valid[s]].tolist())
+                             for s in range(store.n_seg)})
+        return out
+
+
+def tiny_gpt(seed=0, n_layer=2, n_head=4, n_kv_head=2, d_model=64, sharpen=8.0, rope_theta=1e4) -> GPT:
+    """A random GPT with sharpened q/k projections (peaked attention, so score ties do not occur)."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=61, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
+                          d_model=d_model, rope_theta=rope_theta, max_seq_len=512)).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            for name, p in block.attn.named_parameters():
+                if "q_proj" in name or "k_proj" in name:
+                    p.mul_(sharpen)
+    return model
+
+
+def drive(model, engine, policy_rope, ids, mask, chunk, n_decode):
+    """Teacher-forced run: prefill `ids` (B, P) in chunks, then decode greedy tokens `n_decode`
+    times. Returns the greedy tokens (B, n_decode + 1) and the logits of every step."""
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    P = ids.shape[1]
+    logits_all = []
+    with torch.no_grad():
+        for s in range(0, P, chunk):
+            e = min(P, s + chunk)
+            pos, val = positions[:, s:e], mask[:, s:e]
+            rope = policy_rope(pos, engine.kept_per_seq(), val)
+            engine.begin_step(pos, val, prefill=True, last_prefill=e == P)
+            logits, _ = model(ids[:, s:e], kv_engine=engine, positions=rope)
+        toks = [logits[:, -1].argmax(-1)]
+        logits_all.append(logits[:, -1])
+        pos = mask.long().sum(1)
+        for _ in range(n_decode):
+            valid = torch.ones(ids.shape[0], 1, dtype=torch.bool)
+            rope = policy_rope(pos[:, None], engine.kept_per_seq(), valid)
+            engine.begin_step(pos[:, None], valid, prefill=False)
+            logits, _ = model(toks[-1][:, None], kv_engine=engine, positions=rope)
+            logits_all.append(logits[:, -1])
+            toks.append(logits[:, -1].argmax(-1))
+            pos = pos + 1
+    return torch.stack(toks, 1), logits_all
