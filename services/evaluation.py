@@ -301,6 +301,7 @@ def _new_record(config: Any) -> dict:
 
 def _run_generate(handle: ModelHandle, workload, instances, make_policy, metrics) -> None:
     import torch
+
     from nats_model.generate import generate
 
     device = handle.device
@@ -318,8 +319,8 @@ def _run_generate(handle: ModelHandle, workload, instances, make_policy, metrics
 
 def _run_nll(handle: ModelHandle, instances, make_policy, metrics) -> None:
     import torch
-    from nats_model.generate import score
 
+    from nats_model.generate import score
     from services.metrics import device_sync
 
     device = handle.device
@@ -330,7 +331,8 @@ def _run_nll(handle: ModelHandle, instances, make_policy, metrics) -> None:
         ids = handle.encode(inst.prompt)[: inst.meta["max_tokens"]]
         device_sync(device)
         t0 = time.perf_counter()
-        out = score(handle.model, torch.tensor([ids], device=device), make_policy())
+        out = score(handle.model, torch.tensor([ids], device=device), make_policy(),
+                    prefill_chunk_size=inst.meta.get("chunk_size", 1))
         device_sync(device)
         elapsed = time.perf_counter() - t0
         nll = getattr(out, "nll", out)  # a tensor of per-token NLL, or a result carrying one

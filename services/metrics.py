@@ -6,9 +6,11 @@
   example, mean over examples; `extras.kv_bytes_physical_peak` is the largest peak of any
   example), `kv_bytes_full` (what a full cache would hold for the same tokens, mean) and
   `kept_fraction` (mean);
-- latency: `ttft_s`, `tpot_s` (means over examples) and `tokens_per_s` (generated tokens over
-  decode time, summed over examples) as measured by the engine, which synchronises the device
-  around its timers; the evaluation runs one unmeasured warm-up generation first;
+- latency: `ttft_s`, `tpot_s` (means over examples, as measured by the engine, which
+  synchronises the device around its timers) and `tokens_per_s` = decode throughput (tokens
+  after the first over their decode time, summed over examples; the engine's end-to-end rate
+  incl. prefill is `extras.tokens_per_s_end_to_end`); for `lm_text` `tokens_per_s` is scored
+  tokens per second; the evaluation runs one unmeasured warm-up call first;
 - memory: `peak_memory_bytes` = the process's peak RSS during the cell (Linux `VmHWM`, reset at
   the start of the cell through `/proc/self/clear_refs`; where that reset is refused it is the
   process's lifetime peak and `extras.peak_rss_scope` says "process"); on CUDA it is
@@ -110,6 +112,7 @@ class CellMetrics:
     examples: list[dict] = field(default_factory=list)
     nll_sum: float = 0.0
     nll_tokens: int = 0
+    nll_nan: int = 0
     _memory: PeakMemory | None = None
     _t0: float = 0.0
 
@@ -123,6 +126,8 @@ class CellMetrics:
                        prompt_tokens: int, new_tokens: int) -> None:
         """One generated example: the engine's GenerationResult and the workload's score."""
         ttft, tpot = _num(getattr(result, "ttft_s", None)), _num(getattr(result, "tpot_s", None))
+        if new_tokens <= 1:
+            tpot = None  # no decode step after the first token: no time per output token
         self.examples.append({
             "id": instance.id, "content_hash": instance.content_hash, "score": float(score),
             "prediction": prediction, "answer": instance.answer, "prompt_tokens": prompt_tokens,
@@ -138,7 +143,9 @@ class CellMetrics:
     def add_nll(self, instance: Any, nll: Any, elapsed_s: float, stats: Any = None) -> None:
         """One scored text window: per-token NLL (tensor or list), its wall time, and the
         engine's KV statistics when the scorer returns them."""
-        values = [float(x) for x in (nll.flatten().tolist() if hasattr(nll, "flatten") else nll)]
+        raw = [float(x) for x in (nll.flatten().tolist() if hasattr(nll, "flatten") else nll)]
+        values = [x for x in raw if not math.isnan(x)]  # NaN marks padding in the engine's output
+        self.nll_nan += len(raw) - len(values)
         total = sum(values)
         self.nll_sum += total
         self.nll_tokens += len(values)
@@ -176,7 +183,7 @@ class CellMetrics:
         if kind == "nll":
             nll = self.nll_sum / self.nll_tokens if self.nll_tokens else None
             ppl = math.exp(min(nll, 700.0)) if nll is not None else None
-            extras.update(nll=nll, ppl=ppl, scored_tokens=self.nll_tokens)
+            extras.update(nll=nll, ppl=ppl, scored_tokens=self.nll_tokens, nll_nan_tokens=self.nll_nan)
             fields["tokens_per_s"] = _mean([e["tokens_per_s"] for e in ex])
         else:
             scores = [e["score"] for e in ex]
@@ -186,6 +193,7 @@ class CellMetrics:
             fields["tokens_per_s"] = _decode_rate(ex)
             ttfts = [e["ttft_s"] for e in ex if e["ttft_s"] is not None]
             extras["ttft_s_median"] = statistics.median(ttfts) if ttfts else None
+            extras["tokens_per_s_end_to_end"] = _mean([e["tokens_per_s"] for e in ex])
         extras["examples"] = ex
         return fields, extras
 

@@ -114,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
         handle = evaluation.load_model(args.model, device=args.device, dtype=args.dtype)
     except (ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
+    try:  # lengths are measured in the model's tokens: e.g. a context too short for the task
+        workloads.get(args.workload).instances(workload_params, args.n, args.seed, count_tokens=handle.count_tokens)
+    except ValueError as exc:
+        return _fail(str(exc))
 
     config = {"model": args.model, "policy": args.policy, "policy_params": policy_params,
               "workload": args.workload, "workload_params": workload_params, "n_examples": args.n,

@@ -2,7 +2,7 @@
 
 Each instance is a window of held-out text of `context_length` tokens; the model scores it
 token by token with the policy active (`nats_model.generate.score`, as StreamingLLM evaluates
-streaming perplexity). The default corpus is the Python standard library's own source files
+streaming perplexity; `chunk_size` > 1 feeds several tokens per step, faster). The default corpus is the Python standard library's own source files
 (real text on every machine), split into train and held-out parts by file
 (`nats_model.data.text`); `text_dir=DIR` takes any local folder of .txt files (for example PG-19).
 
@@ -38,6 +38,8 @@ class LmText(Workload):
         Param("context_length", "int", 1024, "tokens scored per instance", minimum=2, maximum=10_000_000),
         Param("text_dir", "str", None, "a local folder of .txt files (default: the Python stdlib's source)",
               nullable=True),
+        Param("chunk_size", "int", 1, "tokens fed per scoring step: 1 = token by token (StreamingLLM's "
+              "streaming perplexity); larger is faster and lets the policy evict once per chunk", minimum=1),
     )
 
     def check(self, params: dict) -> None:
@@ -60,7 +62,8 @@ class LmText(Workload):
             n_bytes = max(n_bytes * 2, want * FIRST_BYTES_PER_TOKEN)
         return Instance(id=self.instance_id(seed, index), workload=self.name, prompt=text, answer="",
                         max_new_tokens=0, kind="nll",
-                        meta={"max_tokens": want, "text_dir": params["text_dir"]})
+                        meta={"max_tokens": want, "text_dir": params["text_dir"],
+                              "chunk_size": params["chunk_size"]})
 
     def score(self, prediction: str, instance: Instance) -> float:
         raise TypeError("lm_text is scored by per-token NLL (services.evaluation), not by generated text")

@@ -35,17 +35,23 @@ def fit_prompt(task, rng: random.Random, kwargs: dict, context_length: int,
     """(prompt, answer) of `task` whose prompt has at most `context_length` tokens (as close as
     the filler's granularity allows); every round starts from the same random state."""
     state = rng.getstate()
-    n_bytes = context_length
+    sample = kwargs.get("filler") or "x"
+    sample = sample * (1 + 256 // max(len(sample), 1))
+    bytes_per_token = len(sample.encode("utf-8")) / max(count_tokens(sample), 1)
+    n_bytes = max(1, round(context_length * bytes_per_token))  # == context_length at byte level
     best: tuple[str, str] | None = None
     best_tokens = -1
+    first_error: ValueError | None = None
     for _ in range(FIT_ROUNDS):
         rng.setstate(state)
         try:
             prompt, answer = task(rng, context_length=n_bytes, **kwargs)
-        except ValueError:
-            if best is None:
-                raise
-            break
+        except ValueError as exc:
+            first_error = first_error or exc
+            if best is not None or n_bytes >= 8 * context_length * bytes_per_token:
+                break
+            n_bytes = int(n_bytes * 1.5) + 1  # too short in bytes; it may still fit in tokens
+            continue
         tokens = count_tokens(prompt)
         if tokens == context_length:
             return prompt, answer
@@ -58,6 +64,8 @@ def fit_prompt(task, rng: random.Random, kwargs: dict, context_length: int,
             break
         n_bytes = new_bytes
     if best is None:
+        if first_error is not None:
+            raise first_error
         raise ValueError(
             f"context_length={context_length} is too small: the task's fixed text alone is longer "
             "under this tokenizer; use a larger context_length"
@@ -84,7 +92,7 @@ class SyntheticWorkload(Workload):
 
         kwargs = self.task_kwargs(params)
         try:
-            getattr(tasks, self.task)(random.Random(0), context_length=1 << 16, depth=0.5, **kwargs)
+            getattr(tasks, self.task)(random.Random(0), context_length=1 << 13, depth=0.5, **kwargs)
         except ValueError as exc:
             raise ValueError(f"workload {self.name!r}: {exc}") from None
 

@@ -1,0 +1,145 @@
+"""`services.evaluation`: load_model, run_cell records (done and failed), environment."""
+
+import json
+
+import pytest
+
+from services import evaluation
+from services.evaluation import load_model, run_cell
+
+RECORD_FIELDS = {"model", "policy", "policy_params", "workload", "workload_params", "n_examples", "seed",
+                 "device", "dtype", "run_key", "sweep", "status", "error", "attempts", "environment",
+                 "accuracy", "kv_bytes_physical", "kv_bytes_full", "kept_fraction", "ttft_s", "tpot_s",
+                 "tokens_per_s", "peak_memory_bytes", "extras"}
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    return load_model("random:tiny-gpt")
+
+
+def cell(**overrides):
+    config = {"model": "random:tiny-gpt", "policy": "full", "policy_params": {}, "workload": "passkey",
+              "workload_params": {"context_length": 96}, "n_examples": 2, "seed": 0, "device": "cpu",
+              "dtype": "float32"}
+    config.update(overrides)
+    return config
+
+
+def test_done_record_has_every_field_and_measurements(gpt):
+    rec = run_cell(gpt, cell())
+    assert rec["status"] == "done", rec["error"]
+    assert RECORD_FIELDS <= set(rec)
+    json.dumps(rec, allow_nan=False)  # a plain, strict-JSON record
+    assert 0.0 <= rec["accuracy"] <= 1.0 and rec["n_examples"] == 2
+    assert rec["kept_fraction"] == pytest.approx(1.0)
+    assert rec["kv_bytes_physical"] >= rec["kv_bytes_full"] > 0  # full keeps everything (+ capacity slack)
+    assert rec["ttft_s"] > 0 and rec["tpot_s"] > 0 and rec["tokens_per_s"] > 0
+    assert rec["peak_memory_bytes"] > 10 * 2**20
+    assert len(rec["run_key"]) == 64
+    examples = rec["extras"]["examples"]
+    assert [e["id"] for e in examples] == ["passkey/s0/0", "passkey/s0/1"]
+    assert all(e["prompt_tokens"] == 96 and len(e["content_hash"]) == 64 for e in examples)
+    assert rec["accuracy"] == pytest.approx(sum(e["score"] for e in examples) / 2)
+    env = rec["environment"]
+    assert env["packages"]["torch"] and env["host"] and env["device"] == "cpu"
+
+
+def test_same_cell_twice_gives_same_instances_and_predictions(gpt):
+    a, b = run_cell(gpt, cell()), run_cell(gpt, cell())
+    strip = [(e["content_hash"], e["prediction"]) for e in a["extras"]["examples"]]
+    assert strip == [(e["content_hash"], e["prediction"]) for e in b["extras"]["examples"]]
+    assert a["run_key"] == b["run_key"]
+
+
+def test_an_evicting_policy_keeps_less(gpt):
+    rec = run_cell(gpt, cell(policy="streaming_llm", policy_params={"budget_tokens": 16},
+                             workload_params={"context_length": 128}))
+    assert rec["status"] == "done", rec["error"]
+    assert rec["kept_fraction"] < 0.5
+    assert rec["kv_bytes_physical"] < rec["kv_bytes_full"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"policy": "nope"}, r"ValueError: unknown policy 'nope'; allowed: .*full"),
+    ({"policy": "streaming_llm", "policy_params": {"budget": 2.0}}, r"ValueError: .*budget"),
+    ({"policy_params": {"colour": 1}}, r"ValueError: policy 'full' has no parameter 'colour'"),
+    ({"workload": "nope"}, r"ValueError: unknown workload 'nope'"),
+    ({"workload_params": {"depth": 3}}, r"ValueError: workload 'passkey': parameter 'depth' must be"),
+    ({"n_examples": 0}, r"ValueError: cell config field 'n_examples'"),
+    ({"dtype": "bfloat16"}, r"ValueError: cell asks for device='cpu' dtype='bfloat16'"),
+])
+def test_bad_input_gives_a_failed_record_not_an_exception(gpt, overrides, message):
+    rec = run_cell(gpt, cell(**overrides))
+    assert rec["status"] == "failed"
+    assert __import__("re").search(message, rec["error"]), rec["error"]
+    assert RECORD_FIELDS <= set(rec) and rec["accuracy"] is None
+    assert "Traceback" in rec["extras"]["traceback"]
+
+
+def test_a_crash_inside_the_cell_is_a_failed_record(gpt, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("engine exploded")
+
+    monkeypatch.setattr("nats_model.generate.generate", boom)
+    rec = run_cell(gpt, cell())
+    assert rec["status"] == "failed" and rec["error"] == "RuntimeError: engine exploded"
+
+
+def test_lm_text_reports_perplexity_not_accuracy(gpt):
+    rec = run_cell(gpt, cell(workload="lm_text", workload_params={"context_length": 48, "chunk_size": 8},
+                             n_examples=1))
+    assert rec["status"] == "done", rec["error"]
+    assert rec["accuracy"] is None
+    extras = rec["extras"]
+    assert extras["scored_tokens"] + extras["nll_nan_tokens"] == 47
+    assert 1.0 < extras["ppl"] < 1000 and extras["nll"] == pytest.approx(__import__("math").log(extras["ppl"]))
+
+
+def test_local_dataset_cell(gpt, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"context": "abc " * 10, "question": "Q?", "answer_prefix": " A:",
+                                "answer": ["x"], "max_new_tokens": 3, "task": "qa_1"}) + "\n")
+    rec = run_cell(gpt, cell(workload="local_dataset", workload_params={"path": str(path)}, n_examples=1))
+    assert rec["status"] == "done", rec["error"]
+    assert rec["extras"]["examples"][0]["new_tokens"] == 3
+
+
+def test_load_model_errors_name_the_input():
+    with pytest.raises(ValueError, match=r"model 'no-such-model' not found.*random:tiny-gpt"):
+        load_model("no-such-model")
+    with pytest.raises(ValueError, match=r"unknown random test model 'random:huge'"):
+        load_model("random:huge")
+    with pytest.raises(ValueError, match=r"dtype must be one of"):
+        load_model("random:tiny-gpt", dtype="int8")
+    with pytest.raises(ValueError, match=r"device must be 'cpu', 'cuda' or 'cuda:N'"):
+        load_model("random:tiny-gpt", device="tpu")
+
+
+def test_gpt_checkpoint_folder_round_trip(gpt, tmp_path):
+    gpt.model.save_pretrained(tmp_path / "ckpt")
+    handle = load_model(str(tmp_path / "ckpt"))
+    assert handle.kind == "gpt" and handle.count_tokens("héllo") == 6
+    a = run_cell(gpt, cell(n_examples=1))["extras"]["examples"][0]["prediction"]
+    b = run_cell(handle, cell(model=str(tmp_path / "ckpt"), n_examples=1))["extras"]["examples"][0]["prediction"]
+    assert a == b
+
+
+def test_hugging_face_model_with_its_own_tokenizer(tmp_path):
+    tiny = load_model("random:tiny-llama")
+    assert tiny.kind == "hf"
+    text = "The grass is green. The sky is blue."
+    assert tiny.count_tokens(text) < len(text)  # a real (BPE) tokenizer, not bytes
+    tiny.model.save_pretrained(tmp_path / "llama")
+    tiny.tokenizer.save_pretrained(tmp_path / "llama")
+    handle = load_model(str(tmp_path / "llama"))
+    assert handle.kind == "hf" and handle.count_tokens(text) == tiny.count_tokens(text)
+    rec = run_cell(handle, cell(model=str(tmp_path / "llama"), workload_params={"context_length": 80}))
+    assert rec["status"] == "done", rec["error"]
+    assert all(abs(e["prompt_tokens"] - 80) <= 4 and e["prompt_tokens"] <= 80 for e in rec["extras"]["examples"])
+
+
+def test_environment_info():
+    env = evaluation.environment_info()
+    assert set(env) >= {"git_commit", "packages", "device", "device_name", "host", "python"}
+    assert env["git_commit"] is None or len(env["git_commit"].split("-")[0]) == 40
