@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from nats_model.mask import GLOBAL, LOCAL, chunk_count, next_global_after, previous_global_before
+from nats_model.mask import GLOBAL, LOCAL, SLIDING, chunk_count, next_global_after, previous_global_before
 
 P_TILDE_MODES = ("unmasked", "masked_clamped", "masked")
 
@@ -66,10 +66,11 @@ def _check_inputs(q, k, v, types_onehot, window, chunk_size, p_tilde) -> tuple[i
 def _layout(types_onehot: torch.Tensor, n: int, c: int) -> dict[str, torch.Tensor]:
     """Index bookkeeping shared by forward and backward; c = chunk size (1 at token level).
 
-    Returns per token (B, Hkv, N): `chunk` index, `h` (B, Hkv, N, 3) the one-hot per token,
-    `ids` type id, `l_end` last query a Local token would reach (end of the next Global chunk);
-    and per chunk (B, Hkv, Nc): `ids_c`, `c_end` own last token, `E_end`, `prev_end` (last token
-    of the previous Global chunk, -1 if none), `start` (first token).
+    Per token (B, Hkv, N): `h` (B, Hkv, N, 3) the one-hot of its chunk, `ids` its type id,
+    `l_end` the last query it reaches as a Local key (last token of the next Global chunk),
+    `w_local` 1/|chunk| on Local tokens else 0. Per chunk (B, Hkv, Nc): `c_end` own last token,
+    `E_end` last token of the next Global chunk, `prev_end` last token of the previous Global
+    chunk (-1 if none), `start` first token. `count` (Nc,) tokens per chunk.
     """
     dev = types_onehot.device
     nc = types_onehot.shape[-2]
@@ -79,78 +80,97 @@ def _layout(types_onehot: torch.Tensor, n: int, c: int) -> dict[str, torch.Tenso
     e_next = next_global_after(ids_c)  # (B, Hkv, Nc) chunk index
     e_prev = previous_global_before(ids_c)  # (B, Hkv, Nc), -1 if none
     tok_chunk = torch.arange(n, device=dev) // c  # (N,)
+    count = torch.bincount(tok_chunk, minlength=nc)  # (Nc,)
     E_end = last_tok[e_next]  # (B, Hkv, Nc)
+    ids = ids_c.index_select(-1, tok_chunk)  # (B, Hkv, N)
     return {
         "chunk": tok_chunk,
+        "count": count,
         "h": types_onehot.index_select(-2, tok_chunk),  # (B, Hkv, N, 3)
-        "ids": ids_c.index_select(-1, tok_chunk),  # (B, Hkv, N)
+        "ids": ids,
         "l_end": E_end.index_select(-1, tok_chunk),  # (B, Hkv, N)
-        "ids_c": ids_c,
-        "c_end": last_tok,
+        "w_local": (ids == LOCAL).to(types_onehot.dtype) / count[tok_chunk],  # (B, Hkv, N)
+        "c_end": last_tok.expand_as(E_end),
         "E_end": E_end,
         "prev_end": torch.where(e_prev >= 0, (e_prev + 1) * c - 1, torch.full_like(e_prev, -1)),
-        "start": cidx * c,
+        "start": (cidx * c).expand_as(E_end),
     }
 
 
-def _mask_from_layout(lay: dict[str, torch.Tensor], n: int, window: int, dtype) -> torch.Tensor:
-    """M (B, Hkv, N, N), query x key, from the per-token one-hot (section 3's formula)."""
+def _log_mask(lay: dict[str, torch.Tensor], n: int, window: int, dtype) -> torch.Tensor:
+    """log M (B, Hkv, N, N), query x key, from the per-token one-hot (section 3's formula).
+
+    M[m,n] = h_G(n) + h_L(n) [m <= l_end(n)] + h_S(n) [m <= n+W] for m >= n, else 0. For a
+    one-hot whose other two entries are exactly 0 (hard, also straight-through) M is the selected
+    entry on the visible pairs and 0 elsewhere, which is built from a boolean mask (fast path).
+    """
     dev = lay["h"].device
     m = torch.arange(n, device=dev)[:, None]  # (N, 1) query
     j = torch.arange(n, device=dev)[None, :]  # (1, N) key
     h = lay["h"].to(dtype)  # (B, Hkv, N, 3)
-    in_seg = (m <= lay["l_end"][..., None, :]).to(dtype)  # (B, Hkv, N, N)
-    in_win = (m <= j + window).to(dtype)  # (N, N)
-    mask = h[..., None, :, 0] + h[..., None, :, 1] * in_seg + h[..., None, :, 2] * in_win
-    return mask * (j <= m).to(dtype)
+    in_seg = m <= lay["l_end"][..., None, :]  # (B, Hkv, N, N)
+    in_win = m <= j + window  # (N, N)
+    causal = j <= m
+    if bool(((h != 0).sum(-1) == 1).all()):
+        ids = lay["ids"][..., None, :]  # (B, Hkv, 1, N)
+        vis = (ids == GLOBAL) | ((ids == LOCAL) & in_seg) | ((ids == SLIDING) & in_win)
+        log_h = h.gather(-1, lay["ids"][..., None]).log()  # (B, Hkv, N, 1), log of ~1
+        return torch.where(vis & causal, log_h.transpose(-1, -2), float("-inf"))
+    mask = h[..., None, :, 0] + h[..., None, :, 1] * in_seg.to(dtype) + h[..., None, :, 2] * in_win.to(dtype)
+    return (mask * causal.to(dtype)).log()
 
 
 def _scores(q, k, scale, hkv, group):
     """s (B, Hkv, G, N, N) = scale q k^T, q viewed as (B, Hkv, G, N, hd)."""
     b, _, n, hd = q.shape
-    q5 = q.reshape(b, hkv, group, n, hd)
-    return torch.matmul(q5, k[:, :, None].transpose(-1, -2)) * scale
+    q5 = (q * scale).reshape(b, hkv, group, n, hd)
+    return torch.matmul(q5, k[:, :, None].transpose(-1, -2))
 
 
-def _chunk_mean(x: torch.Tensor, c: int, nc: int) -> torch.Tensor:
+def _chunk_mean(x: torch.Tensor, c: int, count: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (..., Nc): mean over each chunk's tokens (the last chunk may be shorter)."""
-    n = x.shape[-1]
-    pad = nc * c - n
-    xp = torch.nn.functional.pad(x, (0, pad))
-    counts = torch.full((nc,), float(c), dtype=x.dtype, device=x.device)
-    counts[-1] = c - pad
-    return xp.reshape(*x.shape[:-1], nc, c).sum(-1) / counts
+    nc = count.shape[0]
+    xp = torch.nn.functional.pad(x, (0, nc * c - x.shape[-1]))
+    return xp.reshape(*x.shape[:-1], nc, c).sum(-1) / count.to(x.dtype)
 
 
-def _type_gradients(dM, lay, n, window, c, nc, lam, group, dtype) -> torch.Tensor:
-    """(dh_G, dh_L, dh_S) per chunk (B, Hkv, Nc, 3) from dM (B, Hkv, N, N) summed over the group."""
-    dev = dM.device
-    m = torch.arange(n, device=dev)[:, None]  # (N, 1) query
-    j = torch.arange(n, device=dev)[None, :]  # (1, N) key
-    # region sums per key token (dM is zero above the diagonal)
-    r_all = dM.sum(-2)  # (B, Hkv, N)
-    r_win = (dM * (m <= j + window).to(dtype)).sum(-2)
-    r_seg = (dM * (m <= lay["l_end"][..., None, :]).to(dtype)).sum(-2)
-    # collected term: A[m, t] = dM of the Local key token t, already divided by its chunk size
-    counts = torch.bincount(lay["chunk"], minlength=nc).to(dtype)  # (Nc,)
-    local_tok = (lay["ids"] == LOCAL).to(dtype) / counts[lay["chunk"]]  # (B, Hkv, N)
-    a = dM * local_tok[..., None, :]  # (B, Hkv, N, N)
-    cs = torch.nn.functional.pad(a.cumsum(-1), (1, 0))  # (B, Hkv, N, N+1), cs[..., i] = sum_{t<i}
-    b, hkv = dM.shape[:2]
-    hi = lay["start"].expand(b, hkv, nc)[..., None, :].expand(b, hkv, n, nc)  # tokens < start(c)
-    lo = (lay["prev_end"] + 1)[..., None, :].expand(b, hkv, n, nc)  # tokens <= prev Global end
-    q_lost = cs.gather(-1, hi) - cs.gather(-1, lo)  # (B, Hkv, N, Nc): Local chunks between, per row m
-    rows = (m > lay["c_end"]) & (m <= lay["E_end"][..., None, :])  # (B, Hkv, N, Nc)
-    collected = (q_lost * rows.to(dtype)).sum(-2)  # (B, Hkv, Nc)
-    dh_g = _chunk_mean(r_all, c, nc) - collected
-    dh_l = _chunk_mean(r_seg, c, nc)
-    dh_s = _chunk_mean(r_win, c, nc)
+def _type_gradients(d_mask, lay, n, window, c, lam, group) -> torch.Tensor:
+    """(dh_G, dh_L, dh_S) per chunk (B, Hkv, Nc, 3) from dM (B, Hkv, N, N) summed over the group.
+
+    Region sums of key n over queries n..r are column prefix sums read at row r; the collected
+    term is a rectangle (rows, Local key columns) read from a 2-D prefix sum in float64.
+    """
+    dtype = d_mask.dtype
+    col = d_mask.cumsum(-2)  # (B, Hkv, N, N): col[r, n] = sum_{m <= r} dM[m, n] (zero above diagonal)
+
+    def at_row(rows: torch.Tensor) -> torch.Tensor:  # col[rows[n], n] for (B, Hkv, N) rows
+        return col.gather(-2, rows[..., None, :]).squeeze(-2)
+
+    pos = torch.arange(n, device=d_mask.device)
+    r_all = col[..., n - 1, :]  # queries n..N-1
+    r_win = at_row((pos + window).clamp(max=n - 1).expand_as(lay["l_end"]))  # n..n+W
+    r_seg = at_row(lay["l_end"])  # n..end of the next Global chunk
+    # collected term of chunk c: rows (c_end, E_end] x Local key tokens (prev_end, start)
+    area = torch.nn.functional.pad((col.double() * lay["w_local"].double()[..., None, :]).cumsum(-1), (1, 0))
+    area = area.flatten(-2)  # (B, Hkv, N*(N+1)): area[r*(N+1) + t+1] = sum_{m<=r, j<=t} A[m, j]
+
+    def corner(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return area.gather(-1, rows * (n + 1) + cols + 1)
+
+    hi, lo = lay["start"] - 1, lay["prev_end"]
+    collected = (
+        corner(lay["E_end"], hi) - corner(lay["c_end"], hi) - corner(lay["E_end"], lo) + corner(lay["c_end"], lo)
+    ).to(dtype)  # (B, Hkv, Nc)
+    count = lay["count"]
+    dh_g = _chunk_mean(r_all, c, count) - collected
+    dh_l = _chunk_mean(r_seg, c, count)
+    dh_s = _chunk_mean(r_win, c, count)
     if lam:
-        pos = torch.arange(n, device=dev, dtype=dtype)
-        reg_g = (lay["ids"] == GLOBAL).to(dtype) * (n - pos) / n
-        reg_l = (lay["ids"] == LOCAL).to(dtype) * (lay["l_end"].to(dtype) - pos) / n
-        dh_g = dh_g + lam * group * _chunk_mean(reg_g, c, nc)
-        dh_l = dh_l + lam * group * _chunk_mean(reg_l, c, nc)
+        fpos = pos.to(dtype)
+        reg_g = (lay["ids"] == GLOBAL).to(dtype) * (n - fpos) / n
+        reg_l = (lay["ids"] == LOCAL).to(dtype) * (lay["l_end"].to(dtype) - fpos) / n
+        dh_g = dh_g + lam * group * _chunk_mean(reg_g, c, count)
+        dh_l = dh_l + lam * group * _chunk_mean(reg_l, c, count)
     return torch.stack([dh_g, dh_l, dh_s], dim=-1)
 
 
@@ -158,8 +178,8 @@ class NatsAttentionFunction(torch.autograd.Function):
     """Dense NAtS attention (reference): masked causal softmax forward, the paper's backward.
 
     apply(q, k, v, types_onehot, window, lam, chunk_size, scale, p_tilde). Works on any device,
-    holds (B, Hq, N, N) scores; computes in float64 for float64 inputs, else float32. Returns
-    exact dq, dk, dv and the section 3-4 type gradient for `types_onehot`.
+    holds a few (B, Hq, N, N) tensors; computes in float64 for float64 inputs, else float32.
+    Returns exact dq, dk, dv and the section 3-4 type gradient for `types_onehot`.
     """
 
     @staticmethod
@@ -169,20 +189,24 @@ class NatsAttentionFunction(torch.autograd.Function):
         group = hq // hkv
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
         c = 1 if chunk_size is None else int(chunk_size)
-        qc, kc, vc = q.to(cdt), k.to(cdt), v.to(cdt)
         lay = _layout(types_onehot.detach(), n, c)
-        log_mask = _mask_from_layout(lay, n, window, cdt).log()[:, :, None]  # (B, Hkv, 1, N, N)
-        s = _scores(qc, kc, scale, hkv, group) + log_mask  # (B, Hkv, G, N, N)
-        lse = torch.logsumexp(s, dim=-1)  # (B, Hkv, G, N)
-        p = torch.exp(s - lse[..., None])
-        out = torch.matmul(p, vc[:, :, None]).reshape(b, hq, n, hd)  # (B, Hq, N, hd)
-        ctx.save_for_backward(q, k, v, types_onehot, out, lse)
+        log_mask = _log_mask(lay, n, window, cdt).reshape(b * hkv, 1, n, n)  # shared by the group
+        # fused softmax attention with an additive mask; the group's query heads see one KV head
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.to(cdt).reshape(b * hkv, group, n, hd),
+            k.to(cdt).reshape(b * hkv, 1, n, hd),
+            v.to(cdt).reshape(b * hkv, 1, n, hd),
+            attn_mask=log_mask,
+            scale=scale,
+            enable_gqa=group > 1,
+        ).reshape(b, hq, n, hd)  # (B, Hq, N, hd)
+        ctx.save_for_backward(q, k, v, types_onehot, out)
         ctx.cfg = (int(window), float(lam), c, chunk_size is None, float(scale), p_tilde)
         return out.to(q.dtype)
 
     @staticmethod
     def backward(ctx, d_out):
-        q, k, v, types_onehot, out, lse = ctx.saved_tensors
+        q, k, v, types_onehot, out = ctx.saved_tensors
         window, lam, c, token_level, scale, p_tilde = ctx.cfg
         b, hq, n, hd = q.shape
         hkv = k.shape[1]
@@ -190,33 +214,37 @@ class NatsAttentionFunction(torch.autograd.Function):
         cdt = out.dtype
         qc, kc, vc = q.to(cdt), k.to(cdt), v.to(cdt)
         do5 = d_out.to(cdt).reshape(b, hkv, group, n, hd)  # (B, Hkv, G, N, hd)
-        o5 = out.reshape(b, hkv, group, n, hd)
         lay = _layout(types_onehot.detach(), n, c)
-        mask = _mask_from_layout(lay, n, window, cdt)  # (B, Hkv, N, N)
         s = _scores(qc, kc, scale, hkv, group)  # (B, Hkv, G, N, N), unmasked
-        p = mask[:, :, None] * torch.exp(s - lse[..., None])  # masked probabilities
-        dv = torch.matmul(p.transpose(-1, -2), do5).sum(2)  # (B, Hkv, N, hd)
-        dp = torch.matmul(do5, vc[:, :, None].transpose(-1, -2))  # (B, Hkv, G, N, N)
-        delta = (do5 * o5).sum(-1, keepdim=True)  # D[m]: (B, Hkv, G, N, 1)
-        ds = p * (dp - delta)
-        dq = (torch.matmul(ds, kc[:, :, None]) * scale).reshape(b, hq, n, hd)
-        dk = (torch.matmul(ds.transpose(-1, -2), qc.reshape(b, hkv, group, n, hd)) * scale).sum(2)
-        del p, ds
-        d_types = None
-        if ctx.needs_input_grad[3]:
+        sm = s + _log_mask(lay, n, window, cdt)[:, :, None]  # masked scores
+        lse = torch.logsumexp(sm, dim=-1, keepdim=True)  # (B, Hkv, G, N, 1), masked normaliser
+        want_types = ctx.needs_input_grad[3]
+        if want_types:  # p~ from the unmasked scores, in place of s
             causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
             if p_tilde is None:
                 p_tilde = "unmasked" if token_level else "masked_clamped"
             if p_tilde == "unmasked":
-                s_causal = s.masked_fill(~causal, float("-inf"))
-                pt = torch.exp(s_causal - torch.logsumexp(s_causal, dim=-1, keepdim=True))
+                pt = s.masked_fill_(~causal, float("-inf"))
+                pt = pt.sub_(torch.logsumexp(pt, dim=-1, keepdim=True)).exp_()
             elif p_tilde == "masked_clamped":
-                pt = torch.exp((s - lse[..., None]).clamp(max=0.0)).masked_fill(~causal, 0.0)
+                pt = s.sub_(lse).clamp_(max=0.0).exp_().masked_fill_(~causal, 0.0)
             else:  # "masked": the exact derivative, for tests
-                pt = torch.exp(s - lse[..., None]).masked_fill(~causal, 0.0)
-            d_mask = (pt * (dp - delta)).sum(2)  # (B, Hkv, N, N), summed over the GQA group
-            nc = types_onehot.shape[-2]
-            d_types = _type_gradients(d_mask, lay, n, window, c, nc, lam, group, cdt).to(types_onehot.dtype)
+                pt = s.sub_(lse).exp_().masked_fill_(~causal, 0.0)
+        del s
+        p = sm.sub_(lse).exp_()  # masked probabilities P, in place of sm
+        dv = torch.matmul(p.transpose(-1, -2), do5).sum(2)  # (B, Hkv, N, hd)
+        dp = torch.matmul(do5, vc[:, :, None].transpose(-1, -2))  # (B, Hkv, G, N, N)
+        delta = (do5 * out.reshape(b, hkv, group, n, hd)).sum(-1, keepdim=True)  # D[m]: (B, Hkv, G, N, 1)
+        dp = dp.sub_(delta)  # dP - D
+        ds = p.mul_(dp)  # dS = P (dP - D), in place of p
+        dq = (torch.matmul(ds, kc[:, :, None]) * scale).reshape(b, hq, n, hd)
+        dk = (torch.matmul(ds.transpose(-1, -2), qc.reshape(b, hkv, group, n, hd)) * scale).sum(2)
+        del p, ds, sm
+        d_types = None
+        if want_types:
+            d_mask = pt.mul_(dp).sum(2)  # dM (B, Hkv, N, N), summed over the GQA group
+            del pt, dp
+            d_types = _type_gradients(d_mask, lay, n, window, c, lam, group).to(types_onehot.dtype)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), d_types, None, None, None, None, None
 
 
