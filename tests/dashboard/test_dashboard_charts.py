@@ -1,0 +1,96 @@
+"""Chart specs as data: Streamlit's AppTest sees charts only as UnknownElement."""
+
+import pytest
+from fixture_runs import fixture_records
+
+from dashboard import charts, data, paper_reference
+
+
+@pytest.fixture(scope="module")
+def df():
+    return data.records_frame(fixture_records())
+
+
+def _dataset(spec: dict) -> list[dict]:
+    (rows,) = spec["datasets"].values()
+    return rows
+
+
+def _layers(spec: dict) -> list[dict]:
+    return spec["spec"]["layer"] if "spec" in spec else spec["layer"]
+
+
+def test_pareto_chart_spec(df):
+    spec = charts.pareto_chart(df, "kv_bytes_physical", "accuracy").to_dict()
+    assert spec["facet"]["field"] == "workload"
+    rows = _dataset(spec)
+    # only finished runs with accuracy: lm_text (perplexity) and the failed / pending runs are out
+    assert {r["workload"] for r in rows} == {"passkey", "kv_recall"}
+    assert len(rows) == int(((df["status"] == "done") & df["accuracy"].notna()).sum())
+    frontier, points = _layers(spec)
+    assert frontier["mark"]["type"] == "line" and frontier["transform"] == [{"filter": "datum.on_frontier"}]
+    assert points["encoding"]["color"]["field"] == "policy"
+    tips = {t["field"] for t in points["encoding"]["tooltip"]}
+    assert {"policy", "budget", "model", "workload", "run_key", "accuracy", "kv_bytes_physical"} <= tips
+    # the frontier flags agree with the tested frontier function
+    flagged = {(r["workload"], r["policy"], r["budget"], r["kv_bytes_physical"]) for r in rows if r["on_frontier"]}
+    done = df[(df["status"] == "done") & df["accuracy"].notna()]
+    front = data.pareto_frontier(done, "kv_bytes_physical", "accuracy", by="workload")
+    expected = {(w, p, None if b != b else b, k) for w, p, b, k in
+                front[["workload", "policy", "budget", "kv_bytes_physical"]].itertuples(index=False)}
+    assert flagged == expected
+    assert points["encoding"]["x"]["scale"]["type"] == "log"  # bytes span > 20x
+
+
+def test_pareto_chart_perplexity_and_kept_fraction(df):
+    spec = charts.pareto_chart(df, "kept_fraction", "perplexity").to_dict()
+    rows = _dataset(spec)
+    assert {r["workload"] for r in rows} == {"lm_text"}
+    assert _layers(spec)[1]["encoding"]["x"]["field"] == "kept_fraction"
+    with pytest.raises(ValueError, match="kv_bytes_physical"):
+        charts.pareto_chart(df, "tpot_s", "accuracy")
+
+
+def test_policy_colours_are_stable():
+    a = charts.policy_scale(["h2o", "nats", "full"]).to_dict()
+    b = charts.policy_scale(["full", "h2o", "nats", "h2o"]).to_dict()
+    assert a == b and a["domain"][0] == "nats" and len(set(a["range"])) == 3
+
+
+def test_latency_chart_filters_budget(df):
+    spec = charts.latency_chart(df, "tpot_ms", budget=0.25).to_dict()
+    rows = _dataset(spec)
+    assert {r["budget"] for r in rows} == {0.25, None}  # the asked budget plus the full cache
+    assert {r["policy"] for r in rows} == {"full", "nats", "streamingllm", "h2o", "snapkv", "tova"}
+    assert spec["encoding"]["x"]["field"] == "context_length" and spec["encoding"]["y"]["field"] == "tpot_ms"
+    with pytest.raises(ValueError, match="tpot_ms"):
+        charts.latency_chart(df, "accuracy")
+
+
+def test_overview_chart_counts(df):
+    table = data.sweep_overview(df)
+    rows = _dataset(charts.overview_chart(table).to_dict())
+    by = {(r["sweep"], r["status"]): r["count"] for r in rows}
+    assert by[("tiny-main", "done")] == 80 and by[("tiny-main", "failed")] == 1
+    assert by[("tiny-running", "pending")] == 2
+
+
+def test_paper_reference_chart_keeps_sources_apart(df):
+    published = paper_reference.published_kept_fractions()
+    spec = charts.paper_reference_chart(df, published).to_dict()
+    sources = set()
+    for layer in spec["layer"]:
+        sources |= {r["source"] for r in spec["datasets"][layer["data"]["name"]]}
+        assert layer["encoding"]["yOffset"]["field"] == "source"
+    assert sources == {paper_reference.LABEL, "measured here"}
+
+
+def test_paper_reference_numbers_are_the_method_pages():
+    pub = paper_reference.published_kept_fractions()
+    assert (pub["source"] == "published, not measured here").all()
+    nats = pub[pub["policy"] == "nats"]
+    assert sorted(zip(nats["kept_low"], nats["kept_high"], strict=True)) == [(0.03, 0.03), (0.15, 0.25)]
+    assert set(pub[pub["policy"] == "h2o"]["kept_low"]) == {0.125, 0.25, 0.5}
+    eff = paper_reference.published_efficiency()
+    assert "200k -> 700k tokens" in set(eff["published"])
+    assert "summaries of the NAtS paper" in paper_reference.SOURCE_NOTE
