@@ -4,7 +4,8 @@ Each instance is a window of held-out text of `context_length` tokens; the model
 token by token with the policy active (`nats_model.generate.score`, as StreamingLLM evaluates
 streaming perplexity; `chunk_size` > 1 feeds several tokens per step, faster). The default corpus is the Python standard library's own source files
 (real text on every machine), split into train and held-out parts by file
-(`nats_model.data.text`); `text_dir=DIR` takes any local folder of .txt files (for example PG-19).
+(`nats_model.data.text`); `text_dir=DIR` takes any local folder of .txt files (for example PG-19),
+split the same way; `split=all` reads every file (a folder that is a test set already).
 
 Reported numbers: a perplexity has no accuracy, so a cell's `accuracy` is None; its `extras`
 hold `nll` (mean negative log-likelihood per predicted token, nats) and `ppl` = exp(nll), over
@@ -23,11 +24,24 @@ from .base import CountTokens, Instance, Param, Workload
 FIRST_BYTES_PER_TOKEN = 4
 
 
+SPLITS = ("heldout", "train", "all")
+
+
 @lru_cache(maxsize=4)
-def _heldout(text_dir: str | None):
+def _corpus(text_dir: str | None, split: str):
     from nats_model.data.text import TextCorpus
 
-    return TextCorpus.load("heldout", text_dir=text_dir)
+    if split != "all":
+        return TextCorpus.load(split, text_dir=text_dir)
+    parts = []
+    for name in ("train", "heldout"):
+        try:
+            parts.append(TextCorpus.load(name, text_dir=text_dir))
+        except ValueError:  # an empty split of a small folder
+            continue
+    if not parts:
+        raise ValueError(f"text_dir={text_dir!r} holds no text")
+    return TextCorpus(data=b"".join(p.data for p in parts), n_files=sum(p.n_files for p in parts))
 
 
 class LmText(Workload):
@@ -38,19 +52,22 @@ class LmText(Workload):
         Param("context_length", "int", 1024, "tokens scored per instance", minimum=2, maximum=10_000_000),
         Param("text_dir", "str", None, "a local folder of .txt files (default: the Python stdlib's source)",
               nullable=True),
+        Param("split", "str", "heldout", "which files: the held-out split (models never trained on it), "
+              "the train split, or all files (e.g. a folder that is a test set already)", choices=SPLITS),
         Param("chunk_size", "int", 1, "tokens fed per scoring step: 1 = token by token (StreamingLLM's "
               "streaming perplexity); larger is faster and lets the policy evict once per chunk", minimum=1),
     )
 
     def check(self, params: dict) -> None:
         try:
-            _heldout(params["text_dir"])
+            _corpus(params["text_dir"], params["split"])
         except ValueError as exc:
-            raise ValueError(f"workload 'lm_text': parameter 'text_dir': {exc}") from None
+            raise ValueError(f"workload 'lm_text': parameters text_dir/split: {exc} (split='all' uses every "
+                             "file)") from None
 
     def make(self, rng: random.Random, params: dict, index: int, count_tokens: CountTokens,
              seed: int) -> Instance:
-        corpus = _heldout(params["text_dir"])
+        corpus = _corpus(params["text_dir"], params["split"])
         want = params["context_length"]
         n_bytes = want + 8  # a few spare bytes: a cut multi-byte character is dropped when decoding
         state = rng.getstate()
@@ -62,7 +79,7 @@ class LmText(Workload):
             n_bytes = max(n_bytes * 2, want * FIRST_BYTES_PER_TOKEN)
         return Instance(id=self.instance_id(seed, index), workload=self.name, prompt=text, answer="",
                         max_new_tokens=0, kind="nll",
-                        meta={"max_tokens": want, "text_dir": params["text_dir"],
+                        meta={"max_tokens": want, "text_dir": params["text_dir"], "split": params["split"],
                               "chunk_size": params["chunk_size"]})
 
     def score(self, prediction: str, instance: Instance) -> float:

@@ -113,5 +113,10 @@ def test_lm_text_reads_a_local_text_dir(tmp_path):
         (tmp_path / f"book{i:02d}.txt").write_text(f"Chapter {i}. " + "It was a dark and stormy night. " * 20)
     insts = workloads.instances("lm_text", {"context_length": 64, "text_dir": str(tmp_path)}, 2, seed=0)
     assert all(("stormy" in x.prompt) or ("Chapter" in x.prompt) for x in insts)
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "only.txt").write_text("A single test-set book. " * 10)
+    one = workloads.instances("lm_text", {"context_length": 32, "text_dir": str(small), "split": "all"}, 1, seed=0)
+    assert "test-set book" in one[0].prompt
     with pytest.raises(ValueError, match="text_dir"):
         workloads.instances("lm_text", {"context_length": 64, "text_dir": str(tmp_path / "missing")}, 1, seed=0)
