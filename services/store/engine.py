@@ -126,7 +126,9 @@ def _postgresql_engine(url: URL) -> Engine:
     connect_args: dict[str, Any] = {"application_name": "natsbench"}
     if "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-    return create_engine(url, connect_args=connect_args, pool_pre_ping=True, json_serializer=_json_serializer)
+    # No pool_pre_ping (a round trip per checkout): Store._write retries on a connection the
+    # server dropped, and pool_recycle retires idle connections before servers time them out.
+    return create_engine(url, connect_args=connect_args, pool_recycle=1800, json_serializer=_json_serializer)
 
 
 def build_engine(url: URL) -> Engine:

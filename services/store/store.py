@@ -9,11 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, case, func, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
-from . import schema
+from . import schema, statements
 from .clock import db_now
 from .engine import WRITE_OPTION, build_engine, connect_error_reason, mask_url, parse_url
 from .errors import SchemaError, StoreError
@@ -25,8 +25,11 @@ _CHUNK = 500  # rows per multi-row INSERT (well under SQLite's bound-parameter l
 _WRITE_RETRIES = 8
 
 
-def _transient(exc: OperationalError) -> bool:
-    """Lock contention (SQLite) or a deadlock / serialization failure (PostgreSQL): retry."""
+def _transient(exc: DBAPIError) -> bool:
+    """Lock contention (SQLite), a deadlock / serialization failure or a dropped connection
+    (PostgreSQL): worth retrying the whole transaction."""
+    if exc.connection_invalidated:
+        return True
     code = getattr(exc.orig, "sqlstate", None)
     text = str(exc.orig).lower()
     return code in ("40001", "40P01") or "database is locked" in text or "database table is locked" in text
@@ -51,6 +54,9 @@ class Store:
         self._engine = build_engine(self._url)
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         self._schema_ok = False
+        self._sweep_ids: dict[str, int] = {}  # sweep name -> id, filled after commits
+        self._record_upsert = statements.record_upsert(self._insert)
+        self._membership_insert = statements.membership_insert(self._insert)
 
     def __repr__(self) -> str:
         return f"Store({self.display_url!r})"
@@ -94,7 +100,7 @@ class Store:
             try:
                 with self._connect(write=True) as conn, conn.begin():
                     return fn(conn)
-            except OperationalError as exc:
+            except DBAPIError as exc:
                 if attempt == _WRITE_RETRIES - 1 or not _transient(exc):
                     raise
                 time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
@@ -261,45 +267,26 @@ class Store:
         attempts = int(record.get("attempts") or 1)
         sweep = record.get("sweep")
 
-        def write(conn: Connection) -> bool:
-            sweep_id = self._sweep_id(conn, sweep) if sweep else None
-            stmt = self._insert(Run).values(
-                **columns,
-                **results,
-                sweep_id=sweep_id,
-                attempts=attempts,
-                started_at=db_now(),
-                finished_at=db_now(),
-                updated_at=db_now(),
-            )
-            new = stmt.excluded
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["run_key"],
-                set_={
-                    **{name: getattr(new, name) for name in results},
-                    "n_examples": new.n_examples,
-                    "sweep_id": func.coalesce(Run.sweep_id, new.sweep_id),
-                    "attempts": case((new.attempts > Run.attempts, new.attempts), else_=Run.attempts),
-                    "started_at": func.coalesce(Run.started_at, new.started_at),
-                    "finished_at": new.finished_at,
-                    "updated_at": new.updated_at,
-                },
-                where=Run.status != "done",
-            )
-            # RETURNING, not rowcount: an upsert's rowcount is not reliable across drivers.
-            run_id = conn.execute(stmt.returning(Run.id)).scalar_one_or_none()
-            written = run_id is not None
-            if sweep_id is not None:
-                if run_id is None:
-                    run_id = conn.execute(
-                        select(Run.id).where(Run.run_key == columns["run_key"])
-                    ).scalar_one()
-                conn.execute(
-                    self._insert(SweepRun).values(sweep_id=sweep_id, run_id=run_id).on_conflict_do_nothing()
-                )
-            return written
+        params = {f"p_{name}": value for name, value in columns.items()}
+        params.update({f"p_{name}": value for name, value in results.items()}, p_attempts=attempts)
 
-        return self._write(write)
+        def write(conn: Connection) -> tuple[bool, int | None]:
+            sweep_id = None
+            if sweep:
+                sweep_id = self._sweep_ids.get(sweep) or self._sweep_id(conn, sweep)
+            written = (
+                conn.execute(self._record_upsert, {**params, "p_sweep_id": sweep_id}).first() is not None
+            )
+            if sweep_id is not None:
+                conn.execute(
+                    self._membership_insert, {"p_sweep_id": sweep_id, "p_run_key": params["p_run_key"]}
+                )
+            return written, sweep_id
+
+        written, sweep_id = self._write(write)
+        if sweep_id is not None:
+            self._sweep_ids[sweep] = sweep_id  # committed: safe to reuse
+        return written
 
     def release_running(self, sweep: str | int | None = None) -> int:
         """Move running runs (of one sweep, or all) back to pending, e.g. after Ctrl-C; returns how many."""
