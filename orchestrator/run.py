@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,9 +99,18 @@ class _Dispatcher:
         self.max_attempts = spec.resources.max_attempts
         res = spec.resources
         threads = max(1, int(res.cpus_per_worker))
-        self.make_actor = lambda: PolicyWorker.options(
-            num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker
-        ).remote(runner=runner, threads=threads)
+        self.generation = 0
+        token = uuid.uuid4().hex[:8]
+
+        def make_actor() -> Any:
+            # Named (sweep, driver pid, dispatch token, generation) so operators and tests can
+            # find a worker; the token keeps names unique while old actors are still being torn down.
+            self.generation += 1
+            name = f"natsbench-{plan.sweep}-{os.getpid()}-{token}-{self.generation}"
+            return PolicyWorker.options(name=name, num_cpus=res.cpus_per_worker,
+                                        num_gpus=res.gpus_per_worker).remote(runner=runner, threads=threads)
+
+        self.make_actor = make_actor
         self.queues: dict[tuple[str, str, str], deque[Cell]] = {}
         for cell in plan.todo:
             self.queues.setdefault(cell.model_key, deque()).append(cell)

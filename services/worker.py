@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import sys
 import time
 import traceback
 from typing import Any
@@ -40,10 +41,7 @@ class CellWorker:
         self._runner: Any = None
         self._model_key: tuple[str, str, str] | None = None
         self._handle: Any = None
-        if threads:
-            import torch
-
-            torch.set_num_threads(max(1, int(threads)))
+        self.threads = max(1, int(threads)) if threads else None
 
     def _ensure_runner(self) -> Any:
         if self._runner is None:
@@ -61,7 +59,10 @@ class CellWorker:
             return 0.0
         t0 = time.perf_counter()
         self._handle, self._model_key = None, None  # drop the old model before loading the next
-        self._handle = self._ensure_runner().load_model(model, device=device, dtype=dtype)
+        runner = self._ensure_runner()
+        if self.threads and "torch" in sys.modules:  # only when the runner uses torch at all
+            sys.modules["torch"].set_num_threads(self.threads)
+        self._handle = runner.load_model(model, device=device, dtype=dtype)
         self._model_key = key
         return time.perf_counter() - t0
 

@@ -55,3 +55,34 @@ def fake_runner(monkeypatch, ray_cluster):
     """Route cells to the fake runner for this test (the driver reads NATSBENCH_CELL_RUNNER)."""
     monkeypatch.setenv("NATSBENCH_CELL_RUNNER", FAKE_RUNNER)
     return ray_cluster
+
+
+@pytest.fixture
+def orch_pg_url(request):
+    """An isolated PostgreSQL URL: the shared `pg_url` fixture when tests/conftest.py has it,
+    else a fresh schema on $NATSBENCH_PG_URL dropped afterwards (skip, or fail under
+    NATSBENCH_REQUIRE_POSTGRES=1, when the server is unreachable)."""
+    try:
+        yield request.getfixturevalue("pg_url")
+        return
+    except pytest.FixtureLookupError:
+        pass
+    import uuid
+
+    import sqlalchemy as sa
+
+    base = os.environ.get("NATSBENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    schema = f"orch_{uuid.uuid4().hex[:12]}"
+    try:
+        engine = sa.create_engine(base)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("NATSBENCH_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL at {base} unreachable: {exc}")
+        pytest.skip(f"PostgreSQL at {base} unreachable: {exc}")
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()

@@ -2,7 +2,8 @@
 
 Models named `fake:<options>` load instantly; the options (comma-separated `key=value`, part
 of the model name so the sweep file stays valid) steer every cell of that model: `sleep=S`
-sleeps S seconds, `explode_seed=N` makes the cells with seed N raise, `tag=...` only makes the
+sleeps S seconds, `explode_seed=N` makes the cells with seed N raise, `crash_seed=N` makes
+the worker process of the cells with seed N exit at once (a dying actor), `tag=...` only makes the
 name unique per test. Otherwise a cell returns a done record whose accuracy is a pure function
 of the config. Every call appends one JSON line (model, config,
 pid) to the file named by env `NATSBENCH_FAKE_LOG`, so tests can count executions.
@@ -36,6 +37,8 @@ def run_cell(handle: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     options = handle["options"]
     _log(config)
     time.sleep(float(options.get("sleep", 0.0)))
+    if str(config["seed"]) == options.get("crash_seed"):
+        os._exit(1)
     if str(config["seed"]) == options.get("explode_seed"):
         raise RuntimeError(f"boom: cell asked to explode (seed {config['seed']})")
     record = dict(config)
