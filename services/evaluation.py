@@ -378,5 +378,7 @@ def run_cell(handle: ModelHandle, config: dict) -> dict:
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["extras"] = {**record.get("extras", {}), "traceback": traceback.format_exc(limit=20)[-8000:]}
+        if str(getattr(handle, "device", "cpu")).startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # e.g. after an out-of-memory error, so the next cell starts clean
     return json_safe(record)
 

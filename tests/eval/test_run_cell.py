@@ -134,7 +134,8 @@ def test_hugging_face_model_with_its_own_tokenizer(tmp_path):
     tiny.tokenizer.save_pretrained(tmp_path / "llama")
     handle = load_model(str(tmp_path / "llama"))
     assert handle.kind == "hf" and handle.count_tokens(text) == tiny.count_tokens(text)
-    rec = run_cell(handle, cell(model=str(tmp_path / "llama"), workload_params={"context_length": 80}))
+    rec = run_cell(handle, cell(model=str(tmp_path / "llama"), workload_params={"context_length": 80},
+                                n_examples=1))
     assert rec["status"] == "done", rec["error"]
     assert all(abs(e["prompt_tokens"] - 80) <= 4 and e["prompt_tokens"] <= 80 for e in rec["extras"]["examples"])
 
