@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-NEG_BIG = -1.0e30  # finite "minus infinity" for running maxima: exp(NEG_BIG - NEG_BIG) = 1, not nan
+NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for running maxima: exp(NEG_BIG - NEG_BIG) = 1, not nan
 
 
 @triton.jit
