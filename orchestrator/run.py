@@ -24,11 +24,10 @@ from typing import Any
 from orchestrator.plan import DONE, FAILED, Cell, Plan, build_cells, decide
 from orchestrator.spec import SweepSpec
 
-RAY_ENV_DEFAULTS = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray process on 127.0.0.1
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-}
+RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+# Only for the in-process Ray: single-node mode, every Ray process on 127.0.0.1. Never when
+# joining a cluster (it would refuse other nodes).
+LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @dataclass
@@ -62,7 +61,7 @@ def open_store(db_url: str) -> Any:
 
 def init_ray(address: str | None, num_cpus: float | None = None) -> None:
     """Connect to `address`, or start an in-process Ray on 127.0.0.1 (no dashboard)."""
-    for key, value in RAY_ENV_DEFAULTS.items():
+    for key, value in (RAY_ENV_DEFAULTS if address else {**RAY_ENV_DEFAULTS, **LOCAL_ONLY_ENV}).items():
         os.environ.setdefault(key, value)
     import ray
 

@@ -61,7 +61,6 @@ def config_in_repo(config: str | Path) -> str:
 
 def _client(address: str) -> Any:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # must match `ray start` (ENVIRONMENT.md)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(address)
@@ -93,7 +92,7 @@ def submit(config: str | Path, spec: Any, address: str, db_url: str, python: str
     if workers:
         args += ["--workers", str(workers)]
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
-    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
     client.submit_job(
         entrypoint=shlex.join(args),
         submission_id=job_id,
