@@ -173,7 +173,7 @@ def paper_reference_chart(
         tooltip=_tooltip(["policy", "model", "workload", "budget", "kept_fraction"]) + ["source:N"],
     )
     return alt.layer(pub_range, pub_ends, ours_layer).properties(
-        height=34 * max(len(names), 1), width=640,
+        height=alt.Step(17), width=640,  # per source row inside a policy band
         title="kept fraction per policy: hollow squares / bands = published, not measured here (upper); "
               "diamonds = measured here (lower)",
     )

@@ -30,10 +30,10 @@ _KEPT = (
      "h2o at 25% kept: NAtS scores above it"),
     ("Llama-3.1-8B / Mistral-7B, LongBench and RULER", "h2o", 0.5, 0.5,
      "h2o at 50% kept: NAtS scores above it"),
-    ("Llama-3.1-8B / Mistral-7B, LongBench and RULER", "streamingllm", 0.25, 0.25,
-     "streamingllm at 25% kept: NAtS scores above it"),
-    ("Llama-3.1-8B / Mistral-7B, LongBench and RULER", "streamingllm", 0.5, 0.5,
-     "streamingllm at 50% kept: NAtS scores above it"),
+    ("Llama-3.1-8B / Mistral-7B, LongBench and RULER", "streaming_llm", 0.25, 0.25,
+     "streaming_llm at 25% kept: NAtS scores above it"),
+    ("Llama-3.1-8B / Mistral-7B, LongBench and RULER", "streaming_llm", 0.5, 0.5,
+     "streaming_llm at 50% kept: NAtS scores above it"),
     ("Llama-3.1-8B / Mistral-7B, LongBench and RULER", "snapkv", 0.25, 0.25,
      "snapkv at 25% kept: NAtS scores above it"),
     ("Llama-3.1-8B / Mistral-7B, LongBench and RULER", "snapkv", 0.5, 0.5,
@@ -54,6 +54,17 @@ def published_kept_fractions() -> pd.DataFrame:
     """The published kept-fraction points: setting, policy, kept_low, kept_high, claim, source."""
     df = pd.DataFrame(_KEPT, columns=["setting", "policy", "kept_low", "kept_high", "claim"])
     return df.assign(source=LABEL)
+
+
+def canonical_policy(name: str) -> str:
+    """A policy name with case, '_' and '-' ignored ('StreamingLLM' == 'streaming_llm')."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def align_policy_names(published: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
+    """`published` with each policy spelled as in `measured` when they name the same policy."""
+    spelling = {canonical_policy(m): m for m in measured}
+    return published.assign(policy=[spelling.get(canonical_policy(p), p) for p in published["policy"]])
 
 
 def published_efficiency() -> pd.DataFrame:

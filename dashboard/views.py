@@ -223,7 +223,7 @@ def run_detail(ctx: Context) -> None:
 def paper(ctx: Context) -> None:
     st.title("Paper reference")
     st.warning(paper_reference.SOURCE_NOTE, icon=":material/menu_book:")
-    published = paper_reference.published_kept_fractions()
+    published = paper_reference.align_policy_names(paper_reference.published_kept_fractions(), ctx.policies)
     st.altair_chart(charts.paper_reference_chart(ctx.runs, published, policies=ctx.policies))
     c1, c2 = st.columns([3, 2])
     c1.subheader("Published kept fractions")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 MODEL = "gpt-tiny-nats"
-POLICIES = ("full", "nats", "streamingllm", "h2o", "snapkv", "tova")
+POLICIES = ("full", "nats", "streaming_llm", "h2o", "snapkv", "tova")
 BUDGETS = (0.125, 0.25, 0.5)
 CONTEXTS = (256, 512, 1024)
 FAILED_ERROR = "RuntimeError: KV cache capacity 0 < 1 token (budget too small for tova at 256 tokens)"

@@ -60,7 +60,7 @@ def test_leaderboard_rows_and_filters(monkeypatch, filled_store):
     lb = at.dataframe[0].value
     assert len(lb) == 16 and lb["accuracy"].is_monotonic_decreasing
     assert {"policy", "budget", "accuracy", "kept_fraction", "kv_kib_physical", "ttft_ms", "tpot_ms"} <= set(lb.columns)
-    assert {m.label for m in at.metric} == {"full", "nats", "streamingllm", "h2o", "snapkv", "tova"}
+    assert {m.label for m in at.metric} == {"full", "nats", "streaming_llm", "h2o", "snapkv", "tova"}
     assert at.get("download_button")  # CSV download is offered
     # one context length only
     at.selectbox(key="lb_ctx").set_value(1024).run()

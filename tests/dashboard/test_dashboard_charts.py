@@ -61,7 +61,7 @@ def test_latency_chart_filters_budget(df):
     spec = charts.latency_chart(df, "tpot_ms", budget=0.25).to_dict()
     rows = _dataset(spec)
     assert {r["budget"] for r in rows} == {0.25, None}  # the asked budget plus the full cache
-    assert {r["policy"] for r in rows} == {"full", "nats", "streamingllm", "h2o", "snapkv", "tova"}
+    assert {r["policy"] for r in rows} == {"full", "nats", "streaming_llm", "h2o", "snapkv", "tova"}
     assert spec["encoding"]["x"]["field"] == "context_length" and spec["encoding"]["y"]["field"] == "tpot_ms"
     with pytest.raises(ValueError, match="tpot_ms"):
         charts.latency_chart(df, "accuracy")
@@ -94,3 +94,10 @@ def test_paper_reference_numbers_are_the_method_pages():
     eff = paper_reference.published_efficiency()
     assert "200k -> 700k tokens" in set(eff["published"])
     assert "summaries of the NAtS paper" in paper_reference.SOURCE_NOTE
+
+
+def test_published_names_align_with_ours():
+    pub = paper_reference.published_kept_fractions()
+    aligned = paper_reference.align_policy_names(pub, ["StreamingLLM", "NAtS", "tova"])
+    assert set(aligned["policy"]) == {"StreamingLLM", "NAtS", "h2o", "snapkv", "full"}
+    assert (aligned["kept_low"] == pub["kept_low"]).all()
