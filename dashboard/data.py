@@ -23,6 +23,8 @@ METRICS = (
     "accuracy", "perplexity", "kept_fraction", "kv_bytes_physical", "kv_bytes_full",
     "ttft_s", "tpot_s", "tokens_per_s", "peak_memory_bytes",
 )
+# Where a record keeps its perplexity (lm_text: `extras.ppl`; `perplexity` also accepted).
+PERPLEXITY_KEYS = ("ppl", "perplexity")
 # Which direction is better, per metric a chart may put on its y axis.
 HIGHER_IS_BETTER = {"accuracy": True, "perplexity": False, "tokens_per_s": True}
 
@@ -61,7 +63,7 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
     """One row per run record, with derived columns.
 
     Derived: `budget` (from the record, else `policy_params["budget"]`), `perplexity`
-    (from `extras["perplexity"]`: the `lm_text` metric has no accuracy), `context_length`
+    (from `extras["ppl"]` or `extras["perplexity"]`: the `lm_text` metric has no accuracy), `context_length`
     (from `workload_params["context_length"]`). Metric columns are floats (NaN when missing),
     timestamps are UTC datetimes. An empty input gives an empty frame with every column.
     """
@@ -74,7 +76,7 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
         if row.get("budget") is None:
             row["budget"] = row["policy_params"].get("budget")
         if row.get("perplexity") is None:
-            row["perplexity"] = extras.get("perplexity")
+            row["perplexity"] = next((extras[k] for k in PERPLEXITY_KEYS if extras.get(k) is not None), None)
         row["context_length"] = wparams.get("context_length")
         rows.append(row)
     df = pd.DataFrame(rows, columns=list(_COLUMNS))
@@ -266,6 +268,6 @@ def run_metrics(row: pd.Series) -> pd.DataFrame:
     """The metrics of one run as a two-column table (metric, value); missing ones left out."""
     items = [(m, row[m]) for m in METRICS if not pd.isna(row[m])]
     for key, value in sorted(row["extras"].items()):
-        if key != "perplexity" and isinstance(value, int | float) and not isinstance(value, bool):
+        if key not in PERPLEXITY_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
             items.append((f"extras.{key}", value))
     return pd.DataFrame(items, columns=["metric", "value"])

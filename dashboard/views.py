@@ -203,6 +203,9 @@ def run_detail(ctx: Context) -> None:
     st.markdown(f"{badge} `{row['run_key']}` in sweep **{row['sweep']}**, attempts: {row['attempts']:g}")
     if status == data.FAILED:
         st.error(row["error"] or "failed without an error message")
+        if row["extras"].get("traceback"):
+            with st.expander("Traceback"):
+                st.code(str(row["extras"]["traceback"]), language="text")
     c1, c2 = st.columns(2)
     c1.subheader("Metrics")
     metrics = data.run_metrics(row)

@@ -9,6 +9,7 @@ the context length, as in a real sweep.
 
 from __future__ import annotations
 
+import math
 import random
 
 MODEL = "gpt-tiny-nats"
@@ -44,7 +45,8 @@ def _record(sweep: str, policy: str, budget: float | None, workload: str, ctx: i
         "peak_memory_bytes": 50_000_000 + full_bytes,
     })
     if workload == "lm_text":
-        rec["extras"] = {"perplexity": round(3.2 / quality + rng.uniform(0, 0.05), 3), "nll": 1.2}
+        ppl = round(3.2 / quality + rng.uniform(0, 0.05), 3)
+        rec["extras"] = {"ppl": ppl, "nll": round(math.log(ppl), 4), "examples": [{"id": "lm_text-0", "score": None}]}
     else:
         rec["accuracy"] = round(min(1.0, quality * (1.0 - ctx / 8192) + rng.uniform(-0.03, 0.03)), 3)
     return rec
@@ -63,6 +65,7 @@ def fixture_records(seed: int = 0) -> list[dict]:
             out.append(_record("tiny-main", policy, budget, "lm_text", 512, 0, rng))
     failed = _record("tiny-main", "tova", 0.125, "passkey", 256, 1, rng, status="failed")
     failed["error"], failed["attempts"] = FAILED_ERROR, 3
+    failed["extras"] = {"traceback": "Traceback (most recent call last):\n  ...\n" + FAILED_ERROR}
     out.append(failed)
     for i, policy in enumerate(("full", "nats", "h2o")):
         # the done one is the same cell as in tiny-main (a run shared by two sweeps); seed 7 keeps

@@ -104,6 +104,7 @@ def test_run_detail_shows_failed_run(monkeypatch, filled_store):
     at = _view(monkeypatch, filled_store[0], "Run detail")
     assert at.selectbox(key="run_key").format_func(at.selectbox(key="run_key").value).startswith("FAILED")
     assert at.error[0].value == FAILED_ERROR
+    assert any(c.value.startswith("Traceback") and FAILED_ERROR in c.value for c in at.code)
     failed_table = at.dataframe[0].value
     assert failed_table["error"].tolist() == [FAILED_ERROR] and failed_table["attempts"].tolist() == [3]
     assert len(at.json) == 2  # environment + config
