@@ -52,8 +52,8 @@ class LayerStore:
         self.v = torch.empty(0, head_dim, dtype=dtype, device=device)
         self.pos = torch.empty(0, dtype=torch.long, device=device)
         self.aux: dict[str, torch.Tensor] = {n: torch.empty(0, device=device) for n in aux_names}
-        self.lens = torch.zeros(n_seg, dtype=torch.long, device=device)
         self._set_layout([0] * n_seg)
+        self.lens = torch.zeros(n_seg, dtype=torch.long, device=device)
 
     # ---------------------------------------------------------------- layout
     def _set_layout(self, caps: list[int]) -> None:
@@ -84,10 +84,10 @@ class LayerStore:
     def relayout(self, target_lens: list[int]) -> None:
         """Reallocate with capacities for `target_lens` (>= current lens); copies the kept slots."""
         caps, _ = _capacities(target_lens)
-        valid = self.valid_rows()
-        src = self.row_index[valid]  # flat slots in row-major (segment, slot) order
+        src = self.row_index[self.valid_rows()]  # flat slots in row-major (segment, slot) order
         old = (self.k, self.v, self.pos, dict(self.aux))
         self._set_layout(caps)
+        self.lens = self._lens  # refresh the derived caches for the new layout
         dst = self.row_index[self.valid_rows()]  # same (segment, slot) order in the new layout
         total = self.capacity
         # zeros, not empty: a masked slot still enters probs @ V, and 0 * NaN garbage is NaN
@@ -100,9 +100,23 @@ class LayerStore:
             self.aux[name][dst] = a[src]
 
     # -------------------------------------------------------------- row form
+    @property
+    def lens(self) -> torch.Tensor:
+        """(n_seg,) occupied slots per segment. Replaced, never modified in place."""
+        return self._lens
+
+    @lens.setter
+    def lens(self, value: torch.Tensor) -> None:
+        self._lens = value
+        self._valid = None  # valid_rows cache
+        self.kept_total = int(value.sum())
+        self.free_min = int((self.caps - value).min()) if value.numel() else 0
+
     def valid_rows(self) -> torch.Tensor:
-        """(n_seg, row_cap) bool: slot holds a kept token."""
-        return torch.arange(self.row_cap, device=self.device)[None, :] < self.lens[:, None]
+        """(n_seg, row_cap) bool: slot holds a kept token (cached until `lens` changes)."""
+        if self._valid is None:
+            self._valid = torch.arange(self.row_cap, device=self.device)[None, :] < self._lens[:, None]
+        return self._valid
 
     def rows(self, flat: torch.Tensor, fill=0) -> torch.Tensor:
         """A per-slot tensor (capacity, ...) in row form (n_seg, row_cap, ...); a view when uniform."""
@@ -119,44 +133,57 @@ class LayerStore:
         else:
             flat[self.row_index[self.row_exists]] = rows[self.row_exists]
 
+    def add_rows(self, flat: torch.Tensor, rows: torch.Tensor) -> None:
+        """flat += rows (row form), in place."""
+        if self.uniform:
+            flat.view(self.n_seg, self.row_cap, *flat.shape[1:]).add_(rows)
+        else:
+            flat.index_add_(0, self.row_index[self.row_exists], rows[self.row_exists])
+
     # ------------------------------------------------------------ mutations
-    def append(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def append(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor,
+               all_valid: bool | None = None) -> torch.Tensor:
         """Store new tokens. k, v (n_seg, T, hd); pos, valid (n_seg, T). Invalid (padding) tokens
         are not stored. Returns the flat slot of every new token (n_seg, T), -1 where not stored."""
         n_seg, T = pos.shape
-        if bool(valid.all()):
-            n_new = torch.full((n_seg,), T, dtype=torch.long, device=self.device)
-            rank = torch.arange(T, device=self.device).expand(n_seg, T)
-        else:
-            n_new = valid.sum(1)
-            rank = valid.long().cumsum(1) - 1
-        new_lens = self.lens + n_new
-        if bool((new_lens > self.caps).any()):
-            self.relayout(new_lens.tolist())
-        slot = self.offsets[:, None] + self.lens[:, None] + rank  # (n_seg, T)
-        if T == 1 and n_new.numel() and bool(valid.all()):
-            dst = slot[:, 0]
+        all_valid = bool(valid.all()) if all_valid is None else all_valid
+        if T == 1 and all_valid:  # decode: one token per segment
+            if self.free_min < 1:
+                self.relayout((self._lens + 1).tolist())
+            dst = self.offsets + self._lens  # (n_seg,)
             self.k.index_copy_(0, dst, k[:, 0])
             self.v.index_copy_(0, dst, v[:, 0])
             self.pos.index_copy_(0, dst, pos[:, 0])
             for a in self.aux.values():
                 a.index_fill_(0, dst, 0.0)
-        else:
-            dst = slot[valid]
-            self.k[dst], self.v[dst], self.pos[dst] = k[valid], v[valid], pos[valid]
-            for a in self.aux.values():
-                a[dst] = 0.0
+            self.lens = self._lens + 1
+            return dst[:, None]
+        n_new = valid.sum(1)
+        rank = valid.long().cumsum(1) - 1
+        new_lens = self._lens + n_new
+        if bool((new_lens > self.caps).any()):
+            self.relayout(new_lens.tolist())
+        slot = self.offsets[:, None] + self._lens[:, None] + rank  # (n_seg, T)
+        dst = slot[valid]
+        self.k[dst], self.v[dst], self.pos[dst] = k[valid], v[valid], pos[valid]
+        for a in self.aux.values():
+            a[dst] = 0.0
         self.lens = new_lens
         return torch.where(valid, slot, -1)
 
     def compact(self, keep: torch.Tensor) -> int:
         """Drop every occupied slot where `keep (n_seg, row_cap)` is False; returns how many."""
         valid = self.valid_rows()
-        keep = keep & valid
-        new_lens = keep.sum(1)
-        n_drop = int((self.lens - new_lens).sum())
-        if n_drop == 0:
+        drop = valid & ~keep
+        per_row = drop.sum(1)  # (n_seg,)
+        most = int(per_row.max()) if per_row.numel() else 0
+        if most == 0:
             return 0
+        if most == 1:  # typical decode step: swap the segment's last token into the hole
+            return self.evict_one(torch.where(per_row > 0, drop.byte().argmax(1), -1))
+        keep = valid & ~drop
+        new_lens = keep.sum(1)
+        n_drop = self.kept_total - int(new_lens.sum())
         j = torch.arange(self.row_cap, device=self.device)[None, :]
         holes = self.row_index[valid & ~keep & (j < new_lens[:, None])]  # slots to refill
         movers = self.row_index[keep & (j >= new_lens[:, None])]  # kept slots past the new end
@@ -164,14 +191,30 @@ class LayerStore:
             for t in (self.k, self.v, self.pos, *self.aux.values()):
                 t[holes] = t[movers]
         self.lens = new_lens
-        kept = int(new_lens.sum())
-        if self.capacity > BOUND_FRACTION * kept + self.n_seg:
-            self.relayout(new_lens.tolist())
+        self._maybe_shrink()
         return n_drop
+
+    def evict_one(self, row_slot: torch.Tensor) -> int:
+        """Drop at most one token per segment: `row_slot (n_seg,)` is its slot in row form, -1 for
+        none (the decode-step fast path of `compact`). Returns how many were dropped."""
+        drop = row_slot >= 0
+        last = self.offsets + self._lens - 1  # (n_seg,) flat slot of each segment's last token
+        hole = torch.where(drop, self.offsets + row_slot, last)  # rows without a drop copy onto themselves
+        for t in (self.k, self.v, self.pos, *self.aux.values()):
+            t.index_copy_(0, hole, t.index_select(0, last))
+        before = self.kept_total
+        self.lens = self._lens - drop.long()
+        self._maybe_shrink()
+        return before - self.kept_total
+
+    def _maybe_shrink(self) -> None:
+        if self.capacity > BOUND_FRACTION * self.kept_total + self.n_seg:
+            self.relayout(self._lens.tolist())
 
     # ------------------------------------------------------------ accounting
     def kv_bytes_physical(self) -> int:
-        return self.k.untyped_storage().nbytes() + self.v.untyped_storage().nbytes()
+        """Bytes of the K and V storages (== their untyped_storage().nbytes())."""
+        return 2 * self.capacity * self.head_dim * self.k.element_size()
 
     def meta_bytes(self) -> int:
         return self.pos.untyped_storage().nbytes() + sum(a.untyped_storage().nbytes() for a in self.aux.values())
@@ -207,9 +250,9 @@ class KVCache:
             self.layers[idx] = store
         return store
 
-    def seen_per_segment(self) -> torch.Tensor:
+    def seen_per_segment(self, n_kv_heads: int | None = None) -> torch.Tensor:
         """(B * Hkv,) tokens seen by the sequence of each segment."""
-        return self.seen.repeat_interleave(max(self.n_kv_heads, 1))
+        return self.seen.repeat_interleave(max(n_kv_heads or self.n_kv_heads, 1))
 
     def kv_bytes_physical(self) -> int:
         return sum(s.kv_bytes_physical() for s in self.layers.values())

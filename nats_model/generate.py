@@ -63,9 +63,10 @@ class KVEngine:
             st["pos_seg"] = st["pos"].repeat_interleave(Hkv, 0)
             st["valid_seg"] = st["valid"].repeat_interleave(Hkv, 0)
             st["all_valid"] = bool(st["valid"].all())
+            st["seen_seg"] = self.cache.seen_per_segment(Hkv)
         store = self.cache.layer(layer_idx, k)
         k_new, v_new = k.reshape(n_seg, T, hd), v.reshape(n_seg, T, hd)
-        new_slots = store.append(k_new, v_new, st["pos_seg"], st["valid_seg"])
+        new_slots = store.append(k_new, v_new, st["pos_seg"], st["valid_seg"], st["all_valid"])
         self.kv_bytes_physical_peak = max(self.kv_bytes_physical_peak, self.cache.kv_bytes_physical())
         qs = q.reshape(n_seg, g, T, hd)
         scale = hd ** -0.5 if scale is None else scale
@@ -73,12 +74,14 @@ class KVEngine:
                                             scale, sliding_window, self.policy.observe,
                                             decode=not st["prefill"])
         step = Step(layer=layer_idx, prefill=st["prefill"], last_prefill=st["last"],
-                    seen=self.cache.seen_per_segment(), q_pos=st["pos_seg"], q_valid=st["valid_seg"],
+                    seen=st["seen_seg"], q_pos=st["pos_seg"], q_valid=st["valid_seg"],
                     new_slots=new_slots, attn_sum=attn_sum, probs=probs, type_logits=type_logits,
                     q=qs, k_new=k_new, v_new=v_new)
         keep = self.policy.select(store, step)
-        if keep is not None and store.compact(keep):
-            self.policy.after_compact(store, step)
+        if keep is not None:
+            dropped = store.evict_one(keep) if keep.dtype == torch.long else store.compact(keep)
+            if dropped:
+                self.policy.after_compact(store, step)
         return out.view(B, Hq, T, hd)
 
 
@@ -92,7 +95,9 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
     n_seg, g, T, hd = q.shape
     want = observe != "none"
     out = q.new_empty(n_seg, g, T, hd) if not store.uniform else None
-    attn_sum = q.new_zeros(n_seg, store.row_cap, dtype=torch.float32) if observe == "sum" else None
+    attn_sum = None
+    if observe == "sum" and not store.uniform:
+        attn_sum = q.new_zeros(n_seg, store.row_cap, dtype=torch.float32)
     probs_all = q.new_zeros(n_seg, g, T, store.row_cap, dtype=torch.float32) if observe == "probs" else None
     # padding queries look at everything (their output is discarded) so no row is empty
     qp = q_pos if all_valid else torch.where(q_valid, q_pos, torch.iinfo(torch.long).max // 2)
@@ -107,7 +112,10 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
         slot = torch.arange(cap, device=q.device)
         if decode and all_valid and T == 1 and sliding_window is None:
             # every stored position precedes the query: only unoccupied slots are hidden
-            mask = None if bool((lens == cap).all()) else (slot[None, :] < lens[:, None])[:, None, :]
+            if store.free_min > 0 or bool((lens < cap).any()):
+                mask = (store.valid_rows() if store.uniform else slot[None, :] < lens[:, None])[:, None, :]
+            else:
+                mask = None
         else:
             P = store.pos[start:start + n * cap].view(n, cap)
             mask = (slot[None, :] < lens[:, None])[:, None, :] & (P[:, None, :] <= qp[sel][:, :, None])
@@ -121,7 +129,7 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
                                                attn_mask=None if mask is None else mask[:, None], scale=scale)
             o = o[:, 0]  # (n, g*T, hd)
         else:
-            s = torch.bmm(qg, K.transpose(1, 2)).float() * scale  # (n, g*T, cap)
+            s = torch.baddbmm(qg.new_empty(()), qg, K.transpose(1, 2), beta=0.0, alpha=scale).float()  # (n, g*T, cap)
             if mask is not None:
                 s = s.masked_fill(~mask, torch.finfo(torch.float32).min)
             p = torch.softmax(s, dim=-1)
@@ -129,8 +137,11 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
             p4 = p.view(n, g, T, cap)
             if not all_valid:
                 p4 = p4 * q_valid[sel][:, None, :, None]
-            if attn_sum is not None:
-                attn_sum[sel, :cap] = p4.sum(dim=(1, 2))
+            if observe == "sum":
+                if store.uniform:
+                    attn_sum = p4.sum(dim=(1, 2))  # (n_seg, row_cap)
+                else:
+                    attn_sum[sel, :cap] = p4.sum(dim=(1, 2))
             if probs_all is not None:
                 probs_all[sel, :, :, :cap] = p4
         o = o.view(n, g, T, hd)

@@ -6,7 +6,8 @@ chunk or one decode token):
 
 1. `KVCache` stores the step's new keys/values (padding never stored);
 2. the current queries attend over the kept tokens plus the new ones (causal by original position);
-3. `select(store, step)` returns which slots survive (`(n_seg, row_cap)` bool, or None = keep all);
+3. `select(store, step)` returns which slots survive (`(n_seg, row_cap)` bool, or None = keep all,
+   or a long `(n_seg,)` row slot to drop per segment, -1 for none);
 4. the store drops the others (swap-remove) and shrinks when over the memory bound;
 5. `after_compact(store, step)` may edit the survivors (e.g. StreamingLLM re-rotates keys).
 
@@ -96,6 +97,14 @@ class Policy:
             return torch.ceil(seen.double() * self.budget - 1e-9).long().clamp(min=1)
         return seen.clone()
 
+    def step_budget(self, step: Step) -> torch.Tensor:
+        """`budget_for(step.seen)`, computed once per step (all layers share `step.seen`)."""
+        cached = self.__dict__.get("_budget_cache")
+        if cached is None or cached[0] is not step.seen:
+            cached = (step.seen, self.budget_for(step.seen))
+            self.__dict__["_budget_cache"] = cached
+        return cached[1]
+
     def budget_label(self) -> str:
         if self.budget_tokens is not None:
             return f"{self.budget_tokens} tokens"
@@ -112,7 +121,8 @@ class Policy:
         return positions
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
-        """Which occupied slots survive: (n_seg, row_cap) bool, or None to keep all."""
+        """Which occupied slots survive: keep (n_seg, row_cap) bool, or None to keep all, or (fast
+        path for one eviction per segment) a long (n_seg,) row-form slot to drop, -1 for none."""
         return None
 
     def after_compact(self, store: LayerStore, step: Step) -> None:

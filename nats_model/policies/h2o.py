@@ -35,26 +35,20 @@ class H2OPolicy(Policy):
             raise ValueError(f"h2o: recent_ratio must be in [0, 1], got {self.recent_ratio!r}")
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
-        score = store.rows(store.aux["h2o_score"])  # (n_seg, row_cap)
-        score = score + step.attn_sum  # accumulate this step's attention
-        store.set_rows(store.aux["h2o_score"], score)
-        budget = self.budget_for(step.seen)
-        n_drop = (store.lens - budget).clamp(min=0)  # (n_seg,)
-        if not bool(n_drop.any()):
+        store.add_rows(store.aux["h2o_score"], step.attn_sum)  # accumulate this step's attention
+        budget = self.step_budget(step)
+        n_drop = store.lens - budget  # (n_seg,)
+        most = int(n_drop.max())
+        if most <= 0:
             return None
         valid = store.valid_rows()
         n_recent = (budget.double() * self.recent_ratio).floor().long()
-        recent = recent_mask(store.rows(store.pos, fill=-1), step.seen, n_recent) & valid
-        candidates = valid & ~recent  # heavy-hitter candidates; the n_drop lowest go
-        masked = score.masked_fill(~candidates, float("inf"))
-        if int(n_drop.max()) == 1:
-            lowest = masked.argmin(dim=1)  # (n_seg,)
-            drop = torch.zeros_like(valid)
-            drop[torch.arange(store.n_seg, device=drop.device), lowest] = True
-            drop &= (n_drop > 0)[:, None]
-        else:
-            order = masked.argsort(dim=1, stable=True)  # ascending: lowest scores first
-            rank = torch.empty_like(order)
-            rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-            drop = rank < n_drop[:, None]
-        return valid & ~drop
+        recent = recent_mask(store.rows(store.pos, fill=-1), step.seen, n_recent)
+        # heavy-hitter candidates (occupied, not recent); the n_drop lowest scores go
+        masked = store.rows(store.aux["h2o_score"]).masked_fill(~valid | recent, float("inf"))
+        if most == 1:
+            return torch.where(n_drop > 0, masked.argmin(dim=1), -1)
+        order = masked.argsort(dim=1, stable=True)  # ascending: lowest scores first
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        return valid & ~(rank < n_drop.clamp(min=0)[:, None])

@@ -50,9 +50,14 @@ class StreamingLLMPolicy(Policy):
         return kept_per_seq[:, None] + (valid.long().cumsum(1) - 1).clamp(min=0)
 
     def _sinks_recent(self, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = self.budget_for(seen).minimum(seen)
-        sinks = keep.clamp(max=self.n_sink)
-        return sinks, keep - sinks
+        """(sinks, recent) counts per segment, computed once per step."""
+        cached = self.__dict__.get("_split_cache")
+        if cached is None or cached[0] is not seen:
+            keep = self.budget_for(seen).minimum(seen)
+            sinks = keep.clamp(max=self.n_sink)
+            cached = (seen, sinks, keep - sinks)
+            self.__dict__["_split_cache"] = cached
+        return cached[1], cached[2]
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         if self.positions == "rerotate":  # remember the position each new key was rotated at
@@ -61,7 +66,7 @@ class StreamingLLMPolicy(Policy):
             new = step.new_slots >= 0
             store.aux["rope_pos"][step.new_slots[new]] = (before[:, None] + rank)[new].float()
         sinks, recent = self._sinks_recent(step.seen)
-        if bool((store.lens <= sinks + recent).all()):
+        if int((store.lens - sinks - recent).max()) <= 0:
             return None
         pos = store.rows(store.pos, fill=-1)
         return (pos < sinks[:, None]) | recent_mask(pos, step.seen, recent)

@@ -1,0 +1,149 @@
+"""Decode time per token: full cache vs 10% kept, at 1k / 4k / 16k tokens of context.
+
+Model: the small GPT with random weights, 4 layers, d_model 512, 8 query / 8 KV heads of dim 64,
+byte vocabulary (256), fp32, batch 1: at long context its decode is bound by reading the KV cache.
+For every (policy, context) the cache is first filled directly with what the policy would hold
+after the prompt (random keys/values at the kept count, positions = sinks + the most recent
+tokens, random H2O scores): prefill is not what is measured and would cost minutes here. Then
+`--steps` real decode steps run through the engine (append, attention over the kept tokens,
+the policy's eviction, compaction), each timed with `time.perf_counter` after a device sync; the
+median is reported. Human table first; the LAST line is one JSON object.
+
+    .venv/bin/python benchmarks/decode_latency.py [--contexts 1024,4096,16384] [--steps 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from nats_model.generate import KVEngine
+from nats_model.models.gpt import GPT, GPTConfig
+from nats_model.policies import build
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fill_cache(engine: KVEngine, cfg: GPTConfig, context: int, kept: int, device: torch.device) -> None:
+    """Put `kept` tokens per (layer, KV head) into the engine's cache as if `context` were seen."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    n_seg, hd = cfg.n_kv_head, cfg.head_dim
+    n_sink = min(4, kept)
+    pos = torch.cat([torch.arange(n_sink), torch.arange(context - (kept - n_sink), context)])
+    for layer in range(cfg.n_layer):
+        k = torch.randn(n_seg, kept, hd, generator=g).to(device) * 0.5
+        v = torch.randn(n_seg, kept, hd, generator=g).to(device)
+        store = engine.cache.layer(layer, k.view(1, n_seg, kept, hd))
+        store.append(k, v, pos.expand(n_seg, kept).to(device), torch.ones(n_seg, kept, dtype=torch.bool, device=device))
+        for name in store.aux:
+            store.aux[name].uniform_(0, 1)
+    engine.cache.seen = torch.tensor([context], device=device)
+
+
+class DecodeRun:
+    """One (policy, context) cell: an engine whose cache is pre-filled, stepped one token at a time."""
+
+    def __init__(self, model: GPT, policy_name: str, params: dict, context: int, device: torch.device):
+        cfg = model.config
+        self.model, self.name, self.params, self.context, self.device = model, policy_name, params, context, device
+        self.policy = build(policy_name, **params)
+        if getattr(self.policy, "rope_theta", 0) is None:
+            self.policy.rope_theta = cfg.rope_theta
+        self.policy.reset()
+        self.engine = KVEngine(self.policy, batch=1)
+        kept0 = int(self.policy.budget_for(torch.tensor([context]))[0]) if self.policy.needs_budget else context
+        fill_cache(self.engine, cfg, context, kept0, device)
+        self.tok = torch.tensor([[65]], device=device)
+        self.pos = torch.tensor([context], device=device)
+        self.wall, self.cpu, self.ratios = [], [], []
+
+    @torch.no_grad()
+    def step(self, record: bool) -> None:
+        valid = torch.ones(1, 1, dtype=torch.bool, device=self.device)
+        rope = self.policy.rope_positions(self.pos[:, None], self.engine.kept_per_seq().to(self.device), valid)
+        sync(self.device)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        self.engine.begin_step(self.pos[:, None], valid, prefill=False)
+        logits, _ = self.model(self.tok, kv_engine=self.engine, positions=rope)
+        self.tok = logits[:, -1].argmax(-1, keepdim=True)
+        sync(self.device)
+        if record:
+            self.wall.append(time.perf_counter() - t0)
+            self.cpu.append(time.thread_time() - c0)
+        cache = self.engine.cache
+        self.ratios.append(cache.kv_bytes_physical() / cache.kv_bytes_kept())
+        self.pos = self.pos + 1
+
+    def row(self) -> dict:
+        cache = self.engine.cache
+        return {"policy": self.name, "budget": self.params.get("budget", 1.0), "context": self.context,
+                "kept_per_head": int(cache.layers[0].lens[0]), "ms_per_token": 1e3 * statistics.median(self.wall),
+                "cpu_ms_per_token": 1e3 * statistics.median(self.cpu),
+                "kv_mib_physical": cache.kv_bytes_physical() / 2**20, "kv_mib_full": cache.kv_bytes_full() / 2**20,
+                "max_physical_over_kept": max(self.ratios)}
+
+
+def measure_context(model: GPT, runs: list, context: int, steps: int, warmup: int, device) -> list[dict]:
+    """Steps the cells of one context round-robin, so load changes on a shared CPU hit all alike."""
+    cells = [DecodeRun(model, name, params, context, device) for name, params in runs]
+    for i in range(warmup + steps):
+        for cell in cells:
+            cell.step(record=i >= warmup)
+    return [cell.row() for cell in cells]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--contexts", default="1024,4096,16384")
+    ap.add_argument("--policies", default="streaming_llm,h2o", help="evicting policies run at --budget")
+    ap.add_argument("--budget", type=float, default=0.1)
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=256, n_layer=4, n_head=8, n_kv_head=8, d_model=512, max_seq_len=32768)
+    model = GPT(cfg).to(device).eval()
+    contexts = [int(c) for c in args.contexts.split(",")]
+    runs = [("full", {})] + [(p, {"budget": args.budget}) for p in args.policies.split(",") if p]
+    t_start = time.perf_counter()
+    rows = [r for ctx in contexts for r in measure_context(model, runs, ctx, args.steps, args.warmup, device)]
+    print(f"decode latency, GPT 4x512 (8 KV heads x 64), fp32, batch 1, {device}, "
+          f"{torch.get_num_threads()} threads, median of {args.steps} steps")
+    print(f"{'policy':<15}{'budget':>7}{'context':>9}{'kept/head':>10}{'ms/token':>10}{'KV MiB':>9}"
+          f"{'full MiB':>10}{'phys/kept':>10}{'cpu ms':>8}")
+    for r in rows:
+        print(f"{r['policy']:<15}{r['budget']:>7g}{r['context']:>9}{r['kept_per_head']:>10}{r['ms_per_token']:>10.2f}"
+              f"{r['kv_mib_physical']:>9.2f}{r['kv_mib_full']:>10.2f}{r['max_physical_over_kept']:>10.4f}"
+              f"{r['cpu_ms_per_token']:>8.2f}")
+    ms = {(r["policy"], r["context"]): r["ms_per_token"] for r in rows}
+    longest = max(contexts)
+    per_policy = {name: ms[(name, longest)] / ms[("full", longest)] for name, _ in runs[1:]}
+    cpu = {(r["policy"], r["context"]): r["cpu_ms_per_token"] for r in rows}
+    per_policy_cpu = {name: cpu[(name, longest)] / cpu[("full", longest)] for name, _ in runs[1:]}
+    summary = {
+        "benchmark": "decode_latency", "device": str(device), "threads": torch.get_num_threads(),
+        "contexts": contexts, "budget": args.budget, "steps": args.steps,
+        "ms_per_token": {f"{p}@{c}": round(v, 3) for (p, c), v in ms.items()},
+        f"ratio_{round(args.budget * 100)}pct_vs_full_{longest // 1024}k": max(per_policy.values(), default=None),
+        "ratio_per_policy": {k: round(v, 4) for k, v in per_policy.items()},
+        "ratio_per_policy_cpu_time": {k: round(v, 4) for k, v in per_policy_cpu.items()},
+        "max_physical_over_kept": max(r["max_physical_over_kept"] for r in rows),
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
