@@ -47,7 +47,7 @@ CASES = [
     pytest.param(1, 2, 1, 37, 16, 4, None, 0.0, 32, True, id="gqa2-ragged37"),
     pytest.param(2, 2, 2, 64, 32, 8, None, 0.1, 32, False, id="lam-batch2-open-local"),
     pytest.param(1, 4, 2, 100, 16, 5, 8, 0.0, 64, True, id="chunk8-gqa2-ragged100"),
-    pytest.param(1, 2, 1, 45, 24, 200, None, 0.0, 32, True, id="window-ge-n-hd24"),
+    pytest.param(1, 2, 1, 45, 24, 200, None, 0.0, None, True, id="window-ge-n-hd24-default-block"),
     pytest.param(1, 3, 1, 50, 16, 3, 16, 0.05, 16, False, id="chunk16-gqa3-lam-block16"),
 ]
 
@@ -63,6 +63,25 @@ def test_matches_reference_fp32(b, hq, hkv, n, hd, w, chunk, lam, block, forced)
         torch.testing.assert_close(g, r, atol=2e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
     # the type gradient is not trivially zero and really depends on the types
     assert got[4].abs().max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    "n,w,types,hd",
+    [
+        pytest.param(1, 0, [0], 16, id="n1"),
+        pytest.param(9, 0, [2] * 9, 16, id="all-sw-w0-diagonal-only"),
+        pytest.param(17, 2, [1] * 17, 16, id="all-local-no-global"),
+        pytest.param(20, 3, [0, 1, 2, 1, 0] * 4, 130, id="hd130-padded-to-256"),
+    ],
+)
+def test_edge_cases(n, w, types, hd):
+    gen = torch.Generator().manual_seed(n)
+    q, k, v, d_out = (torch.randn(1, h, n, hd, generator=gen).to(DEVICE) for h in (2, 1, 1, 2))
+    onehot = torch.nn.functional.one_hot(torch.tensor(types).view(1, 1, n), 3).float().to(DEVICE)
+    got = _run(nats_attention_triton, q, k, v, d_out, onehot, window=w, lam=0.1)
+    ref = _run(nats_attention_reference, q, k, v, d_out, onehot, window=w, lam=0.1)
+    for name, g, r in zip(NAMES, got, ref, strict=True):
+        torch.testing.assert_close(g, r, atol=2e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_without_type_gradient():
