@@ -18,8 +18,12 @@ per-key column sum. It is rebuilt from O(N) vectors like a difference array:
 - for a Global n, its segment's Local keys all have E(j) = n, so m runs over (E(j), E(E(j))]:
   one more per-key column sum, cumulated over the segment.
 The cumulations are segment-wise cumsums in torch (`bounds.collected_term`), O(N). At chunk
-level the same sums are taken over token pairs and then grouped per chunk.
-The section 4 regulariser is added to the type gradients in torch.
+level the same sums are taken over token pairs (P then holds pairs whose query lies in a later
+chunk than the key), grouped per chunk, and the chunk rule is applied to the per-chunk sums;
+p~ = clamp(exp(s - LSE_masked), 0, 1) and every type gradient is the mean over the chunk's
+tokens, as in the reference. The section 4 regulariser is added to the type gradients in torch.
+Extra memory beyond FlashAttention-2: two LSE rows and one row-sum per query head, five per-key
+sums per KV head, all O(B H N) fp32.
 Triton is imported lazily, so importing this module is cheap and works without a GPU.
 """
 
