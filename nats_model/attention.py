@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from nats_model.mask import GLOBAL, LOCAL, SLIDING, chunk_count, next_global_after, previous_global_before
+from nats_model.mask import GLOBAL, LOCAL, chunk_count, next_global_after, previous_global_before
 
 P_TILDE_MODES = ("unmasked", "masked_clamped", "masked")
 
@@ -108,15 +108,18 @@ def _log_mask(lay: dict[str, torch.Tensor], n: int, window: int, dtype) -> torch
     m = torch.arange(n, device=dev)[:, None]  # (N, 1) query
     j = torch.arange(n, device=dev)[None, :]  # (1, N) key
     h = lay["h"].to(dtype)  # (B, Hkv, N, 3)
-    in_seg = m <= lay["l_end"][..., None, :]  # (B, Hkv, N, N)
-    in_win = m <= j + window  # (N, N)
     causal = j <= m
     if bool(((h != 0).sum(-1) == 1).all()):
-        ids = lay["ids"][..., None, :]  # (B, Hkv, 1, N)
-        vis = (ids == GLOBAL) | ((ids == LOCAL) & in_seg) | ((ids == SLIDING) & in_win)
-        log_h = h.gather(-1, lay["ids"][..., None]).log()  # (B, Hkv, N, 1), log of ~1
-        return torch.where(vis & causal, log_h.transpose(-1, -2), float("-inf"))
-    mask = h[..., None, :, 0] + h[..., None, :, 1] * in_seg.to(dtype) + h[..., None, :, 2] * in_win.to(dtype)
+        # the last query that sees each key: N-1 (Global), l_end (Local), n+W (SW)
+        ids = lay["ids"]  # (B, Hkv, N)
+        win_end = (j[0] + window).clamp(max=n - 1).expand_as(ids)
+        vis_end = torch.where(ids == GLOBAL, n - 1, torch.where(ids == LOCAL, lay["l_end"], win_end))
+        vis = causal & (m <= vis_end[..., None, :])  # (B, Hkv, N, N)
+        log_h = h.gather(-1, ids[..., None]).log()  # (B, Hkv, N, 1), log of ~1
+        return torch.where(vis, log_h.transpose(-1, -2), float("-inf"))
+    in_seg = (m <= lay["l_end"][..., None, :]).to(dtype)  # (B, Hkv, N, N)
+    in_win = (m <= j + window).to(dtype)  # (N, N)
+    mask = h[..., None, :, 0] + h[..., None, :, 1] * in_seg + h[..., None, :, 2] * in_win
     return (mask * causal.to(dtype)).log()
 
 
@@ -184,6 +187,17 @@ class NatsAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, types_onehot, window, lam, chunk_size, scale, p_tilde):
+        # the reference computes in float32/float64 whatever autocast region it is called from
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return NatsAttentionFunction._forward(ctx, q, k, v, types_onehot, window, lam, chunk_size, scale, p_tilde)
+
+    @staticmethod
+    def backward(ctx, d_out):
+        with torch.autocast(device_type=d_out.device.type, enabled=False):
+            return NatsAttentionFunction._backward(ctx, d_out)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, types_onehot, window, lam, chunk_size, scale, p_tilde):
         b, hq, n, hd = q.shape
         hkv = k.shape[1]
         group = hq // hkv
@@ -205,7 +219,7 @@ class NatsAttentionFunction(torch.autograd.Function):
         return out.to(q.dtype)
 
     @staticmethod
-    def backward(ctx, d_out):
+    def _backward(ctx, d_out):
         q, k, v, types_onehot, out = ctx.saved_tensors
         window, lam, c, token_level, scale, p_tilde = ctx.cfg
         b, hq, n, hd = q.shape

@@ -332,3 +332,52 @@ def test_input_validation_names_the_bad_input():
         nats_attention(q, k, v, onehot(types), window=-1)
     with pytest.raises(ValueError, match="p_tilde"):
         nats_attention_reference(q, k, v, onehot(types), window=1, p_tilde="bogus")
+
+
+def test_soft_types_forward_uses_the_multiplicative_mask():
+    """A non-hard one-hot goes through M = h_G + h_L [m <= E(n)] + h_S [m <= n+W] (general path)."""
+    n, window = 6, 1
+    q, k, v, types, _ = make_inputs(100, 1, 2, 1, n, 4, n)
+    soft = torch.softmax(torch.randn(1, 1, n, 3, dtype=F64, generator=torch.Generator().manual_seed(1)), -1)
+    got = nats_attention_reference(q, k, v, soft, window=window)
+    ids = soft.argmax(-1)[0, 0].tolist()
+    big_e = [next((g for g in range(x + 1, n) if ids[g] == 0), n - 1) for x in range(n)]
+    mask = torch.zeros(n, n, dtype=F64)
+    for m in range(n):
+        for j in range(m + 1):
+            h = soft[0, 0, j]
+            mask[m, j] = h[0] + h[1] * (m <= big_e[j]) + h[2] * (m <= j + window)
+    w = mask * torch.exp((q[0] @ k[0, 0].T) * 0.5)  # (Hq, N, N)
+    want = (w / w.sum(-1, keepdim=True)) @ v[0, 0]
+    torch.testing.assert_close(got[0], want)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_tiny_sequences(n):
+    q, k, v, types, up = make_inputs(110 + n, 1, 2, 1, n, 4, n)
+    out, dq, dk, dv, d_types = run_reference(q, k, v, types, up, window=0, lam=0.1)
+    want = dense_masked(q, k, v, visibility(types, 0), 0.5)
+    torch.testing.assert_close(out, want)
+    d_m = loop_d_mask(q, k, v, up, visibility(types, 0), 0.5, "unmasked")
+    torch.testing.assert_close(d_types, loop_token_type_grads(d_m, types, 0, 0.1, 2))
+
+
+def test_low_precision_inputs_and_autocast_compute_in_float32():
+    q, k, v, types, up = make_inputs(120, 1, 2, 1, 16, 8, 16, dtype=torch.float32)
+    h = torch.nn.functional.one_hot(types, 3).float()
+    ref = nats_attention_reference(q, k, v, h, window=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = nats_attention_reference(q, k, v, h, window=2)
+    assert auto.dtype == torch.float32
+    torch.testing.assert_close(auto, ref)
+    low = nats_attention_reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), h.bfloat16(), window=2)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_no_type_gradient_when_types_are_constant():
+    q, k, v, types, up = make_inputs(130, 1, 2, 1, 8, 4, 8)
+    ql = q.clone().requires_grad_()
+    h = torch.nn.functional.one_hot(types, 3).to(F64)  # no requires_grad
+    (nats_attention(ql, k, v, h, window=2, lam=1.0) * up).sum().backward()
+    assert ql.grad is not None and h.grad is None
