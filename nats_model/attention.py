@@ -89,7 +89,7 @@ def _layout(types_onehot: torch.Tensor, n: int, c: int) -> dict[str, torch.Tenso
         "h": types_onehot.index_select(-2, tok_chunk),  # (B, Hkv, N, 3)
         "ids": ids,
         "l_end": E_end.index_select(-1, tok_chunk),  # (B, Hkv, N)
-        "w_local": (ids == LOCAL).to(types_onehot.dtype) / count[tok_chunk],  # (B, Hkv, N)
+        "w_local": (ids == LOCAL).double() / count[tok_chunk],  # (B, Hkv, N) float64
         "c_end": last_tok.expand_as(E_end),
         "E_end": E_end,
         "prev_end": torch.where(e_prev >= 0, (e_prev + 1) * c - 1, torch.full_like(e_prev, -1)),
@@ -154,7 +154,7 @@ def _type_gradients(d_mask, lay, n, window, c, lam, group) -> torch.Tensor:
     r_win = at_row((pos + window).clamp(max=n - 1).expand_as(lay["l_end"]))  # n..n+W
     r_seg = at_row(lay["l_end"])  # n..end of the next Global chunk
     # collected term of chunk c: rows (c_end, E_end] x Local key tokens (prev_end, start)
-    area = torch.nn.functional.pad((col.double() * lay["w_local"].double()[..., None, :]).cumsum(-1), (1, 0))
+    area = torch.nn.functional.pad((col.double() * lay["w_local"][..., None, :]).cumsum(-1), (1, 0))
     area = area.flatten(-2)  # (B, Hkv, N*(N+1)): area[r*(N+1) + t+1] = sum_{m<=r, j<=t} A[m, j]
 
     def corner(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
