@@ -10,21 +10,27 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Connection, inspect, text
 
 from .errors import SchemaError
 
+if TYPE_CHECKING:  # Alembic is imported only to upgrade or to explain a wrong version
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
+# The newest revision under migrations/versions: what this code reads and writes. A test
+# checks it against Alembic's head, so a new migration cannot forget to bump it.
+HEAD_REVISION = "0001"
 
 
 def alembic_config() -> Config:
     """An Alembic Config pointing at the natsbench migrations."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
@@ -32,14 +38,19 @@ def alembic_config() -> Config:
 
 @cache
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
 def head_revision() -> str:
     """The revision this natsbench's code expects."""
-    head = _script().get_current_head()
-    assert head is not None, f"no migrations under {MIGRATIONS_DIR}"
-    return head
+    return HEAD_REVISION
+
+
+def alembic_head() -> str | None:
+    """The head revision of the migration scripts (equal to HEAD_REVISION)."""
+    return _script().get_current_head()
 
 
 def known_revisions() -> set[str]:
@@ -99,6 +110,9 @@ def upgrade(conn: Connection, display_url: str) -> tuple[str | None, str]:
         # Two processes upgrading the same database at once: the second waits, then finds head.
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.natsbench_schema'))"))
         before = current_revision(conn)
+    from alembic import command
+    from alembic.util import CommandError
+
     config = alembic_config()
     config.attributes["connection"] = conn
     try:

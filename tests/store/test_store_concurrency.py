@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +72,14 @@ def test_eight_concurrent_writers_give_exactly_4000_rows(store_url, tmp_path, re
         )
         for i in range(WRITERS)
     ]
+
+    def kill_all() -> None:  # a hung writer fails the test instead of hanging the suite
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+    watchdog = threading.Timer(300, kill_all)
+    watchdog.start()
     try:
         for proc in procs:
             assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
@@ -83,10 +92,13 @@ def test_eight_concurrent_writers_give_exactly_4000_rows(store_url, tmp_path, re
             results.append(json.loads(out.strip().splitlines()[-1]))
         elapsed = time.monotonic() - start
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    record_property("records_per_s", round(WRITERS * (PER_WRITER + DUPLICATES) / elapsed))
+        watchdog.cancel()
+        kill_all()
+    rate = WRITERS * (PER_WRITER + DUPLICATES) / elapsed
+    record_property("records_per_s", round(rate))
+    print(
+        f"{WRITERS} writers: {WRITERS * (PER_WRITER + DUPLICATES)} records in {elapsed:.1f} s ({rate:.0f}/s)"
+    )
     # A writer's own cells are all new; its late duplicates may land before the owner's
     # write (then the owner's write is the duplicate), but every cell is written exactly once.
     assert sum(r["written"] + r["late_written"] for r in results) == WRITERS * PER_WRITER

@@ -43,6 +43,11 @@ def test_upgrade_creates_then_keeps_the_schema(empty_url):
         assert store.row_counts() == {"sweeps": 0, "runs": 0, "sweep_runs": 0}
 
 
+def test_head_revision_constant_is_the_newest_migration():
+    assert schema.alembic_head() == schema.head_revision() == schema.HEAD_REVISION
+    assert schema.HEAD_REVISION in schema.known_revisions()
+
+
 def test_migrations_match_the_models(store_url):
     engine = create_engine(parse_url(store_url))
     with engine.connect() as conn:
