@@ -49,6 +49,7 @@ CASES = [
     pytest.param(1, 4, 2, 100, 16, 5, 8, 0.0, 64, True, id="chunk8-gqa2-ragged100"),
     pytest.param(1, 2, 1, 45, 24, 200, None, 0.0, None, True, id="window-ge-n-hd24-default-block"),
     pytest.param(1, 3, 1, 50, 16, 3, 16, 0.05, 16, False, id="chunk16-gqa3-lam-block16"),
+    pytest.param(1, 2, 1, 29, 16, 3, 1, 0.2, 32, False, id="chunk1-clamped-p-tilde"),
 ]
 
 
