@@ -32,41 +32,45 @@ def sync(device: torch.device) -> None:
 
 
 def fill_cache(engine: KVEngine, cfg: GPTConfig, context: int, kept: int, device: torch.device) -> None:
-    """Put `kept` tokens per (layer, KV head) into the engine's cache as if `context` were seen."""
+    """Put `kept` tokens per (layer, sequence, KV head) into the engine's cache as if `context`
+    tokens of every sequence were seen."""
     g = torch.Generator(device="cpu").manual_seed(0)
-    n_seg, hd = cfg.n_kv_head, cfg.head_dim
+    batch = engine.cache.batch
+    n_seg, hd = batch * cfg.n_kv_head, cfg.head_dim
     n_sink = min(4, kept)
     pos = torch.cat([torch.arange(n_sink), torch.arange(context - (kept - n_sink), context)])
     for layer in range(cfg.n_layer):
         k = torch.randn(n_seg, kept, hd, generator=g).to(device) * 0.5
         v = torch.randn(n_seg, kept, hd, generator=g).to(device)
-        store = engine.cache.layer(layer, k.view(1, n_seg, kept, hd))
+        store = engine.cache.layer(layer, k.view(batch, cfg.n_kv_head, kept, hd))
         store.append(k, v, pos.expand(n_seg, kept).to(device), torch.ones(n_seg, kept, dtype=torch.bool, device=device))
         for name in store.aux:
             store.aux[name].uniform_(0, 1)
-    engine.cache.seen = torch.tensor([context], device=device)
+    engine.cache.seen = torch.full((batch,), context, device=device)
 
 
 class DecodeRun:
     """One (policy, context) cell: an engine whose cache is pre-filled, stepped one token at a time."""
 
-    def __init__(self, model: GPT, policy_name: str, params: dict, context: int, device: torch.device):
+    def __init__(self, model: GPT, policy_name: str, params: dict, context: int, device: torch.device,
+                 batch: int = 1):
         cfg = model.config
         self.model, self.name, self.params, self.context, self.device = model, policy_name, params, context, device
         self.policy = build(policy_name, **params)
         if getattr(self.policy, "rope_theta", 0) is None:
             self.policy.rope_theta = cfg.rope_theta
         self.policy.reset()
-        self.engine = KVEngine(self.policy, batch=1)
+        self.engine = KVEngine(self.policy, batch=batch)
+        self.batch = batch
         kept0 = int(self.policy.budget_for(torch.tensor([context]))[0]) if self.policy.needs_budget else context
         fill_cache(self.engine, cfg, context, kept0, device)
-        self.tok = torch.tensor([[65]], device=device)
-        self.pos = torch.tensor([context], device=device)
+        self.tok = torch.full((batch, 1), 65, device=device)
+        self.pos = torch.full((batch,), context, device=device)
         self.wall, self.cpu, self.ratios = [], [], []
 
     @torch.no_grad()
     def step(self, record: bool) -> None:
-        valid = torch.ones(1, 1, dtype=torch.bool, device=self.device)
+        valid = torch.ones(self.batch, 1, dtype=torch.bool, device=self.device)
         rope = self.policy.rope_positions(self.pos[:, None], self.engine.kept_per_seq().to(self.device), valid)
         sync(self.device)
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -84,15 +88,16 @@ class DecodeRun:
     def row(self) -> dict:
         cache = self.engine.cache
         return {"policy": self.name, "budget": self.params.get("budget", 1.0), "context": self.context,
-                "kept_per_head": int(cache.layers[0].lens[0]), "ms_per_token": 1e3 * statistics.median(self.wall),
-                "cpu_ms_per_token": 1e3 * statistics.median(self.cpu),
+                "kept_per_head": int(cache.layers[0].lens[0]), "ms_per_token": 1e3 * statistics.median(self.wall) / self.batch,
+                "cpu_ms_per_token": 1e3 * statistics.median(self.cpu) / self.batch,
                 "kv_mib_physical": cache.kv_bytes_physical() / 2**20, "kv_mib_full": cache.kv_bytes_full() / 2**20,
                 "max_physical_over_kept": max(self.ratios)}
 
 
-def measure_context(model: GPT, runs: list, context: int, steps: int, warmup: int, device) -> list[dict]:
+def measure_context(model: GPT, runs: list, context: int, steps: int, warmup: int, device,
+                    batch: int) -> list[dict]:
     """Steps the cells of one context round-robin, so load changes on a shared CPU hit all alike."""
-    cells = [DecodeRun(model, name, params, context, device) for name, params in runs]
+    cells = [DecodeRun(model, name, params, context, device, batch) for name, params in runs]
     for i in range(warmup + steps):
         for cell in cells:
             cell.step(record=i >= warmup)
@@ -106,11 +111,12 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--warmup", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--batch", type=int, default=1, help="sequences decoded together; ms/token = step time / batch")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on this shared 2-core CPU a second thread measured 3-5x slower)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=256, n_layer=4, n_head=8, n_kv_head=8, d_model=512, max_seq_len=32768)
@@ -118,9 +124,9 @@ def main() -> None:
     contexts = [int(c) for c in args.contexts.split(",")]
     runs = [("full", {})] + [(p, {"budget": args.budget}) for p in args.policies.split(",") if p]
     t_start = time.perf_counter()
-    rows = [r for ctx in contexts for r in measure_context(model, runs, ctx, args.steps, args.warmup, device)]
+    rows = [r for ctx in contexts for r in measure_context(model, runs, ctx, args.steps, args.warmup, device, args.batch)]
     print(f"decode latency, GPT 4x512 (8 KV heads x 64), fp32, batch 1, {device}, "
-          f"{torch.get_num_threads()} threads, median of {args.steps} steps")
+          f"{torch.get_num_threads()} threads, batch {args.batch}, median of {args.steps} steps")
     print(f"{'policy':<15}{'budget':>7}{'context':>9}{'kept/head':>10}{'ms/token':>10}{'KV MiB':>9}"
           f"{'full MiB':>10}{'phys/kept':>10}{'cpu ms':>8}")
     for r in rows:
@@ -134,7 +140,7 @@ def main() -> None:
     per_policy_cpu = {name: cpu[(name, longest)] / cpu[("full", longest)] for name, _ in runs[1:]}
     summary = {
         "benchmark": "decode_latency", "device": str(device), "threads": torch.get_num_threads(),
-        "contexts": contexts, "budget": args.budget, "steps": args.steps,
+        "contexts": contexts, "budget": args.budget, "steps": args.steps, "batch": args.batch,
         "ms_per_token": {f"{p}@{c}": round(v, 3) for (p, c), v in ms.items()},
         f"ratio_{round(args.budget * 100)}pct_vs_full_{longest // 1024}k": max(per_policy.values(), default=None),
         "ratio_per_policy": {k: round(v, 4) for k, v in per_policy.items()},

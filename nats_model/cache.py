@@ -107,10 +107,16 @@ class LayerStore:
 
     @lens.setter
     def lens(self, value: torch.Tensor) -> None:
+        self._set_lens(value)
+
+    def _set_lens(self, value: torch.Tensor, kept_total: int | None = None, free_min: int | None = None) -> None:
+        """Replace `lens`; `kept_total` / `free_min` (a lower bound on caps - lens) when the caller knows them."""
         self._lens = value
         self._valid = None  # valid_rows cache
-        self.kept_total = int(value.sum())
-        self.free_min = int((self.caps - value).min()) if value.numel() else 0
+        self.kept_total = int(value.sum()) if kept_total is None else kept_total
+        if free_min is None:
+            free_min = int((self.caps - value).min()) if value.numel() else 0
+        self.free_min = free_min
 
     def valid_rows(self) -> torch.Tensor:
         """(n_seg, row_cap) bool: slot holds a kept token (cached until `lens` changes)."""
@@ -149,14 +155,16 @@ class LayerStore:
         all_valid = bool(valid.all()) if all_valid is None else all_valid
         if T == 1 and all_valid:  # decode: one token per segment
             if self.free_min < 1:
-                self.relayout((self._lens + 1).tolist())
+                self.lens = self._lens  # free_min may be a stale lower bound: recompute it
+                if self.free_min < 1:
+                    self.relayout((self._lens + 1).tolist())
             dst = self.offsets + self._lens  # (n_seg,)
             self.k.index_copy_(0, dst, k[:, 0])
             self.v.index_copy_(0, dst, v[:, 0])
             self.pos.index_copy_(0, dst, pos[:, 0])
             for a in self.aux.values():
                 a.index_fill_(0, dst, 0.0)
-            self.lens = self._lens + 1
+            self._set_lens(self._lens + 1, self.kept_total + n_seg, self.free_min - 1)
             return dst[:, None]
         n_new = valid.sum(1)
         rank = valid.long().cumsum(1) - 1
@@ -202,10 +210,11 @@ class LayerStore:
         hole = torch.where(drop, self.offsets + row_slot, last)  # rows without a drop copy onto themselves
         for t in (self.k, self.v, self.pos, *self.aux.values()):
             t.index_copy_(0, hole, t.index_select(0, last))
-        before = self.kept_total
-        self.lens = self._lens - drop.long()
+        n_drop = int(drop.sum())
+        # evicting only frees slots, so the old free_min stays a valid lower bound
+        self._set_lens(self._lens - drop.long(), self.kept_total - n_drop, self.free_min)
         self._maybe_shrink()
-        return before - self.kept_total
+        return n_drop
 
     def _maybe_shrink(self) -> None:
         if self.capacity > BOUND_FRACTION * self.kept_total + self.n_seg:

@@ -31,7 +31,10 @@ class StreamingLLMPolicy(Policy):
     rope_theta: float | None = None
 
     name: ClassVar[str] = "streaming_llm"
-    aux_fields: ClassVar[tuple[str, ...]] = ("rope_pos",)
+
+    @property
+    def aux_fields(self) -> tuple[str, ...]:  # per-slot RoPE position, only when re-rotating
+        return ("rope_pos",) if self.positions == "rerotate" else ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
