@@ -188,6 +188,7 @@ def _bind(policy: Policy, adapter) -> None:
     """Give a policy that re-rotates keys the model's RoPE theta unless it was set explicitly."""
     if getattr(policy, "rope_theta", 0) is None and adapter.rope_theta is not None:
         policy.rope_theta = adapter.rope_theta
+    policy.bind_model(adapter.model)
 
 
 def _sync(device: torch.device) -> None:

@@ -61,7 +61,10 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_engine is not None:
-            type_logits = self.scorer(x.detach()) if self.scorer is not None else None  # (B, Hkv, T, 3)
+            type_logits = None
+            if self.scorer is not None:  # per-token logits (B, Hkv, T, 3); the scorer is linear without bias,
+                # so a cache policy gets chunk logits by averaging them over each (absolute) chunk
+                type_logits = self.scorer.proj(x.detach()).view(B, T, cfg.n_kv_head, 3).permute(0, 2, 1, 3)
             y = kv_engine.attend(self.layer_idx, q, k, v, positions=positions, type_logits=type_logits)
         elif self.scorer is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=cfg.n_kv_head != cfg.n_head)

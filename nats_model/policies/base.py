@@ -114,6 +114,10 @@ class Policy:
     def reset(self) -> None:
         """Forget per-run state (called once per generate/score call, before the first step)."""
 
+    def bind_model(self, model) -> None:
+        """Read what the policy needs from the model (a GPT or HF causal LM); called by generate/score
+        before `reset`. Default: nothing."""
+
     def rope_positions(self, positions: torch.Tensor, kept_per_seq: torch.Tensor,
                        valid: torch.Tensor) -> torch.Tensor:
         """RoPE positions `(B, T)` the model uses for the step's tokens (default: the original ones).
