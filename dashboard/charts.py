@@ -38,7 +38,7 @@ def policy_scale(policies: Sequence[str]) -> alt.Scale:
 
 
 def _axis(col: str) -> alt.Axis:
-    fmt = ".2~s" if col in _BYTES else (".0%" if col == "kept_fraction" else None)
+    fmt = {"kept_fraction": ".0%", "accuracy": ".2f"}.get(col, ".2~s" if col in _BYTES else None)
     return alt.Axis(title=AXIS_TITLES.get(col, col), format=fmt) if fmt else alt.Axis(title=AXIS_TITLES.get(col, col))
 
 

@@ -84,7 +84,8 @@ def _leaderboard_display(lb: pd.DataFrame) -> pd.DataFrame:
     out["tpot_ms"] = out["tpot_s"] * 1e3
     cols = ["policy", "budget", "accuracy", "perplexity", "kept_fraction", "kv_kib_physical", "ttft_ms",
             "tpot_ms", "tokens_per_s", "runs"]
-    return out[[c for c in cols if c != "perplexity" or out["perplexity"].notna().any()]]
+    # a metric no row has (e.g. accuracy on lm_text, bytes on a scoring-only workload) is left out
+    return out[[c for c in cols if c in ("policy", "budget", "runs") or out[c].notna().any()]]
 
 
 def _best_per_policy(lb: pd.DataFrame, metric: str) -> None:
@@ -206,6 +207,8 @@ def run_detail(ctx: Context) -> None:
         if row["extras"].get("traceback"):
             with st.expander("Traceback"):
                 st.code(str(row["extras"]["traceback"]), language="text")
+    if isinstance(row["extras"].get("metric"), str):
+        st.caption(f"Workload metric: {row['extras']['metric']}")
     c1, c2 = st.columns(2)
     c1.subheader("Metrics")
     metrics = data.run_metrics(row)
