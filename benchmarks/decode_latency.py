@@ -9,7 +9,7 @@ tokens, random H2O scores): prefill is not what is measured and would cost minut
 the policy's eviction, compaction), each timed with `time.perf_counter` after a device sync; the
 median is reported. Human table first; the LAST line is one JSON object.
 
-    .venv/bin/python benchmarks/decode_latency.py [--contexts 1024,4096,16384] [--steps 24]
+    .venv/bin/python benchmarks/decode_latency.py [--contexts 1024,4096,16384] [--batches 1,4] [--steps 24]
 """
 
 from __future__ import annotations
@@ -104,6 +104,22 @@ def measure_context(model: GPT, runs: list, context: int, steps: int, warmup: in
     return [cell.row() for cell in cells]
 
 
+def print_table(rows: list[dict], batch: int, steps: int, device) -> None:
+    print(f"\ndecode latency, GPT 4x512 (8 KV heads x 64), fp32, {device}, {torch.get_num_threads()} thread(s), "
+          f"batch {batch}, median of {steps} steps (ms/token = step time / batch)")
+    print(f"{'policy':<15}{'budget':>7}{'context':>9}{'kept/head':>10}{'ms/token':>10}{'cpu ms':>8}{'KV MiB':>9}"
+          f"{'full MiB':>10}{'phys/kept':>10}")
+    for r in rows:
+        print(f"{r['policy']:<15}{r['budget']:>7g}{r['context']:>9}{r['kept_per_head']:>10}{r['ms_per_token']:>10.2f}"
+              f"{r['cpu_ms_per_token']:>8.2f}{r['kv_mib_physical']:>9.2f}{r['kv_mib_full']:>10.2f}"
+              f"{r['max_physical_over_kept']:>10.4f}")
+
+
+def ratios(rows: list[dict], names: list[str], context: int, key: str) -> dict[str, float]:
+    t = {(r["policy"], r["context"]): r[key] for r in rows}
+    return {n: round(t[(n, context)] / t[("full", context)], 4) for n in names}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contexts", default="1024,4096,16384")
@@ -111,7 +127,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--warmup", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=1, help="sequences decoded together; ms/token = step time / batch")
+    ap.add_argument("--batches", default="1,4",
+                    help="batch sizes, comma-separated; the first gives the headline ratio")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on this shared 2-core CPU a second thread measured 3-5x slower)")
     ap.add_argument("--device", default="cpu")
@@ -122,32 +139,27 @@ def main() -> None:
     cfg = GPTConfig(vocab_size=256, n_layer=4, n_head=8, n_kv_head=8, d_model=512, max_seq_len=32768)
     model = GPT(cfg).to(device).eval()
     contexts = [int(c) for c in args.contexts.split(",")]
-    runs = [("full", {})] + [(p, {"budget": args.budget}) for p in args.policies.split(",") if p]
+    batches = [int(b) for b in args.batches.split(",")]
+    names = [p for p in args.policies.split(",") if p]
+    runs = [("full", {})] + [(p, {"budget": args.budget}) for p in names]
+    longest, pct = max(contexts), round(args.budget * 100)
     t_start = time.perf_counter()
-    rows = [r for ctx in contexts for r in measure_context(model, runs, ctx, args.steps, args.warmup, device, args.batch)]
-    print(f"decode latency, GPT 4x512 (8 KV heads x 64), fp32, batch 1, {device}, "
-          f"{torch.get_num_threads()} threads, batch {args.batch}, median of {args.steps} steps")
-    print(f"{'policy':<15}{'budget':>7}{'context':>9}{'kept/head':>10}{'ms/token':>10}{'KV MiB':>9}"
-          f"{'full MiB':>10}{'phys/kept':>10}{'cpu ms':>8}")
-    for r in rows:
-        print(f"{r['policy']:<15}{r['budget']:>7g}{r['context']:>9}{r['kept_per_head']:>10}{r['ms_per_token']:>10.2f}"
-              f"{r['kv_mib_physical']:>9.2f}{r['kv_mib_full']:>10.2f}{r['max_physical_over_kept']:>10.4f}"
-              f"{r['cpu_ms_per_token']:>8.2f}")
-    ms = {(r["policy"], r["context"]): r["ms_per_token"] for r in rows}
-    longest = max(contexts)
-    per_policy = {name: ms[(name, longest)] / ms[("full", longest)] for name, _ in runs[1:]}
-    cpu = {(r["policy"], r["context"]): r["cpu_ms_per_token"] for r in rows}
-    per_policy_cpu = {name: cpu[(name, longest)] / cpu[("full", longest)] for name, _ in runs[1:]}
-    summary = {
-        "benchmark": "decode_latency", "device": str(device), "threads": torch.get_num_threads(),
-        "contexts": contexts, "budget": args.budget, "steps": args.steps, "batch": args.batch,
-        "ms_per_token": {f"{p}@{c}": round(v, 3) for (p, c), v in ms.items()},
-        f"ratio_{round(args.budget * 100)}pct_vs_full_{longest // 1024}k": max(per_policy.values(), default=None),
-        "ratio_per_policy": {k: round(v, 4) for k, v in per_policy.items()},
-        "ratio_per_policy_cpu_time": {k: round(v, 4) for k, v in per_policy_cpu.items()},
-        "max_physical_over_kept": max(r["max_physical_over_kept"] for r in rows),
-        "wall_s": round(time.perf_counter() - t_start, 1),
-    }
+    summary: dict = {"benchmark": "decode_latency", "device": str(device), "threads": torch.get_num_threads(),
+                     "contexts": contexts, "budget": args.budget, "steps": args.steps, "batches": batches}
+    all_rows = []
+    for i, batch in enumerate(batches):
+        rows = [r for ctx in contexts
+                for r in measure_context(model, runs, ctx, args.steps, args.warmup, device, batch)]
+        all_rows += rows
+        print_table(rows, batch, args.steps, device)
+        wall = ratios(rows, names, longest, "ms_per_token")
+        suffix = "" if i == 0 else f"_batch{batch}"
+        summary[f"ratio_{pct}pct_vs_full_{longest // 1024}k{suffix}"] = max(wall.values(), default=None)
+        summary[f"ratio_per_policy{suffix}"] = wall
+        summary[f"ratio_per_policy_cpu_time{suffix}"] = ratios(rows, names, longest, "cpu_ms_per_token")
+        summary[f"ms_per_token{suffix}"] = {f"{r['policy']}@{r['context']}": round(r["ms_per_token"], 3) for r in rows}
+    summary["max_physical_over_kept"] = round(max(r["max_physical_over_kept"] for r in all_rows), 5)
+    summary["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(summary))
 
 
