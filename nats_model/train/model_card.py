@@ -1,0 +1,83 @@
+"""Write `MODEL_CARD.md` for a trained checkpoint from its own records (never hand-typed numbers).
+
+Reads `config.json`, `train_config.json`, `metrics.jsonl` and a quick_eval results file (JSON
+lines, one `nats_model.train.quick_eval` output per line) and renders the card.
+
+    python -m nats_model.train.model_card models/tiny-base --name tiny-base \\
+        --command "natsbench train configs/train_tiny_base.yaml --out models/tiny-base" \\
+        --evals runs/tiny-base.evals.jsonl --wall-time-s 2460 --note "..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def render(folder: Path, name: str, command: str, evals: list[dict], wall_time_s: float | None,
+           notes: list[str]) -> str:
+    model_cfg = json.loads((folder / "config.json").read_text())
+    train_cfg = json.loads((folder / "train_config.json").read_text())
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    vals = [r for r in rows if "val_loss" in r]
+    last_val = vals[-1] if vals else {}
+    steps = max((r["step"] for r in rows), default=0)
+    size = (folder / "model.safetensors").stat().st_size
+    n_params = size // 4
+    lines = [f"# {name}", "",
+             f"A byte-level GPT trained from scratch by natsbench ({model_cfg['attention']} attention).", "",
+             "## Reproduce", "", "```", command, "```", "",
+             "## Model", "", "```json", json.dumps({k: v for k, v in model_cfg.items()}, indent=1), "```",
+             f"Weights: `model.safetensors`, {size / 1e6:.2f} MB (fp32, about {n_params:,} parameters).", "",
+             "## Data and schedule", "",
+             f"- real text: weight {train_cfg['data']['text_weight']} "
+             f"({train_cfg['data']['text_dir'] or 'Python standard library sources, train split by file'})",
+             ]
+    for task, mix in train_cfg["data"]["tasks"].items():
+        lines.append(f"- `{task}`: weight {mix['weight']}, params {json.dumps(mix['params'])}")
+    lines.append(f"- answer-focused loss: prompt tokens weigh {train_cfg['data']['prompt_loss_weight']}, "
+                 "answer tokens 1")
+    lines.append("- curriculum: " + ", ".join(f"{s['steps']} steps at {s['seq_len']} tokens (batch {s['batch_size']})"
+                                             for s in train_cfg["stages"]))
+    o = train_cfg["optim"]
+    lines.append(f"- AdamW lr {o['lr']}, betas {o['betas']}, weight decay {o['weight_decay']}, warmup "
+                 f"{o['warmup_steps']} then cosine to {o['min_lr_ratio']} x lr, clip {o['grad_clip']}")
+    lines += ["", "## Training record", "", f"- optimizer steps: {steps}"]
+    if wall_time_s is not None:
+        lines.append(f"- wall time: {wall_time_s / 60:.1f} min on the shared 2-core CPU (2 torch threads)")
+    if last_val:
+        keep = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in last_val.items()}
+        lines.append(f"- last validation (teacher-forced exact match at {train_cfg['eval']['seq_len']} tokens, "
+                     f"{train_cfg['eval']['examples_per_task']} examples per task): `{json.dumps(keep)}`")
+    lines += ["", "## Scores measured by quick_eval", "",
+              "Greedy generation with the full forward rerun per token (no cache engine); "
+              "`python -m nats_model.train.quick_eval`. Depths spread evenly over [0, 1]. "
+              "The team re-measures with `natsbench eval`.", "",
+              "| task | context tokens | params | n | accuracy | kept fraction |", "|---|---|---|---|---|---|"]
+    for e in evals:
+        lines.append(f"| {e['task']} | {e['context_length']} | {json.dumps(e.get('params', {}))} | {e['n']} | "
+                     f"{e['accuracy']:.3f} | {e['kept_fraction']:.3f} |")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="write MODEL_CARD.md for a trained checkpoint folder")
+    ap.add_argument("folder")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--evals", required=True, help="JSON lines of quick_eval outputs (may carry 'params')")
+    ap.add_argument("--wall-time-s", type=float, default=None)
+    ap.add_argument("--note", action="append", default=[])
+    args = ap.parse_args(argv)
+    folder = Path(args.folder)
+    evals = [json.loads(line) for line in Path(args.evals).read_text().splitlines() if line.strip()]
+    (folder / "MODEL_CARD.md").write_text(render(folder, args.name, args.command, evals, args.wall_time_s,
+                                                 args.note))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
