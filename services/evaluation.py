@@ -218,13 +218,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment_info(device: str = "cpu") -> dict:
-    """Where and with what a cell ran: git commit (`-dirty` with local changes; env
-    NATSBENCH_GIT_COMMIT overrides, e.g. inside a Ray job without .git), package versions,
-    device name, host, CPU threads."""
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> dict:
     from importlib import metadata
-
-    import torch
 
     versions = {}
     for pkg in ("natsbench", "torch", "transformers", "numpy", "triton"):
@@ -232,6 +228,16 @@ def environment_info(device: str = "cpu") -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
+    return versions
+
+
+def environment_info(device: str = "cpu") -> dict:
+    """Where and with what a cell ran: git commit (`-dirty` with local changes; env
+    NATSBENCH_GIT_COMMIT overrides, e.g. inside a Ray job without .git), package versions,
+    device name, host, CPU threads."""
+    import torch
+
+    versions = dict(_package_versions())
     if str(device).startswith("cuda") and torch.cuda.is_available():
         device_name = torch.cuda.get_device_name(torch.device(device))
     else:
