@@ -1,5 +1,6 @@
 """Memory-true cache: contents, the physical-bytes bound, eviction, and ragged attention."""
 
+import pytest
 import torch
 from policies.kv_reference import tiny_gpt
 
@@ -118,6 +119,7 @@ def test_ragged_attention_matches_a_per_segment_loop():
         torch.testing.assert_close(out_fast, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_generate_reports_memory_true_metrics_for_an_evicting_policy():
     model = tiny_gpt()
     ids = torch.randint(0, 61, (2, 40), generator=torch.Generator().manual_seed(3))

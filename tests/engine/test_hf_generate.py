@@ -36,6 +36,7 @@ def left_padded_batch():
     return ids, mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2"])
 def test_full_matches_hf_generate_greedy_with_left_padding(kind):
     model = make(kind)
