@@ -41,7 +41,8 @@ class SweepResult:
     failed: int = 0
     skipped: int = 0
     interrupted: bool = False
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # executed in this call
+    plan_keys: list[str] = field(default_factory=list)  # every cell of the sweep file
     # per executed cell: driver seconds from dispatch to stored, worker seconds, store seconds
     timings: list[dict[str, float]] = field(default_factory=list)
 
@@ -205,7 +206,8 @@ def run_sweep(spec: SweepSpec, db_url: str, *, address: str | None = None, worke
     store.release_running(spec.name)  # left over by a driver that was killed
     statuses = store.ensure_runs(spec.name, [c.config for c in cells])
     plan = decide(spec.name, cells, statuses, rerun_failed)
-    result = SweepResult(sweep=spec.name, cells=len(cells), skipped=len(plan.skipped))
+    result = SweepResult(sweep=spec.name, cells=len(cells), skipped=len(plan.skipped),
+                         plan_keys=[c.run_key for c in cells])
     if plan.todo:
         n_workers = max(1, min(workers or spec.resources.workers, len(plan.todo)))
         init_ray(address, num_cpus=n_workers * spec.resources.cpus_per_worker)

@@ -91,13 +91,20 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(spec, db_url)
     from orchestrator.run import open_store, run_sweep
+    from services.store import StoreError
 
-    store = open_store(db_url)
-    result = run_sweep(spec, db_url, address=args.address, workers=args.workers,
-                       rerun_failed=args.rerun_failed, progress=not args.no_progress, store=store)
-    keys = {r["run_key"] for r in result.records}
-    rows = [r for r in store.runs(spec.name)] if not keys else result.records
-    print(format_table(rows))
+    try:
+        store = open_store(db_url)
+        result = run_sweep(spec, db_url, address=args.address, workers=args.workers,
+                           rerun_failed=args.rerun_failed, progress=not args.no_progress, store=store)
+    except StoreError as exc:
+        print(f"natsbench sweep: {exc}", file=sys.stderr)
+        return 1
+    except ConnectionError as exc:
+        print(f"natsbench sweep: cannot join the Ray cluster at {args.address!r}: {exc}", file=sys.stderr)
+        return 1
+    keys = set(result.plan_keys)
+    print(format_table([r for r in store.runs(spec.name) if r["run_key"] in keys]))
     if result.interrupted:
         print("interrupted: cells in flight are pending again; rerun the same command to resume",
               file=sys.stderr)
