@@ -148,7 +148,9 @@ def pareto(ctx: Context) -> None:
     done = df[df["status"] == data.DONE]
     shown = done[done[x].notna() & done[y].notna()]
     if shown.empty:
-        st.warning(f"No finished runs with both {x} and {y} under these filters.")
+        other = "perplexity" if y == "accuracy" else "accuracy"
+        hint = f" Runs with {other} exist: switch the y axis." if done[other].notna().any() else ""
+        st.warning(f"No finished runs with both {x} and {y} under these filters.{hint}")
         return
     st.altair_chart(charts.pareto_chart(df, x, y, policies=ctx.policies))
     missing = len(done) - len(shown)
