@@ -1,0 +1,156 @@
+"""NAtS: the model's learned token types decide what every KV head keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from nats_model.cache import LayerStore
+from nats_model.mask import GLOBAL, LOCAL, SLIDING
+from nats_model.policies.base import Policy, Step
+from nats_model.scorer import infer_types
+
+DEFAULT_GLOBAL_BIAS = 0.1  # infer_types' default, used when neither the policy nor the model sets one
+_RANK_STEP = 1 << 40  # eviction-order key: rank * _RANK_STEP + position
+
+
+@dataclass
+class NatsPolicy(Policy):
+    """NAtS (Deng & Lindauer, "Neural Attention Search", arXiv 2502.13251, NeurIPS 2025), inference
+    cache of NATS_METHOD sections 1, 2 and 6. Every new token of every (layer, sequence, KV head)
+    gets a type from the layer's NAtS scorer (per-token logits from the model; `infer_types`:
+    argmax after `global_bias` on the Global logit, position 0 Global). Global tokens stay for
+    good, a Local token stays until the next Global token of its head arrives, a Sliding-window
+    token stays for `window` steps: after a step that has seen positions 0..t the head holds exactly
+    the keys a query at t+1 may see. Chunk variant (`chunk_size` C > 1): logits are averaged over
+    each chunk of C positions (the scorer is linear, so this is the scorer of the pooled input), the
+    first chunk is Global, and an unfinished chunk counts as Global (kept whole) until its last
+    token arrives; a Local chunk is dropped when a later Global chunk completes. The budget is what
+    the types keep (reported by the engine). Optional hard cap `budget` / `budget_tokens`: when a
+    head keeps more, it evicts Local tokens (oldest first), then Global tokens other than position 0
+    (oldest first), then Sliding-window tokens (oldest first), then position 0. `window`,
+    `global_bias`, `chunk_size` default to the model's config (`bind_model`; for Hugging Face models
+    `config.nats_window`, `nats_global_bias`, `nats_chunk_size`); `chunk_size=1` forces token types.
+    """
+
+    window: int | None = None
+    global_bias: float | None = None
+    chunk_size: int | None = None
+
+    name: ClassVar[str] = "nats"
+    observe: ClassVar[str] = "none"
+    aux_fields: ClassVar[tuple[str, ...]] = ("nats_type",)
+    needs_budget: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.window is not None and (isinstance(self.window, bool) or not isinstance(self.window, int)
+                                        or self.window < 0):
+            raise ValueError(f"nats: window must be None (from the model) or an int >= 0, got {self.window!r}")
+        if self.global_bias is not None and (isinstance(self.global_bias, bool)
+                                             or not isinstance(self.global_bias, int | float)):
+            raise ValueError(f"nats: global_bias must be None (from the model) or a number, got {self.global_bias!r}")
+        if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int)
+                                            or self.chunk_size < 1):
+            raise ValueError(f"nats: chunk_size must be None (from the model) or an int >= 1, got {self.chunk_size!r}")
+        self.__dict__["_model_settings"] = {}
+        self.reset()
+
+    def bind_model(self, model) -> None:
+        """Take window / global_bias / chunk_size from the model; ValueError when it has no NAtS scorers."""
+        from nats_model.models.gpt import GPT
+
+        cfg = getattr(model, "config", None)
+        if isinstance(model, GPT):
+            if cfg.attention != "nats":
+                raise ValueError(f"nats: the model has no NAtS type scorers (GPTConfig.attention={cfg.attention!r}, "
+                                 "needs 'nats')")
+            found = {"window": cfg.window, "global_bias": cfg.global_bias, "chunk_size": cfg.chunk_size}
+        else:
+            found = {k: getattr(cfg, f"nats_{k}", None) for k in ("window", "global_bias", "chunk_size")}
+        self.__dict__["_model_settings"] = {k: v for k, v in found.items() if v is not None}
+
+    def settings(self) -> tuple[int, float, int]:
+        """(window W, global bias, chunk size C; 1 = token types) in effect: policy field, else model."""
+        model = self.__dict__["_model_settings"]
+        window = self.window if self.window is not None else model.get("window")
+        if window is None:
+            raise ValueError("nats: window unknown: give window=<int >= 0> or a model whose config has it "
+                             "(GPT attention='nats', or a Hugging Face config with nats_window)")
+        bias = self.global_bias if self.global_bias is not None else model.get("global_bias", DEFAULT_GLOBAL_BIAS)
+        chunk = self.chunk_size if self.chunk_size is not None else model.get("chunk_size") or 1
+        return int(window), float(bias), int(chunk)
+
+    def reset(self) -> None:
+        # per layer: last completed Global chunk (n_seg,) and logit sum of the unfinished chunk (n_seg, 3)
+        self.__dict__["_state"] = {}
+
+    def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        if step.type_logits is None:
+            raise ValueError(f"nats: layer {step.layer} gave no NAtS type logits: the model has no type scorers "
+                             "(use a GPT with attention='nats' or attach scorers to the Hugging Face model)")
+        window, bias, C = self.settings()
+        B, Hkv, T, _ = step.type_logits.shape
+        if T != step.q_pos.shape[1]:
+            raise ValueError(f"nats: expected per-token type logits (B, Hkv, {step.q_pos.shape[1]}, 3), "
+                             f"got {tuple(step.type_logits.shape)}")
+        n_seg, dev = B * Hkv, step.q_pos.device
+        logits = step.type_logits.reshape(n_seg, T, 3).float()  # (n_seg, T, 3)
+        state = self.__dict__["_state"]
+        if step.layer not in state:
+            state[step.layer] = (torch.full((n_seg,), -1, dtype=torch.long, device=dev),
+                                 torch.zeros(n_seg, 3, device=dev))
+        last_global, partial = state[step.layer]
+        valid, seen = step.q_valid, step.seen
+        first = (seen - valid.sum(1)) // C  # (n_seg,) first chunk that was unfinished before the step
+        n_done = seen // C - first  # (n_seg,) chunks completed by this step
+        K = int(n_done.max()) + 1  # chunks touched, the (possibly empty) unfinished one included
+        rel = torch.where(valid, step.q_pos // C - first[:, None], 0)  # (n_seg, T) chunk index in the step
+        sums = torch.zeros(n_seg, K, 3, device=dev)
+        sums[:, 0] = partial
+        sums.scatter_add_(1, rel[..., None].expand(-1, -1, 3), logits * valid[..., None])
+        # types of the completed chunks: infer_types with a dummy first row (it forces index 0 Global)
+        pad = torch.zeros(n_seg, 1, 3, device=dev)
+        types_c = infer_types(torch.cat([pad, sums / C], 1), global_bias=bias)[:, 1:]  # (n_seg, K)
+        abs_c = first[:, None] + torch.arange(K, device=dev)  # (n_seg, K) absolute chunk index
+        types_c = torch.where(abs_c == 0, GLOBAL, types_c)  # the first chunk (position 0) is Global
+        done = torch.arange(K, device=dev)[None, :] < n_done[:, None]  # (n_seg, K)
+        newest = torch.where(done & (types_c == GLOBAL), abs_c, -1).max(1).values
+        last_global = torch.maximum(last_global, newest)
+        partial = sums.gather(1, n_done[:, None, None].expand(-1, 1, 3))[:, 0]  # logit sum of the unfinished chunk
+        state[step.layer] = (last_global, partial)
+
+        # (re)type the slots of every chunk that was unfinished before the step
+        occupied = store.valid_rows()
+        pos = store.rows(store.pos, fill=-1)  # (n_seg, row_cap)
+        cid = pos // C
+        k = cid - first[:, None]
+        finished = torch.where(k < n_done[:, None], types_c.gather(1, k.clamp(0, K - 1)), GLOBAL).float()
+        typ = store.rows(store.aux["nats_type"])
+        typ = torch.where(occupied & (k >= 0), finished, typ)
+        store.set_rows(store.aux["nats_type"], typ)
+
+        # what a query at position seen (= t+1) may see
+        keep = occupied & ((typ == GLOBAL) | ((typ == LOCAL) & (cid > last_global[:, None]))
+                           | ((typ == SLIDING) & (pos >= (seen - window)[:, None])))
+        if self.budget is not None or self.budget_tokens is not None:
+            keep = self._cap(keep, typ, pos, self.step_budget(step))
+        if bool((keep.sum(1) == store.lens).all()):
+            return None
+        return keep
+
+    @staticmethod
+    def _cap(keep: torch.Tensor, typ: torch.Tensor, pos: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        """Evict beyond `budget (n_seg,)`: Local, then Global but position 0, then SW, oldest first."""
+        n_drop = keep.sum(1) - budget  # (n_seg,)
+        if int(n_drop.max()) <= 0:
+            return keep
+        rank = torch.where(typ == LOCAL, 0, torch.where(typ == GLOBAL, 1, 2))
+        rank = torch.where(pos == 0, 3, rank)
+        key = (rank * _RANK_STEP + pos).masked_fill(~keep, torch.iinfo(torch.long).max)  # (n_seg, row_cap)
+        order = key.argsort(dim=1)
+        place = torch.empty_like(order)
+        place.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        return keep & ~(place < n_drop.clamp(min=0)[:, None])

@@ -1,0 +1,101 @@
+"""SnapKV: compress the prompt once, from the attention of its last queries (the observation window)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from nats_model.cache import LayerStore
+from nats_model.policies.base import Policy, Step
+
+POOLINGS = ("max", "avg")
+
+
+@dataclass
+class SnapKVPolicy(Policy):
+    """SnapKV (Li et al., "SnapKV: LLM Knows What You Are Looking for Before Generation", NeurIPS
+    2024). At the end of prefill, per (layer, sequence, KV head), with the L prompt tokens: the
+    attention of the last `window_size` prompt queries (the observation window) on each earlier
+    prompt key is summed over those queries and, for GQA, over the query heads of the KV head's
+    group; the scores of the L - window keys before the window are pooled along the keys
+    (`pooling` "max" or "avg", `kernel_size`, stride 1, padding kernel_size // 2 with -inf / zeros
+    as `max_pool1d` / `avg_pool1d(count_include_pad=True)` do); the top `budget - window` of them
+    (ties: the earlier position) and the window itself are kept, the rest dropped. Nothing happens
+    when L <= budget. With a fractional budget smaller than the window only the last `budget` window
+    tokens are kept. Decode tokens are appended and never evicted (as the original: the budget
+    applies to the prompt only). Prompt chunks are observed, not evicted, until the last one, so
+    chunked prefill keeps the same set as prefill at once; `score()` (no last prompt chunk)
+    never compresses.
+    """
+
+    window_size: int = 32
+    kernel_size: int = 7
+    pooling: str = "max"
+
+    name: ClassVar[str] = "snapkv"
+    observe: ClassVar[str] = "probs"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for field in ("window_size", "kernel_size"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"snapkv: {field} must be an int >= 1, got {value!r}")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"snapkv: kernel_size must be odd (same-length pooling), got {self.kernel_size}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"snapkv: pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.budget_tokens is not None and self.budget_tokens <= self.window_size:
+            raise ValueError(f"snapkv: budget_tokens ({self.budget_tokens}) must exceed window_size "
+                             f"({self.window_size})")
+        self.reset()
+
+    def reset(self) -> None:
+        # per layer: (n_seg, <= window_size, row_cap) attention rows of the latest prompt queries
+        self.__dict__["_window_rows"] = {}
+
+    def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        if not step.prefill:
+            return None  # decode: appended, never evicted
+        rows = step.probs.sum(1)  # (n_seg, T, row_cap): summed over the GQA group, zero for padding queries
+        buf = self.__dict__["_window_rows"]
+        prev = buf.get(step.layer)
+        if prev is not None:  # no eviction during prefill, so row j of a segment is still the same token
+            width = max(prev.shape[2], rows.shape[2])
+            prev = F.pad(prev, (0, width - prev.shape[2]))
+            rows = torch.cat([prev, F.pad(rows, (0, width - rows.shape[2]))], 1)
+        rows = rows[:, -self.window_size:]
+        if not step.last_prefill:
+            buf[step.layer] = rows
+            return None
+        buf.pop(step.layer, None)
+        lens, budget = store.lens, self.step_budget(step)
+        if bool((lens <= budget).all()):
+            return None
+        n_win = torch.minimum(budget.clamp(max=self.window_size), lens)  # (n_seg,) observation window kept
+        score = rows.sum(1)[:, :store.row_cap]  # (n_seg, row_cap) attention from the window's queries
+        pos = store.rows(store.pos, fill=torch.iinfo(torch.long).max).masked_fill(
+            ~store.valid_rows(), torch.iinfo(torch.long).max)
+        order = pos.argsort(dim=1)  # rows in position order, unoccupied last
+        s = score.gather(1, order)
+        j = torch.arange(order.shape[1], device=order.device)[None, :]
+        n_prefix = (lens - n_win)[:, None]
+        prefix = j < n_prefix  # sorted index before the observation window
+        if self.pooling == "max":
+            pooled = F.max_pool1d(s.masked_fill(~prefix, float("-inf"))[:, None], self.kernel_size, 1,
+                                  self.kernel_size // 2)[:, 0]
+        else:
+            pooled = F.avg_pool1d(s.masked_fill(~prefix, 0.0)[:, None], self.kernel_size, 1,
+                                  self.kernel_size // 2, count_include_pad=True)[:, 0]
+        # highest pooled score first, ties to the earlier position (stable sort of position order)
+        by_score = (-pooled).masked_fill(~prefix, float("inf")).argsort(dim=1, stable=True)
+        place = torch.empty_like(by_score)
+        place.scatter_(1, by_score, j.expand_as(by_score))
+        n_top = (budget - n_win).clamp(min=0)[:, None]
+        keep_sorted = (prefix & (place < n_top)) | ((j >= n_prefix) & (j < lens[:, None]))
+        keep = torch.empty_like(keep_sorted)
+        keep.scatter_(1, order, keep_sorted)
+        return keep | ((lens <= budget)[:, None] & store.valid_rows())  # short prompts: all kept

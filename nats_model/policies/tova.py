@@ -1,0 +1,73 @@
+"""TOVA: once over budget, drop the key the current query attends to least (layer-wise)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from nats_model.cache import LayerStore
+from nats_model.policies.base import Policy, Step
+
+
+@dataclass
+class TOVAPolicy(Policy):
+    """TOVA (Oren et al., "Transformers are Multi-State RNNs", EMNLP 2024): Token Omission Via
+    Attention. After every step, when a (layer, sequence) holds more than `budget_for(seen)` tokens
+    per KV head, it keeps the budget's worth of keys with the highest attention from the step's
+    last (current) query, averaged over all query heads of the layer (each query head scores its
+    KV head's copy of a position; for GQA every head of the group counts), and drops the others.
+    The score is per position, so all KV heads of a layer keep the same positions. In decode this
+    drops one token per step (the lowest score, the newest token included, as in the paper); a
+    prefill chunk is reduced to the budget at once with its last query's attention (a prompt
+    prefilled at once: the last prompt query). On exact score ties the later position goes first.
+    Needs the model's KV head count: `bind_model(model)` (generate/score call it).
+    """
+
+    name: ClassVar[str] = "tova"
+    observe: ClassVar[str] = "probs"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.__dict__["_n_kv_heads"] = None
+
+    def bind_model(self, model) -> None:
+        cfg = model.config
+        n_kv = getattr(cfg, "n_kv_head", None) or getattr(cfg, "num_key_value_heads", None) \
+            or getattr(cfg, "num_attention_heads", None)
+        if not isinstance(n_kv, int) or n_kv < 1:
+            raise ValueError(f"tova: cannot read the KV head count from {type(cfg).__name__} "
+                             "(n_kv_head / num_key_value_heads / num_attention_heads)")
+        self.__dict__["_n_kv_heads"] = n_kv
+
+    def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        budget = self.step_budget(step)
+        n_drop = store.lens - budget  # (n_seg,)
+        most = int(n_drop.max())
+        if most <= 0:
+            return None
+        hkv = self.__dict__["_n_kv_heads"]
+        if hkv is None or store.n_seg % hkv:
+            raise ValueError(f"tova: KV head count {hkv!r} unknown or not dividing {store.n_seg} segments; "
+                             "call bind_model(model) first")
+        n_seg, g, T, row_cap = step.probs.shape
+        last = (step.q_valid.long() * torch.arange(1, T + 1, device=step.q_valid.device)).argmax(1)  # (n_seg,)
+        p = step.probs.gather(2, last[:, None, None, None].expand(n_seg, g, 1, row_cap))[:, :, 0].sum(1)
+        occupied = store.valid_rows()
+        pos = store.rows(store.pos, fill=0)  # (n_seg, row_cap)
+        # mean over the layer's query heads, per (sequence, position)
+        span = int(step.seen.max())
+        flat = (torch.arange(n_seg, device=pos.device) // hkv)[:, None] * span + pos  # (n_seg, row_cap)
+        total = torch.zeros(n_seg // hkv * span, device=pos.device)
+        total.index_add_(0, flat[occupied], p[occupied])
+        score = (total[flat] / (hkv * g)).masked_fill(~occupied, float("inf"))  # (n_seg, row_cap)
+        if most == 1:  # decode: one token per segment; ties to the later position
+            low = score == score.min(1, keepdim=True).values
+            pick = torch.where(low & occupied, pos, -1).argmax(1)
+            return torch.where(n_drop > 0, pick, -1)
+        by_pos = pos.masked_fill(~occupied, -1).argsort(dim=1, descending=True)  # later positions first
+        order = by_pos.gather(1, score.gather(1, by_pos).argsort(dim=1, stable=True))  # lowest score first
+        place = torch.empty_like(order)
+        place.scatter_(1, order, torch.arange(row_cap, device=order.device).expand_as(order))
+        return occupied & ~(place < n_drop.clamp(min=0)[:, None])
