@@ -59,6 +59,8 @@ class KVEngine:
             raise ValueError(f"query heads {Hq} must be a multiple of KV heads {Hkv}")
         g, n_seg = Hq // Hkv, B * Hkv
         st = self._step
+        if not st:
+            raise RuntimeError("KVEngine.attend called before begin_step(positions, valid, prefill=...)")
         if "pos_seg" not in st:  # (n_seg, T), computed once per step
             st["pos_seg"] = st["pos"].repeat_interleave(Hkv, 0)
             st["valid_seg"] = st["valid"].repeat_interleave(Hkv, 0)
