@@ -43,7 +43,15 @@ def comparison_table(records: list[dict[str, Any]]) -> str:
     for r in records:
         budget = (r.get("policy_params") or {}).get("budget")
         groups[(r["model"], r["policy"], "-" if budget is None else f"{budget:g}")][_label(r)].append(r)
-    short = [w.replace("context_length=", "n=").replace("workload", "")[:18] for w in workloads]
+    def short_label(label: str) -> str:  # "passkey(context_length=256,digits=5)" -> "passkey@256"
+        rec = next(r for r in records if _label(r) == label)
+        ctx = (rec.get("workload_params") or {}).get("context_length")
+        return f"{rec['workload']}@{ctx}" if ctx is not None else rec["workload"]
+
+    short = [short_label(w) for w in workloads]
+    if len(set(short)) < len(short):  # other parameters vary too: show them
+        short = [w.replace("context_length=", "n=") for w in workloads]
+    short = [s[:18] for s in short]
     head = f"{'model':<18} {'policy':<14} {'budget':<6} " + " ".join(f"{s:>18}" for s in short)
     head += f" {'kept':>6} {'KV KiB':>8}"
     lines = [head, "-" * len(head)]

@@ -100,3 +100,21 @@ def test_dry_run_prints_plan_without_touching_the_store(tmp_path, capsys):
     assert "12 cells, 12 to run, 0 skipped" in out
     assert out.count(" run ") == 12
     assert not db.exists()
+
+
+def test_demo_comparison_table_averages_per_policy_budget_and_workload():
+    from orchestrator.commands.demo import comparison_table
+
+    def rec(policy, budget, ctx, acc, status="done"):
+        return {"model": "m", "policy": policy, "policy_params": {} if budget is None else {"budget": budget},
+                "workload": "passkey", "workload_params": {"context_length": ctx}, "status": status,
+                "accuracy": acc, "kept_fraction": budget or 1.0, "kv_bytes_physical": 2048}
+
+    records = [rec("full", None, 256, 1.0), rec("full", None, 256, 0.5), rec("full", None, 512, 0.0),
+               rec("h2o", 0.1, 256, 0.25), rec("h2o", 0.1, 512, None, status="failed")]
+    lines = comparison_table(records).splitlines()
+    assert "passkey@256" in lines[0] and "passkey@512" in lines[0]
+    full = next(line for line in lines if " full " in line).split()
+    assert full[3:5] == ["0.75", "0.00"] and full[-1] == "2.0"
+    h2o = next(line for line in lines if " h2o " in line).split()
+    assert h2o[2:5] == ["0.1", "0.25", "x"]
