@@ -206,7 +206,9 @@ class LayerStore:
         """Drop at most one token per segment: `row_slot (n_seg,)` is its slot in row form, -1 for
         none (the decode-step fast path of `compact`). Returns how many were dropped."""
         drop = row_slot >= 0
-        last = self.offsets + self._lens - 1  # (n_seg,) flat slot of each segment's last token
+        # (n_seg,) flat slot of each segment's last token (an empty segment, e.g. a sequence still in
+        # its left padding, points at its first slot and copies nothing: it has no drop)
+        last = self.offsets + (self._lens - 1).clamp(min=0)
         hole = torch.where(drop, self.offsets + row_slot, last)  # rows without a drop copy onto themselves
         for t in (self.k, self.v, self.pos, *self.aux.values()):
             t.index_copy_(0, hole, t.index_select(0, last))

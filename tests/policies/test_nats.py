@@ -1,0 +1,222 @@
+"""The `nats` policy: kept sets from the learned types, checked against a brute-force reference.
+
+`NatsReference` is a drop-in kv_engine written from NATS_METHOD section 1 with Python lists: after
+a step that has seen positions 0..t, a head holds the keys that a query at t+1 may see (types from
+every logit received so far; chunk types from the chunk's mean logits once the chunk is complete,
+Global before), capped by the documented eviction order. No code is shared with the policy.
+"""
+
+import pytest
+import torch
+
+from nats_model.generate import generate, score
+from nats_model.models.gpt import GPT, GPTConfig
+from nats_model.policies import build
+
+from .kv_reference import RecordingEngine, budget_tokens, drive
+
+G, L, S = 0, 1, 2
+
+
+def nats_gpt(window=3, chunk_size=None, global_bias=0.0, n_layer=2, seed=0, zero_scorer=False) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=61, n_layer=n_layer, n_head=4, n_kv_head=2, d_model=32, attention="nats",
+                          window=window, chunk_size=chunk_size, global_bias=global_bias, max_seq_len=256)).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.scorer.proj.weight.mul_(0.0 if zero_scorer else 10.0)
+            block.attn.q_proj.weight.mul_(4.0)
+    return model
+
+
+class NatsReference:
+    """Brute-force NAtS cache with the `begin_step` / `attend` API of `KVEngine`."""
+
+    def __init__(self, batch, window, chunk_size=1, global_bias=0.0, budget=None, budget_tokens=None):
+        self.batch, self.W, self.C, self.bias = batch, window, chunk_size, global_bias
+        self.budget, self.tokens = budget, budget_tokens
+        self.store, self.logits, self.history = {}, {}, []
+        self.seen = [0] * batch
+
+    def begin_step(self, positions, valid, *, prefill, last_prefill=False):
+        self.pos, self.valid = positions, valid
+        for b in range(self.batch):
+            self.seen[b] += int(valid[b].sum())
+
+    def kept_per_seq(self):
+        return torch.tensor([len(self.store.get((0, b, 0), [])) for b in range(self.batch)])
+
+    def chunk_type(self, lg, c, seen):
+        """Type of chunk c given per-position logits lg; None while the chunk is unfinished."""
+        if (c + 1) * self.C > seen:
+            return None
+        rows = [lg[n] for n in range(c * self.C, (c + 1) * self.C)]
+        mean = [sum(r[i] for r in rows) / self.C for i in range(3)]
+        mean[G] += self.bias
+        return G if c == 0 else max(range(3), key=lambda i: (mean[i], -i))
+
+    def visible_next(self, n, typ, m):
+        """Is key n visible to query m (= tokens seen) under the NAtS rule? typ(c): chunk type or None."""
+        c = n // self.C
+        t = typ(c)
+        if t is None or t == G:
+            return True
+        if t == S:
+            return m <= n + self.W
+        return not any(typ(g) == G for g in range(c + 1, (m - 1) // self.C + 1))  # Local
+
+    def evict_order(self, e, typ):
+        t = typ(e["pos"] // self.C)
+        rank = 3 if e["pos"] == 0 else {L: 0, G: 1, None: 1, S: 2}[t]
+        return rank, e["pos"]
+
+    def attend(self, layer, q, k, v, *, positions=None, type_logits=None, scale=None, sliding_window=None):
+        B, Hq, T, hd = q.shape
+        Hkv = k.shape[1]
+        g = Hq // Hkv
+        out = torch.zeros_like(q)
+        for b in range(B):
+            for h in range(Hkv):
+                entries = self.store.setdefault((layer, b, h), [])
+                lg = self.logits.setdefault((layer, b, h), {})
+                for t in range(T):
+                    if self.valid[b, t]:
+                        p = int(self.pos[b, t])
+                        entries.append({"pos": p, "k": k[b, h, t], "v": v[b, h, t]})
+                        lg[p] = type_logits[b, h, t].tolist()
+                for t in range(T):
+                    if self.valid[b, t]:
+                        vis = [e for e in entries if e["pos"] <= int(self.pos[b, t])]
+                        K, V = torch.stack([e["k"] for e in vis]), torch.stack([e["v"] for e in vis])
+                        for j in range(g):
+                            p = torch.softmax((K @ q[b, h * g + j, t]).float() * hd ** -0.5, -1)
+                            out[b, h * g + j, t] = p @ V
+                seen = self.seen[b]
+
+                def typ(c, lg=lg, seen=seen):
+                    return self.chunk_type(lg, c, seen)
+
+                kept = [e for e in entries if self.visible_next(e["pos"], typ, seen)]
+                cap = budget_tokens(seen, self.budget, self.tokens)
+                if (self.budget is not None or self.tokens is not None) and len(kept) > cap:
+                    drop = sorted(kept, key=lambda e: self.evict_order(e, typ))[: len(kept) - cap]
+                    kept = [e for e in kept if e not in drop]
+                self.store[(layer, b, h)] = kept
+        self.history.append({key: sorted(e["pos"] for e in es) for key, es in self.store.items() if key[0] == layer})
+        return out
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 61, (2, 23), generator=g)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, :5] = False  # left padding
+    return ids, mask
+
+
+CASES = [  # model (window, chunk_size, global_bias), policy params, prefill chunk
+    ((3, None, 0.0), {}, 5),
+    ((0, None, 0.3), {}, 23),
+    ((5, 4, 0.0), {}, 7),
+    ((2, 3, 0.0), {}, 1),
+    ((3, None, -0.5), {"budget_tokens": 6}, 4),
+    ((4, 3, 0.0), {"budget": 0.3}, 6),
+]
+
+
+@pytest.mark.parametrize("model_cfg, params, chunk", CASES)
+def test_kept_positions_match_reference(prompt, model_cfg, params, chunk):
+    window, chunk_size, bias = model_cfg
+    model = nats_gpt(window, chunk_size, bias)
+    ids, mask = prompt
+    policy = build("nats", **params)
+    policy.bind_model(model)
+    engine = RecordingEngine(policy, batch=2)
+    ref = NatsReference(2, window, chunk_size or 1, bias, params.get("budget"), params.get("budget_tokens"))
+    toks, logits = drive(model, engine, policy.rope_positions, ids, mask, chunk, n_decode=8)
+    ref_toks, ref_logits = drive(model, ref, policy.rope_positions, ids, mask, chunk, n_decode=8)
+    assert len(engine.history) == len(ref.history)
+    for step, (got, want) in enumerate(zip(engine.history, ref.history, strict=True)):
+        assert got == want, f"step {step}: kept positions differ"
+    assert torch.equal(toks, ref_toks)
+    for a, b in zip(logits, ref_logits, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    final = engine.history[-1]
+    assert any(len(kept) < int(mask[b].sum()) + 8 for (_, b, _), kept in final.items())  # tokens were dropped
+
+
+@pytest.mark.parametrize("window, chunk_size", [(3, None), (4, 4)])
+def test_token_by_token_equals_the_models_own_nats_attention(window, chunk_size):
+    """Fed one token per step, each query sees exactly what the NAtS visibility rule allows, so the
+    streaming NLL equals that of the model's dense NAtS forward (W >= C - 1 for chunks)."""
+    model = nats_gpt(window, chunk_size)
+    ids = torch.randint(0, 61, (2, 26), generator=torch.Generator().manual_seed(5))
+    nll = score(model, ids, build("nats"), prefill_chunk_size=1)
+    logits, _ = model(ids)
+    dense = -torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    torch.testing.assert_close(nll, dense, atol=1e-4, rtol=1e-4)
+    assert model.kept_fraction() < 0.9  # the types really hide keys
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_chunked_prefill_keeps_the_same_set_as_prefill_at_once(prompt, chunk_size):
+    model = nats_gpt(3, chunk_size, n_layer=1)  # one layer: its types do not depend on the chunking
+    ids, mask = prompt
+    finals = []
+    for chunk in (1, 3, 8, 23):
+        policy = build("nats")
+        policy.bind_model(model)
+        engine = RecordingEngine(policy, batch=2)
+        drive(model, engine, policy.rope_positions, ids, mask, chunk, n_decode=0)
+        finals.append(engine.history[-1])
+    assert all(f == finals[0] for f in finals[1:])
+    assert any(len(kept) < int(mask[b].sum()) for (_, b, _), kept in finals[0].items())
+
+
+def test_all_global_types_generate_like_the_full_cache(prompt):
+    model = nats_gpt(2, zero_scorer=True, global_bias=0.1)  # logits 0 + bias: every token Global
+    ids, mask = prompt
+    got = generate(model, ids, build("nats"), 10, attention_mask=mask, prefill_chunk_size=6)
+    want = generate(model, ids, build("full"), 10, attention_mask=mask, prefill_chunk_size=6)
+    assert torch.equal(got.tokens, want.tokens)
+    assert got.kept_fraction == 1.0 and got.kv_bytes_physical == want.kv_bytes_physical
+
+
+@pytest.mark.parametrize("params", [{}, {"budget_tokens": 5}])
+def test_physical_bytes_fall_with_the_dropped_tokens(prompt, params):
+    model = nats_gpt(2, global_bias=-0.3)
+    ids, mask = prompt
+    full = generate(model, ids, build("full"), 12, attention_mask=mask)
+    got = generate(model, ids, build("nats", **params), 12, attention_mask=mask)
+    assert got.kv_bytes_kept < full.kv_bytes_kept
+    assert got.kv_bytes_physical < full.kv_bytes_physical
+    n_seg_layers = 2 * 2 * 2  # layers x batch x KV heads
+    assert got.kv_bytes_physical <= 1.05 * got.kv_bytes_kept + n_seg_layers * 2 * 8 * 4
+    if params:
+        assert int(got.kept_per_layer_head.max()) <= 5
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"window": -1}, "nats: window must be None (from the model) or an int >= 0"),
+    ({"chunk_size": 0}, "nats: chunk_size must be None (from the model) or an int >= 1"),
+    ({"global_bias": "high"}, "nats: global_bias must be None (from the model) or a number"),
+    ({"budget": 1.5}, "budget must be a fraction in (0, 1]"),
+    ({"budget_tokens": 0}, "budget_tokens must be an int >= 1"),
+])
+def test_bad_parameters_are_named(params, needle):
+    with pytest.raises(ValueError) as err:
+        build("nats", **params)
+    assert needle in str(err.value)
+
+
+def test_a_model_without_scorers_is_refused(prompt):
+    ids, mask = prompt
+    plain = GPT(GPTConfig(vocab_size=61, n_layer=1, n_head=2, n_kv_head=1, d_model=16)).eval()
+    with pytest.raises(ValueError, match="no NAtS type scorers .*attention='full'"):
+        generate(plain, ids, build("nats"), 2, attention_mask=mask)
+    policy = build("nats", window=4)  # window given, but the engine gets no type logits
+    with pytest.raises(ValueError, match="layer 0 gave no NAtS type logits"):
+        drive(plain, RecordingEngine(policy, batch=2), policy.rope_positions, ids, mask, 5, n_decode=0)
+    with pytest.raises(ValueError, match="window unknown"):
+        build("nats").settings()
