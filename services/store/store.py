@@ -15,7 +15,14 @@ from sqlalchemy.exc import DBAPIError
 
 from . import schema, statements
 from .clock import db_now
-from .engine import WRITE_OPTION, build_engine, connect_error_reason, mask_url, parse_url
+from .engine import (
+    SQLITE_BUSY_TIMEOUT_S,
+    WRITE_OPTION,
+    build_engine,
+    connect_error_reason,
+    mask_url,
+    parse_url,
+)
 from .errors import SchemaError, StoreError
 from .models import RUN_STATUSES, Run, Sweep, SweepRun
 from .records import check_status, config_columns, iso, record_config, result_columns, run_to_dict
@@ -97,12 +104,18 @@ class Store:
     def _write(self, fn: Callable[[Connection], T]) -> T:
         self.check_schema()
         for attempt in range(_WRITE_RETRIES):
+            start = time.monotonic()
             try:
                 with self._connect(write=True) as conn, conn.begin():
                     return fn(conn)
             except DBAPIError as exc:
                 if attempt == _WRITE_RETRIES - 1 or not _transient(exc):
                     raise
+                if time.monotonic() - start > 0.9 * SQLITE_BUSY_TIMEOUT_S:  # waited the whole busy timeout
+                    raise StoreError(
+                        f"{self.display_url} stayed locked by another writer for {SQLITE_BUSY_TIMEOUT_S:.0f} s: "
+                        f"{exc.orig}"
+                    ) from exc
                 time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
@@ -218,7 +231,7 @@ class Store:
                 chunk = ordered[start : start + _CHUNK]
                 values = [{**row, "sweep_id": sweep_id, "status": "pending", "attempts": 0} for row in chunk]
                 conn.execute(
-                    self._insert(Run).values(values).on_conflict_do_nothing(index_elements=["run_key"])
+                    self._insert(statements.RUNS).on_conflict_do_nothing(index_elements=["run_key"]), values
                 )
                 found = conn.execute(
                     select(Run.id, Run.run_key, Run.status).where(
@@ -226,7 +239,7 @@ class Store:
                     )
                 ).all()
                 members = [{"sweep_id": sweep_id, "run_id": run_id} for run_id, _, _ in found]
-                conn.execute(self._insert(SweepRun).values(members).on_conflict_do_nothing())
+                conn.execute(self._insert(statements.SWEEP_RUNS).on_conflict_do_nothing(), members)
                 statuses.update({key: status for _, key, status in found})
             return statuses
 

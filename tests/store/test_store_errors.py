@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import sqlite3
+import threading
 import time
 
 import pytest
@@ -18,6 +21,19 @@ def test_unreachable_postgresql_names_url_masks_password_and_is_fast():
     assert time.monotonic() - start < 10
     assert "cannot connect to postgresql+psycopg://postgres:***@127.0.0.1:1/test" in message
     assert "connection refused" in message and "s3cret" not in message
+
+
+def test_silent_postgresql_times_out_in_seconds():
+    # A server that accepts TCP connections but never answers: connect_timeout, not a hang.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(
+            StoreError,
+            match=rf"cannot connect to postgresql\+psycopg://postgres@127.0.0.1:{port}/test: .*timeout",
+        ):
+            Store(f"postgresql://postgres@127.0.0.1:{port}/test").upgrade()
+        assert time.monotonic() - start < 15
 
 
 def test_missing_postgresql_database_is_named(pg_url):
@@ -62,3 +78,19 @@ def test_sqlite_parent_folder_is_created(tmp_path):
     with Store(f"sqlite:///{path}") as store:
         store.upgrade()
     assert path.is_file()
+
+
+def test_sqlite_writer_waits_for_a_held_write_lock(tmp_path, make_config, make_record):
+    path = tmp_path / "store.sqlite"
+    with Store(f"sqlite:///{path}") as store:
+        store.upgrade()
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock for a while
+        release = threading.Timer(1.0, lambda: other.execute("COMMIT"))
+        release.start()
+        start = time.monotonic()
+        assert store.record(make_record(make_config())) is True  # waited (busy timeout), no error
+        waited = time.monotonic() - start
+        release.join()
+        other.close()
+        assert waited >= 0.9 and store.row_counts()["runs"] == 1
