@@ -72,13 +72,14 @@ class KVEngine:
         self.kv_bytes_physical_peak = max(self.kv_bytes_physical_peak, self.cache.kv_bytes_physical())
         qs = q.reshape(n_seg, g, T, hd)
         scale = hd ** -0.5 if scale is None else scale
-        out, attn_sum, probs = attend_store(store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"],
-                                            scale, sliding_window, self.policy.observe,
-                                            decode=not st["prefill"])
         step = Step(layer=layer_idx, prefill=st["prefill"], last_prefill=st["last"],
                     seen=st["seen_seg"], q_pos=st["pos_seg"], q_valid=st["valid_seg"],
-                    new_slots=new_slots, attn_sum=attn_sum, probs=probs, type_logits=type_logits,
+                    new_slots=new_slots, attn_sum=None, probs=None, type_logits=type_logits,
                     q=qs, k_new=k_new, v_new=v_new)
+        visible = self.policy.visible(store, step) if self.policy.masks_attention else None
+        out, step.attn_sum, step.probs = attend_store(
+            store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"], scale, sliding_window,
+            self.policy.observe, decode=not st["prefill"], visible=visible)
         keep = self.policy.select(store, step)
         if keep is not None:
             dropped = store.evict_one(keep) if keep.dtype == torch.long else store.compact(keep)
@@ -89,10 +90,11 @@ class KVEngine:
 
 def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_valid: torch.Tensor,
                  all_valid: bool, scale: float, sliding_window: int | None, observe: str,
-                 decode: bool = False):
+                 decode: bool = False, visible: torch.Tensor | None = None):
     """Attention of q (n_seg, g, T, hd) over every segment's kept slots, one batched call per
     group of equal-capacity segments. Key slot j is visible to query t when it is occupied, its
-    original position <= the query's (and within `sliding_window`). Returns out (n_seg, g, T, hd)
+    original position <= the query's (and within `sliding_window`, and `visible (n_seg, T, row_cap)`
+    allows it, when given; padding queries ignore `visible`). Returns out (n_seg, g, T, hd)
     and, as `observe` asks, attn_sum (n_seg, row_cap) / probs (n_seg, g, T, row_cap)."""
     n_seg, g, T, hd = q.shape
     want = observe != "none"
@@ -112,7 +114,7 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
         sel = slice(None) if store.uniform else seg_ids
         lens = store.lens[sel]
         slot = torch.arange(cap, device=q.device)
-        if decode and all_valid and T == 1 and sliding_window is None:
+        if decode and all_valid and T == 1 and sliding_window is None and visible is None:
             # every stored position precedes the query: only unoccupied slots are hidden
             if store.free_min > 0 or bool((lens < cap).any()):
                 mask = (store.valid_rows() if store.uniform else slot[None, :] < lens[:, None])[:, None, :]
@@ -123,6 +125,8 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
             mask = (slot[None, :] < lens[:, None])[:, None, :] & (P[:, None, :] <= qp[sel][:, :, None])
             if sliding_window is not None:
                 mask = mask & (P[:, None, :] > qp[sel][:, :, None] - sliding_window)  # (n, T, cap)
+            if visible is not None:  # the policy's own rule (e.g. NAtS types); padding queries exempt
+                mask = mask & (visible[sel][:, :, :cap] | ~q_valid[sel][:, :, None])
         qg = q[sel].reshape(n, g * T, hd)  # the group's query heads become extra query rows
         if mask is not None and mask.shape[1] != 1:
             mask = mask[:, None].expand(n, g, T, cap).reshape(n, g * T, cap)

@@ -5,7 +5,8 @@ A policy is a `@dataclass` whose fields are its hyperparameters. The engine
 chunk or one decode token):
 
 1. `KVCache` stores the step's new keys/values (padding never stored);
-2. the current queries attend over the kept tokens plus the new ones (causal by original position);
+2. the current queries attend over the kept tokens plus the new ones (causal by original position,
+   and by `visible(store, step)` when the policy sets `masks_attention`);
 3. `select(store, step)` returns which slots survive (`(n_seg, row_cap)` bool, or None = keep all,
    or a long `(n_seg,)` row slot to drop per segment, -1 for none);
 4. the store drops the others (swap-remove) and shrinks when over the memory bound;
@@ -75,6 +76,7 @@ class Policy:
     observe: ClassVar[str] = "none"
     aux_fields: ClassVar[tuple[str, ...]] = ()
     needs_budget: ClassVar[bool] = True
+    masks_attention: ClassVar[bool] = False  # True: the engine calls `visible` before attention
 
     def __post_init__(self) -> None:
         if self.budget is not None and self.budget_tokens is not None:
@@ -125,6 +127,13 @@ class Policy:
         """RoPE positions `(B, T)` the model uses for the step's tokens (default: the original ones).
         kept_per_seq (B,): tokens layer 0 KV head 0 holds before the step; valid (B, T)."""
         return positions
+
+    def visible(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        """Only when `masks_attention`: called after the step's tokens are stored and before they
+        attend (`step.attn_sum`/`probs` are None then). Returns (n_seg, T, row_cap) bool: which kept
+        slots each of the step's queries may see, on top of causality (e.g. NAtS types inside a
+        prefill chunk), or None."""
+        return None
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         """Which occupied slots survive: keep (n_seg, row_cap) bool, or None to keep all, or (fast

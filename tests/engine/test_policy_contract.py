@@ -56,3 +56,34 @@ def test_policy_sees_probs_type_logits_and_keeps_aux_state():
     for layer in (0, 1):
         counts = [c for lay, c in policy.first_token_counts if lay == layer]
         assert counts == [[float(k)] * 4 for k in range(1, 7)]
+
+
+@dataclass
+class EvenOnly(Policy):
+    """Test policy: queries see even positions and themselves (an attention rule, no eviction)."""
+
+    name: ClassVar[str] = ""
+    masks_attention: ClassVar[bool] = True
+    needs_budget: ClassVar[bool] = False
+
+    def visible(self, store, step):
+        pos = store.rows(store.pos, fill=-1)[:, None, :]  # (n_seg, 1, row_cap)
+        return (pos % 2 == 0) | (pos == step.q_pos[:, :, None])
+
+
+def test_policy_visibility_mask_applies_inside_a_chunk():
+    from nats_model.generate import KVEngine
+
+    g = torch.Generator().manual_seed(0)
+    B, Hq, Hkv, T, hd = 2, 4, 2, 6, 8
+    q, k, v = (torch.randn(B, h, T, hd, generator=g) for h in (Hq, Hkv, Hkv))
+    engine = KVEngine(EvenOnly(), batch=B)
+    pos = torch.arange(T).expand(B, T)
+    engine.begin_step(pos, torch.ones(B, T, dtype=torch.bool), prefill=True, last_prefill=True)
+    out = engine.attend(0, q, k, v)
+    allowed = (torch.arange(T)[None, :] <= torch.arange(T)[:, None]) & (
+        (torch.arange(T)[None, :] % 2 == 0) | (torch.arange(T)[None, :] == torch.arange(T)[:, None]))
+    kk, vv = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)  # (B, Hq, T, hd)
+    scores = (q @ kk.transpose(-1, -2)) * hd ** -0.5
+    ref = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ vv
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
