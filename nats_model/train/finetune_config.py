@@ -1,0 +1,151 @@
+"""The fine-tuning configuration (`natsbench finetune`): YAML validated into dataclasses.
+
+Example (see `configs/finetune_tiny_nats.yaml`):
+
+    base: models/tiny-base                      # full-attention checkpoint folder (frozen)
+    nats: {window: 64, lam: 1.0e-6, global_bias: 0.0, init_logits: [-2.0, -1.0, 1.0]}
+    loss: logits_kl                             # hidden_mse | logits_kl | both
+    data: {text_weight: 0.1, tasks: {passkey: {weight: 1.0}}}    # as in the train config
+    stages: [{seq_len: 512, steps: 100, batch_size: 4}, {seq_len: 1024, steps: 200, batch_size: 2}]
+    optim: {lr: 2.0e-3, warmup_fraction: 0.1, min_lr_ratio: 0.1}
+
+The data mix and the stages use the same dataclasses (and validation) as `natsbench train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats_model.train.config import ConfigError, DataConfig, Stage, _build, _positive, parse_config
+
+LOSS_KINDS = ("hidden_mse", "logits_kl", "both")
+
+
+@dataclass
+class NatsSettings:
+    """The NAtS attention of the student: window W, regulariser lambda, inference Global bias,
+    optional chunk size, and the scorer initialisation.
+
+    `init_logits` [G, L, S] (or None = the model's random init) sets the mean type logits the
+    scorers start from: the scorer has no bias, so each type's weight row gets `logit * u / |u|^2`
+    added, with u the mean scorer input over a calibration batch (then the mean input scores
+    exactly those logits). A low Global logit makes Global unlikely at first.
+    """
+
+    window: int = 64
+    lam: float = 1e-6
+    global_bias: float = 0.1
+    chunk_size: int | None = None
+    init_logits: list[float] | None = None
+
+
+@dataclass
+class FinetuneOptim:
+    """AdamW on the scorer weights with the paper's linear schedule: lr rises from
+    `min_lr_ratio * lr` to `lr` over the first `warmup_fraction` of the steps, then falls back
+    linearly to `min_lr_ratio * lr` at the last step."""
+
+    lr: float = 2e-3
+    warmup_fraction: float = 0.1
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 0.0
+
+
+@dataclass
+class FinetuneEval:
+    """Periodic validation of the student (inference types): teacher-forced answer exact match
+    per task and the kept fraction, on `examples_per_task` examples of `seq_len` tokens."""
+
+    interval: int = 100
+    seq_len: int | None = None  # default: the last stage's seq_len
+    batch_size: int = 8
+    examples_per_task: int = 16
+    text_batches: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything `natsbench finetune` needs: base checkpoint, NAtS settings, distillation loss
+    (`hidden_mse` = MSE of the final-norm hidden states, `logits_kl` = KL(teacher || student) of
+    the next-token distributions, `both` = their sum with `kl_weight` on the KL), loss positions
+    (answer tokens of task rows; every position of text rows when `text_all_positions`), data mix,
+    stages, optimizer and validation."""
+
+    base: str
+    nats: NatsSettings
+    data: DataConfig
+    stages: list[Stage]
+    loss: str = "hidden_mse"
+    kl_weight: float = 1.0
+    text_all_positions: bool = True
+    optim: FinetuneOptim = field(default_factory=FinetuneOptim)
+    eval: FinetuneEval = field(default_factory=FinetuneEval)
+    seed: int = 0
+    threads: int = 2
+    log_interval: int = 10
+    checkpoint_interval: int = 50
+    time_limit_s: float | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+
+def parse_finetune_config(raw: dict[str, Any]) -> FinetuneConfig:
+    """Validate a loaded YAML mapping into a `FinetuneConfig` (errors name the bad field)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the config must be a mapping, got {type(raw).__name__}")
+    for key in ("base", "data", "stages"):
+        if key not in raw:
+            raise ConfigError(f"missing required field {key!r}")
+    raw = dict(raw)
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"base must be a checkpoint folder path, got {base!r}")
+    # data + stages: validated by the from-scratch trainer's parser (the model section is a dummy)
+    shared = parse_config({"model": {}, "data": raw.pop("data"), "stages": raw.pop("stages")})
+    nats = _build(NatsSettings, raw.pop("nats", None) or {}, "nats")
+    if not isinstance(nats.window, int) or nats.window < 0:
+        raise ConfigError(f"nats.window must be an integer >= 0, got {nats.window!r}")
+    _positive(nats.lam, "nats.lam", allow_zero=True)
+    if nats.init_logits is not None and (not isinstance(nats.init_logits, list | tuple) or len(nats.init_logits) != 3):
+        raise ConfigError(f"nats.init_logits must be null or three numbers [G, L, S], got {nats.init_logits!r}")
+    optim = _build(FinetuneOptim, raw.pop("optim", None) or {}, "optim")
+    optim.betas = tuple(optim.betas)
+    _positive(optim.lr, "optim.lr")
+    if not 0 <= optim.warmup_fraction < 1:
+        raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {optim.warmup_fraction}")
+    if not 0 < optim.min_lr_ratio <= 1:
+        raise ConfigError(f"optim.min_lr_ratio must be in (0, 1], got {optim.min_lr_ratio}")
+    _positive(optim.weight_decay, "optim.weight_decay", allow_zero=True)
+    _positive(optim.grad_clip, "optim.grad_clip", allow_zero=True)
+    ev = _build(FinetuneEval, raw.pop("eval", None) or {}, "eval")
+    _positive(ev.interval, "eval.interval", integer=True)
+    cfg = _build(FinetuneConfig, {**raw, "base": base, "nats": nats, "data": shared.data, "stages": shared.stages,
+                                  "optim": optim, "eval": ev}, "config")
+    if cfg.loss not in LOSS_KINDS:
+        raise ConfigError(f"loss must be one of {LOSS_KINDS}, got {cfg.loss!r}")
+    _positive(cfg.kl_weight, "kl_weight", allow_zero=True)
+    for name in ("threads", "log_interval", "checkpoint_interval"):
+        _positive(getattr(cfg, name), name, integer=True)
+    return cfg
+
+
+def load_finetune_config(path: str | Path) -> FinetuneConfig:
+    """Read and validate a YAML fine-tuning config."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    return parse_finetune_config(yaml.safe_load(p.read_text()))
+
+
+def finetune_config_to_dict(cfg: FinetuneConfig) -> dict[str, Any]:
+    """A JSON-able dict of the config (as saved next to a run)."""
+    return dataclasses.asdict(cfg)
