@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from typing import Any
 
@@ -96,11 +97,15 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"natsbench results: {exc}", file=sys.stderr)
         return 1
-    if args.format == "json":
-        print(json.dumps(runs, indent=2))
-    elif args.format == "csv":
-        write_csv(runs, RUN_FIELDS, sys.stdout)
-    else:
-        print(format_table(runs))
-        print(f"({len(runs)} runs)")
+    try:
+        if args.format == "json":
+            print(json.dumps(runs, indent=2))
+        elif args.format == "csv":
+            write_csv(runs, RUN_FIELDS, sys.stdout)
+        else:
+            print(format_table(runs))
+            print(f"({len(runs)} runs)")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `natsbench results | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
