@@ -238,7 +238,7 @@ class Store:
                         Run.run_key.in_([r["run_key"] for r in chunk])
                     )
                 ).all()
-                members = [{"sweep_id": sweep_id, "run_id": run_id} for run_id, _, _ in found]
+                members = [{"sweep_id": sweep_id, "run_id": run_id} for run_id, _, _ in sorted(found)]
                 conn.execute(self._insert(statements.SWEEP_RUNS).on_conflict_do_nothing(), members)
                 statuses.update({key: status for _, key, status in found})
             return statuses
