@@ -124,7 +124,7 @@ class LayerStore:
             self._valid = torch.arange(self.row_cap, device=self.device)[None, :] < self._lens[:, None]
         return self._valid
 
-    def rows(self, flat: torch.Tensor, fill=0) -> torch.Tensor:
+    def rows(self, flat: torch.Tensor, fill: float = 0) -> torch.Tensor:
         """A per-slot tensor (capacity, ...) in row form (n_seg, row_cap, ...); a view when uniform."""
         if self.uniform:
             return flat.view(self.n_seg, self.row_cap, *flat.shape[1:])

@@ -90,7 +90,8 @@ class KVEngine:
 
 def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_valid: torch.Tensor,
                  all_valid: bool, scale: float, sliding_window: int | None, observe: str,
-                 decode: bool = False, visible: torch.Tensor | None = None):
+                 decode: bool = False, visible: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Attention of q (n_seg, g, T, hd) over every segment's kept slots, one batched call per
     group of equal-capacity segments. Key slot j is visible to query t when it is occupied, its
     original position <= the query's (and within `sliding_window`, and `visible (n_seg, T, row_cap)`
