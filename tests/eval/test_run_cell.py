@@ -144,3 +144,30 @@ def test_environment_info():
     env = evaluation.environment_info()
     assert set(env) >= {"git_commit", "packages", "device", "device_name", "host", "python"}
     assert env["git_commit"] is None or len(env["git_commit"].split("-")[0]) == 40
+
+
+def _params_for(policy):
+    from nats_model import policies
+
+    try:
+        policies.build(policy)
+        return {}
+    except ValueError as exc:
+        assert "budget" in str(exc), exc
+        return {"budget": 0.3}
+
+
+@pytest.fixture(scope="module")
+def nats_gpt():
+    return load_model("random:tiny-gpt-nats")
+
+
+@pytest.mark.parametrize("policy", __import__("nats_model.policies", fromlist=["available"]).available())
+def test_every_registered_policy_runs_a_cell(nats_gpt, policy):
+    params = _params_for(policy)
+    rec = run_cell(nats_gpt, cell(model="random:tiny-gpt-nats", policy=policy, policy_params=params,
+                                  workload_params={"context_length": 128}, n_examples=1))
+    assert rec["status"] == "done", rec["error"]
+    assert 0.0 < rec["kept_fraction"] <= 1.0
+    if params:  # a budget of 30% of the tokens seen keeps well under the full cache
+        assert rec["kept_fraction"] <= 0.35 and rec["kv_bytes_physical"] < 0.5 * rec["kv_bytes_full"]
