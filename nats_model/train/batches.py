@@ -114,9 +114,12 @@ class BatchMaker:
                              f"{self.data.tasks[kind].params}; raise seq_len or lower the task params")
         return self.text_sequence(rng, seq_len)
 
-    def batch(self, rng: random.Random, batch_size: int, seq_len: int, kinds: list[str] | None = None) -> Batch:
-        """A batch of `batch_size` rows; `kinds` fixes the row kinds, else they follow the mix weights."""
-        kinds = kinds or rng.choices(self.kinds, weights=self.weights, k=batch_size)
+    def batch(self, rng: random.Random, batch_size: int, seq_len: int, kinds: list[str] | None = None,
+              weights: dict[str, float] | None = None) -> Batch:
+        """A batch of `batch_size` rows; `kinds` fixes the row kinds, else they follow the mix weights
+        (`weights` overrides some of them by kind name)."""
+        mix = [(weights or {}).get(k, w) for k, w in zip(self.kinds, self.weights, strict=True)]
+        kinds = kinds or rng.choices(self.kinds, weights=mix, k=batch_size)
         rows = [self.sequence(rng, k, seq_len) for k in kinds]
         return collate(rows, kinds)
 

@@ -57,11 +57,16 @@ class DataConfig:
 
 @dataclass
 class Stage:
-    """One curriculum stage: `steps` optimizer steps on sequences of `seq_len` tokens."""
+    """One curriculum stage: `steps` optimizer steps on sequences of `seq_len` tokens.
+
+    `weights` optionally overrides the mix weights in this stage ({"text": w, task: w, ...});
+    kinds it does not name keep their data-section weight.
+    """
 
     seq_len: int
     steps: int
     batch_size: int = 32
+    weights: dict[str, float] | None = None
 
 
 @dataclass
@@ -168,6 +173,11 @@ def parse_config(raw: dict[str, Any]) -> TrainConfig:
         _positive(s.seq_len, f"stages[{i}].seq_len", integer=True)
         _positive(s.steps, f"stages[{i}].steps", integer=True)
         _positive(s.batch_size, f"stages[{i}].batch_size", integer=True)
+        for kind, w in (s.weights or {}).items():
+            if kind != "text" and kind not in tasks:
+                raise ConfigError(f"stages[{i}].weights: {kind!r} is not in the mix; allowed: "
+                                  f"{['text', *sorted(tasks)]}")
+            _positive(w, f"stages[{i}].weights.{kind}", allow_zero=True)
     optim = _build(OptimConfig, raw.pop("optim", None) or {}, "optim")
     optim.betas = tuple(optim.betas)
     _positive(optim.lr, "optim.lr")

@@ -191,7 +191,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_steps: int | None = None, r
         lr = lr_at(step, total, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = maker.batch(random.Random(cfg.seed * 1_000_003 + step), stage.batch_size, stage.seq_len)
+        batch = maker.batch(random.Random(cfg.seed * 1_000_003 + step), stage.batch_size, stage.seq_len,
+                            weights=stage.weights)
         logits, _ = model(batch.inputs)
         loss = weighted_loss(logits, batch)
         opt.zero_grad(set_to_none=True)

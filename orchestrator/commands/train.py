@@ -18,6 +18,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, metavar="N",
                         help="stop after N optimizer steps in total (truncates the curriculum and the schedule)")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/train_state")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (overrides the config's `threads`)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -33,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"natsbench train: invalid config {args.config}: {exc}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"natsbench train: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        cfg.threads = args.threads
     try:
         result = train(cfg, args.out, max_steps=args.steps, resume=args.resume, progress=not args.no_progress)
     except FileNotFoundError as exc:

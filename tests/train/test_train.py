@@ -11,7 +11,7 @@ import yaml
 
 from nats_model.data import tasks
 from nats_model.data.text import TextCorpus, corpus_files
-from nats_model.train.batches import task_sequence
+from nats_model.train.batches import BatchMaker, task_sequence
 from nats_model.train.config import ConfigError, parse_config
 from nats_model.train.trainer import lr_at, train
 from orchestrator.cli import main as cli_main
@@ -85,6 +85,16 @@ def test_task_sequence_weights_mark_the_answer():
     assert answer_targets.isdigit() and len(answer_targets) == 5
     assert text.split("The pass key is ")[1][:5] == answer_targets  # the needle's key
     assert set(weights) <= {0.0, 0.1, 1.0} and weights.count(1.0) == 6  # answer + end marker
+
+
+def test_stage_weights_override_the_mix():
+    cfg = parse_config(raw_config(stages=[{"seq_len": 96, "steps": 1, "weights": {"text": 0.0}}]))
+    maker = BatchMaker(cfg.data)
+    mixed = maker.batch(random.Random(0), 16, 96).kinds
+    only_tasks = maker.batch(random.Random(0), 16, 96, weights=cfg.stages[0].weights).kinds
+    assert "text" in mixed and set(only_tasks) == {"passkey"}
+    with pytest.raises(ConfigError, match=r"stages\[0\].weights"):
+        parse_config(raw_config(stages=[{"seq_len": 96, "steps": 1, "weights": {"sudoku": 1.0}}]))
 
 
 # ---------------------------------------------------------------- config and schedule
