@@ -1,0 +1,141 @@
+"""The `tova` policy against a brute-force reference written from the TOVA paper's rule.
+
+`TovaReference` keeps Python lists per (layer, sequence, KV head) and computes attention query by
+query. After every step, per (layer, sequence), while over budget it scores every cached position
+by the attention of the step's last query averaged over all query heads of the layer, and drops
+the lowest ones (ties: the later position first), the same positions from every KV head.
+"""
+
+import pytest
+import torch
+
+from nats_model.generate import generate
+from nats_model.policies import build
+
+from .kv_reference import RecordingEngine, budget_tokens, drive, tiny_gpt
+
+
+class TovaReference:
+    """Brute-force TOVA cache with the `begin_step` / `attend` API of `KVEngine`."""
+
+    def __init__(self, batch, budget=None, budget_tokens=None):
+        self.batch, self.budget, self.tokens = batch, budget, budget_tokens
+        self.store, self.history = {}, []
+        self.seen = [0] * batch
+
+    def begin_step(self, positions, valid, *, prefill, last_prefill=False):
+        self.pos, self.valid = positions, valid
+        for b in range(self.batch):
+            self.seen[b] += int(valid[b].sum())
+
+    def kept_per_seq(self):
+        return torch.tensor([len(self.store.get((0, b, 0), [])) for b in range(self.batch)])
+
+    def attend(self, layer, q, k, v, *, positions=None, type_logits=None, scale=None, sliding_window=None):
+        B, Hq, T, hd = q.shape
+        Hkv = k.shape[1]
+        g = Hq // Hkv
+        out = torch.zeros_like(q)
+        for b in range(B):
+            last_scores = {}  # position -> summed attention of the step's last real query, all heads
+            real = [t for t in range(T) if self.valid[b, t]]
+            for h in range(Hkv):
+                entries = self.store.setdefault((layer, b, h), [])
+                for t in real:
+                    entries.append({"pos": int(self.pos[b, t]), "k": k[b, h, t], "v": v[b, h, t]})
+                for t in real:
+                    vis = [e for e in entries if e["pos"] <= int(self.pos[b, t])]
+                    K, V = torch.stack([e["k"] for e in vis]), torch.stack([e["v"] for e in vis])
+                    for j in range(g):
+                        p = torch.softmax((K @ q[b, h * g + j, t]).float() * hd ** -0.5, -1)
+                        out[b, h * g + j, t] = p @ V
+                        if t == real[-1]:
+                            for e, pe in zip(vis, p.tolist(), strict=True):
+                                last_scores[e["pos"]] = last_scores.get(e["pos"], 0.0) + pe / Hq
+            cap = budget_tokens(self.seen[b], self.budget, self.tokens)
+            n_drop = len(self.store.get((layer, b, 0), [])) - cap
+            if real and n_drop > 0:
+                drop = sorted(last_scores, key=lambda n: (last_scores[n], -n))[:n_drop]
+                for h in range(Hkv):
+                    self.store[(layer, b, h)] = [e for e in self.store[(layer, b, h)] if e["pos"] not in drop]
+        self.history.append({key: sorted(e["pos"] for e in es) for key, es in self.store.items() if key[0] == layer})
+        return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_gpt(seed=3, d_model=32)
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    ids = torch.randint(0, 61, (2, 26), generator=torch.Generator().manual_seed(6))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, :6] = False  # left padding: 20 real tokens
+    return ids, mask
+
+
+CASES = [  # policy params, prefill chunk
+    ({"budget_tokens": 8}, 5),
+    ({"budget": 0.3}, 26),
+    ({"budget_tokens": 6}, 1),
+    ({"budget": 0.5}, 9),
+]
+
+
+@pytest.mark.parametrize("params, chunk", CASES)
+def test_kept_positions_match_reference(model, prompt, params, chunk):
+    ids, mask = prompt
+    policy = build("tova", **params)
+    policy.bind_model(model)
+    engine = RecordingEngine(policy, batch=2)
+    ref = TovaReference(2, params.get("budget"), params.get("budget_tokens"))
+    toks, logits = drive(model, engine, policy.rope_positions, ids, mask, chunk, n_decode=8)
+    ref_toks, ref_logits = drive(model, ref, policy.rope_positions, ids, mask, chunk, n_decode=8)
+    assert len(engine.history) == len(ref.history)
+    for step, (got, want) in enumerate(zip(engine.history, ref.history, strict=True)):
+        assert got == want, f"step {step}: kept positions differ"
+        for (layer, b, _h), kept in got.items():  # layer-wise scores: every KV head keeps the same positions
+            assert kept == got[(layer, b, 0)]
+    assert torch.equal(toks, ref_toks)
+    for a, b in zip(logits, ref_logits, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+
+
+def test_decode_evicts_one_token_per_step_at_budget_and_bytes_fall(model, prompt):
+    ids, mask = prompt
+    full = generate(model, ids, build("full"), 10, attention_mask=mask)
+    got = generate(model, ids, build("tova", budget_tokens=7), 10, attention_mask=mask, prefill_chunk_size=4)
+    assert got.kept_per_layer_head.eq(7).all()
+    assert got.kv_bytes_physical < full.kv_bytes_physical
+    assert got.kv_bytes_physical <= 1.05 * got.kv_bytes_kept + 2 * 2 * 2 * 2 * 8 * 4  # layers*B*Hkv segments
+    policy = build("tova", budget_tokens=7)
+    policy.bind_model(model)
+    engine = RecordingEngine(policy, batch=2)
+    drive(model, engine, policy.rope_positions, ids, mask, 26, n_decode=3)
+    before = engine.history[1][(1, 0, 0)]  # layer 1 after the prefill (2 layers per step)
+    for i, step in enumerate(engine.history[3::2]):
+        after = step[(1, 0, 0)]
+        new_pos = 26 + i
+        assert len(after) == 7  # exactly one of the 7 old tokens and the new one was dropped
+        assert len(set(before) - set(after)) + (new_pos not in after) == 1
+        before = after
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({}, "tova: needs a budget"),
+    ({"budget": 2.0}, "budget must be a fraction in (0, 1]"),
+    ({"budget_tokens": -3}, "budget_tokens must be an int >= 1"),
+    ({"budget": 0.5, "recent_ratio": 0.5}, "no parameter 'recent_ratio'; allowed: budget, budget_tokens"),
+])
+def test_bad_parameters_are_named(params, needle):
+    with pytest.raises(ValueError) as err:
+        build("tova", **params)
+    assert needle in str(err.value)
+
+
+def test_unbound_policy_is_refused(model, prompt):
+    ids, mask = prompt
+    policy = build("tova", budget_tokens=4)  # bind_model not called: the KV head count is unknown
+    with pytest.raises(ValueError, match="call bind_model"):
+        drive(model, RecordingEngine(policy, batch=2), policy.rope_positions, ids, mask, 26, n_decode=0)
