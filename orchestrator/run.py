@@ -174,7 +174,7 @@ class _Dispatcher:
                     if n < self.max_attempts:
                         self.queues.setdefault(cell.model_key, deque()).appendleft(cell)
                     else:
-                        record = failed_record(cell.config, f"worker died on {n} attempts; last: {exc}")
+                        record = failed_record(cell.config, f"worker died on {n} attempts; last: {str(exc)[:800]}")
                 except self.ray.exceptions.RayError as exc:
                     record = failed_record(cell.config, f"{type(exc).__name__}: {exc}")
                 if record is not None:
@@ -192,6 +192,22 @@ class _Dispatcher:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _warn_if_unschedulable(spec: SweepSpec, n_workers: int) -> None:
+    """Say so when the cluster (as it is now) cannot hold the requested workers: their actors
+    would wait for resources (an autoscaling cluster may still add them)."""
+    import ray
+
+    have = ray.cluster_resources()
+    res = spec.resources
+    for kind, per_worker in (("CPU", res.cpus_per_worker), ("GPU", res.gpus_per_worker)):
+        need = per_worker * n_workers
+        if need > have.get(kind, 0.0) + 1e-9:
+            print(f"warning: {n_workers} workers need {need:g} {kind} but the Ray cluster has "
+                  f"{have.get(kind, 0.0):g}; workers will wait until it has them "
+                  f"(lower --workers or resources.{'gpus' if kind == 'GPU' else 'cpus'}_per_worker)",
+                  file=sys.stderr)
 
 
 def run_sweep(spec: SweepSpec, db_url: str, *, address: str | None = None, workers: int | None = None,
@@ -217,6 +233,7 @@ def run_sweep(spec: SweepSpec, db_url: str, *, address: str | None = None, worke
 
             bar = tqdm(total=len(plan.todo), desc=f"sweep {spec.name}", unit="cell", file=sys.stderr,
                        mininterval=0.5, dynamic_ncols=True)
+        _warn_if_unschedulable(spec, n_workers)
         runner = runner or os.environ.get(RUNNER_ENV) or DEFAULT_RUNNER
         dispatcher = _Dispatcher(spec, store, plan, n_workers, runner, result, bar, rerun_failed)
         main_thread = threading.current_thread() is threading.main_thread()
