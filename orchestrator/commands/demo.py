@@ -70,6 +70,15 @@ def comparison_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def missing_models(spec: Any) -> list[str]:
+    """Model names of the sweep that are neither `random:` test models, folders, nor shipped
+    reference models (models/<name>/config.json)."""
+    models_dir = Path(__file__).resolve().parents[2] / "models"
+    return [m.name for m in spec.models
+            if not m.name.startswith("random:") and not Path(m.name).expanduser().is_dir()
+            and not (models_dir / m.name / "config.json").is_file()]
+
+
 def run(args: argparse.Namespace) -> int:
     from orchestrator.run import open_store, run_sweep
     from orchestrator.spec import SpecError, load_spec
@@ -79,6 +88,17 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"natsbench demo: {exc}", file=sys.stderr)
         return 2
+    missing = missing_models(spec)
+    if missing:
+        print(f"natsbench demo: reference model(s) {', '.join(missing)} not built yet (models/<name>/ with "
+              "config.json; they come from issue #5: `natsbench train` / `natsbench finetune`)", file=sys.stderr)
+        present = [m for m in spec.models if m.name not in missing]
+        if not present:
+            print("natsbench demo: no model of the demo sweep exists, nothing to run", file=sys.stderr)
+            return 2
+        print(f"natsbench demo: running the sweep with {', '.join(m.name for m in present)} only",
+              file=sys.stderr)
+        spec = spec.model_copy(update={"models": present})
     if args.db.startswith("sqlite:///results/"):
         Path("results").mkdir(exist_ok=True)
     store = open_store(args.db)

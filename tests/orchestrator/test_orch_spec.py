@@ -118,3 +118,17 @@ def test_demo_comparison_table_averages_per_policy_budget_and_workload():
     assert full[3:5] == ["0.75", "0.00"] and full[-1] == "2.0"
     h2o = next(line for line in lines if " h2o " in line).split()
     assert h2o[2:5] == ["0.1", "0.25", "x"]
+
+
+def test_demo_says_plainly_when_no_model_exists(tmp_path, capsys, monkeypatch):
+    from orchestrator.commands.demo import missing_models
+
+    spec = parse_spec(base_spec(models=[{"name": "random:tiny-gpt"}, {"name": "no-such-model"}]))
+    assert missing_models(spec) == ["no-such-model"]
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(yaml.safe_dump(base_spec(models=[{"name": "no-such-model"}])))
+    monkeypatch.setenv("NO_DASHBOARD", "1")
+    db = tmp_path / "demo.sqlite"
+    assert main(["demo", "--config", str(cfg), "--db", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-model not built yet" in err and not db.exists()
