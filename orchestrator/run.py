@@ -24,7 +24,9 @@ from typing import Any
 from orchestrator.plan import DONE, FAILED, Cell, Plan, build_cells, decide
 from orchestrator.spec import SweepSpec
 
-RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+# raylet_start_wait_time_s: the default 60 s is too short on a busy 2-core machine.
+RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+                    "RAY_raylet_start_wait_time_s": "180"}
 # Only for the in-process Ray: single-node mode, every Ray process on 127.0.0.1. Never when
 # joining a cluster (it would refuse other nodes).
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
