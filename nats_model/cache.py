@@ -54,6 +54,7 @@ class LayerStore:
         self.aux: dict[str, torch.Tensor] = {n: torch.empty(0, device=device) for n in aux_names}
         self._set_layout([0] * n_seg)
         self.lens = torch.zeros(n_seg, dtype=torch.long, device=device)
+        self.relayout_old_bytes = 0  # K/V bytes freed by the last relayouts (engine reads and resets)
 
     # ---------------------------------------------------------------- layout
     def _set_layout(self, caps: list[int]) -> None:
@@ -86,6 +87,8 @@ class LayerStore:
         caps, _ = _capacities(target_lens)
         src = self.row_index[self.valid_rows()]  # flat slots in row-major (segment, slot) order
         old = (self.k, self.v, self.pos, dict(self.aux))
+        # while copying, the old and the new buffers are both alive: report the old ones' bytes
+        self.relayout_old_bytes = max(self.relayout_old_bytes, self.kv_bytes_physical())
         self._set_layout(caps)
         self.lens = self._lens  # refresh the derived caches for the new layout
         dst = self.row_index[self.valid_rows()]  # same (segment, slot) order in the new layout

@@ -25,7 +25,8 @@ class KVEngine:
 
     Call `begin_step(positions, valid, ...)` before each model forward; the model then calls
     `attend` once per layer. `kv_bytes_physical_peak` is the largest K/V footprint seen at any
-    point, including the moment between storing a step's tokens and evicting.
+    point, including the moment between storing a step's tokens and evicting and the copy of a
+    relayout (old and new buffers alive together).
     """
 
     def __init__(self, policy: Policy, batch: int):
@@ -39,6 +40,12 @@ class KVEngine:
         """positions, valid (B, T): original positions of the step's tokens, False for padding."""
         self.cache.seen = self.cache.seen.to(positions.device) + valid.sum(1)
         self._step = {"pos": positions, "valid": valid, "prefill": prefill, "last": last_prefill}
+
+    def _track_peak(self, store: LayerStore) -> None:
+        """Peak K/V bytes, counting the old buffers a relayout held while copying."""
+        now = self.cache.kv_bytes_physical() + store.relayout_old_bytes
+        store.relayout_old_bytes = 0
+        self.kv_bytes_physical_peak = max(self.kv_bytes_physical_peak, now)
 
     def kept_per_seq(self) -> torch.Tensor:
         """(B,) tokens layer 0 / KV head 0 holds (0 before the first step)."""
@@ -69,7 +76,7 @@ class KVEngine:
         store = self.cache.layer(layer_idx, k)
         k_new, v_new = k.reshape(n_seg, T, hd), v.reshape(n_seg, T, hd)
         new_slots = store.append(k_new, v_new, st["pos_seg"], st["valid_seg"], st["all_valid"])
-        self.kv_bytes_physical_peak = max(self.kv_bytes_physical_peak, self.cache.kv_bytes_physical())
+        self._track_peak(store)
         qs = q.reshape(n_seg, g, T, hd)
         scale = hd ** -0.5 if scale is None else scale
         step = Step(layer=layer_idx, prefill=st["prefill"], last_prefill=st["last"],
@@ -85,6 +92,7 @@ class KVEngine:
             dropped = store.evict_one(keep) if keep.dtype == torch.long else store.compact(keep)
             if dropped:
                 self.policy.after_compact(store, step)
+                self._track_peak(store)
         return out.view(B, Hq, T, hd)
 
 
