@@ -27,7 +27,10 @@ class NatsPolicy(Policy):
     the keys a query at t+1 may see. Chunk variant (`chunk_size` C > 1): logits are averaged over
     each chunk of C positions (the scorer is linear, so this is the scorer of the pooled input), the
     first chunk is Global, and an unfinished chunk counts as Global (kept whole) until its last
-    token arrives; a Local chunk is dropped when a later Global chunk completes. The budget is what
+    token arrives; a Local chunk is dropped when a later Global chunk completes. Inside a prefill
+    chunk every query attends under the same rule (`visible`), so chunked prefill keeps the same set
+    and gives the same outputs as prefill at once (and, for W >= C - 1, as the model's dense NAtS
+    forward). The budget is what
     the types keep (reported by the engine). Optional hard cap `budget` / `budget_tokens`: when a
     head keeps more, it evicts Local tokens (oldest first), then Global tokens other than position 0
     (oldest first), then Sliding-window tokens (oldest first), then position 0. `window`,
@@ -43,6 +46,7 @@ class NatsPolicy(Policy):
     observe: ClassVar[str] = "none"
     aux_fields: ClassVar[tuple[str, ...]] = ("nats_type",)
     needs_budget: ClassVar[bool] = False
+    masks_attention: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,14 +88,55 @@ class NatsPolicy(Policy):
         return int(window), float(bias), int(chunk)
 
     def reset(self) -> None:
+        super().reset()
         # per layer: last completed Global chunk (n_seg,) and logit sum of the unfinished chunk (n_seg, 3)
         self.__dict__["_state"] = {}
+        self.__dict__["_typed_step"] = (None, None)
+
+    def visible(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        """(n_seg, T, row_cap): the rule of NATS_METHOD section 1 for every query of a prefill chunk,
+        with the types known at that query (a chunk completed at or before it has its type). None for
+        a one-token step: everything kept is visible to the next query."""
+        if step.q_pos.shape[1] == 1:
+            self._typed(store, step)
+            return None
+        window, _, C = self.settings()
+        ty = self._typed(store, step)
+        m = step.q_pos[:, :, None]  # (n_seg, T, 1) query positions
+        typ, pos, cid = ty["typ"][:, None, :], ty["pos"][:, None, :], ty["cid"][:, None, :]  # (n_seg, 1, row_cap)
+        complete = (cid + 1) * C - 1 <= m  # the key's chunk was complete when the query came
+        # last Global chunk completed strictly before each query: before the step, or inside it
+        ends = (ty["abs_c"] + 1) * C - 1  # (n_seg, K) last token of each chunk the step touched
+        g_step = ty["done"] & (ty["types_c"] == GLOBAL)
+        before = (g_step[:, None, :] & (ends[:, None, :] < m)).long()  # (n_seg, T, K)
+        last_g = torch.maximum(ty["last_global_before"][:, None],
+                               torch.where(before.bool(), ty["abs_c"][:, None, :], -1).max(-1).values)  # (n_seg, T)
+        return ~complete | (typ == GLOBAL) | ((typ == SLIDING) & (m <= pos + window)) \
+            | ((typ == LOCAL) & (cid > last_g[:, :, None]))
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        window, _, _ = self.settings()
+        ty = self._typed(store, step)
+        occupied, typ, pos, cid, seen = store.valid_rows(), ty["typ"], ty["pos"], ty["cid"], step.seen
+        # what a query at position seen (= t+1) may see
+        keep = occupied & ((typ == GLOBAL) | ((typ == LOCAL) & (cid > ty["last_global"][:, None]))
+                           | ((typ == SLIDING) & (pos >= (seen - window)[:, None])))
+        if self.budget is not None or self.budget_tokens is not None:
+            keep = self._cap(keep, typ, pos, self.step_budget(step))
+        if bool((keep.sum(1) == store.lens).all()):
+            return None
+        return keep
+
+    def _typed(self, store: LayerStore, step: Step) -> dict:
+        """Types the step's tokens once per (layer, step) (visible and select share it): updates the
+        layer state and the slots' `nats_type`; returns row-form typ/pos/cid and the step's chunks."""
+        cached_step, cached = self.__dict__["_typed_step"]
+        if cached_step is step:
+            return cached
         if step.type_logits is None:
             raise ValueError(f"nats: layer {step.layer} gave no NAtS type logits: the model has no type scorers "
                              "(use a GPT with attention='nats' or attach scorers to the Hugging Face model)")
-        window, bias, C = self.settings()
+        _, bias, C = self.settings()
         B, Hkv, T, _ = step.type_logits.shape
         if T != step.q_pos.shape[1]:
             raise ValueError(f"nats: expected per-token type logits (B, Hkv, {step.q_pos.shape[1]}, 3), "
@@ -102,7 +147,7 @@ class NatsPolicy(Policy):
         if step.layer not in state:
             state[step.layer] = (torch.full((n_seg,), -1, dtype=torch.long, device=dev),
                                  torch.zeros(n_seg, 3, device=dev))
-        last_global, partial = state[step.layer]
+        last_before, partial = state[step.layer]
         valid, seen = step.q_valid, step.seen
         first = (seen - valid.sum(1)) // C  # (n_seg,) first chunk that was unfinished before the step
         n_done = seen // C - first  # (n_seg,) chunks completed by this step
@@ -118,28 +163,22 @@ class NatsPolicy(Policy):
         types_c = torch.where(abs_c == 0, GLOBAL, types_c)  # the first chunk (position 0) is Global
         done = torch.arange(K, device=dev)[None, :] < n_done[:, None]  # (n_seg, K)
         newest = torch.where(done & (types_c == GLOBAL), abs_c, -1).max(1).values
-        last_global = torch.maximum(last_global, newest)
+        last_global = torch.maximum(last_before, newest)
         partial = sums.gather(1, n_done[:, None, None].expand(-1, 1, 3))[:, 0]  # logit sum of the unfinished chunk
         state[step.layer] = (last_global, partial)
 
-        # (re)type the slots of every chunk that was unfinished before the step
+        # (re)type the slots of every chunk that was unfinished before the step; unfinished ones: Global
         occupied = store.valid_rows()
         pos = store.rows(store.pos, fill=-1)  # (n_seg, row_cap)
         cid = pos // C
         k = cid - first[:, None]
         finished = torch.where(k < n_done[:, None], types_c.gather(1, k.clamp(0, K - 1)), GLOBAL).float()
-        typ = store.rows(store.aux["nats_type"])
-        typ = torch.where(occupied & (k >= 0), finished, typ)
+        typ = torch.where(occupied & (k >= 0), finished, store.rows(store.aux["nats_type"]))
         store.set_rows(store.aux["nats_type"], typ)
-
-        # what a query at position seen (= t+1) may see
-        keep = occupied & ((typ == GLOBAL) | ((typ == LOCAL) & (cid > last_global[:, None]))
-                           | ((typ == SLIDING) & (pos >= (seen - window)[:, None])))
-        if self.budget is not None or self.budget_tokens is not None:
-            keep = self._cap(keep, typ, pos, self.step_budget(step))
-        if bool((keep.sum(1) == store.lens).all()):
-            return None
-        return keep
+        out = {"typ": typ, "pos": pos, "cid": cid, "last_global": last_global, "last_global_before": last_before,
+               "types_c": types_c, "abs_c": abs_c, "done": done}
+        self.__dict__["_typed_step"] = (step, out)
+        return out
 
     @staticmethod
     def _cap(keep: torch.Tensor, typ: torch.Tensor, pos: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:

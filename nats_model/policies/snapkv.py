@@ -54,6 +54,7 @@ class SnapKVPolicy(Policy):
         self.reset()
 
     def reset(self) -> None:
+        super().reset()
         # per layer: (n_seg, <= window_size, row_cap) attention rows of the latest prompt queries
         self.__dict__["_window_rows"] = {}
 

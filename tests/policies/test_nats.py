@@ -55,15 +55,16 @@ class NatsReference:
         mean[G] += self.bias
         return G if c == 0 else max(range(3), key=lambda i: (mean[i], -i))
 
-    def visible_next(self, n, typ, m):
-        """Is key n visible to query m (= tokens seen) under the NAtS rule? typ(c): chunk type or None."""
+    def visible(self, n, m, typ):
+        """Does query m see key n under the NAtS rule? typ(c): chunk type, None while unfinished."""
         c = n // self.C
         t = typ(c)
         if t is None or t == G:
             return True
         if t == S:
             return m <= n + self.W
-        return not any(typ(g) == G for g in range(c + 1, (m - 1) // self.C + 1))  # Local
+        # Local: hidden once a later Global chunk has ended before m
+        return not any(typ(g) == G and (g + 1) * self.C - 1 < m for g in range(c + 1, m // self.C + 1))
 
     def evict_order(self, e, typ):
         t = typ(e["pos"] // self.C)
@@ -86,7 +87,12 @@ class NatsReference:
                         lg[p] = type_logits[b, h, t].tolist()
                 for t in range(T):
                     if self.valid[b, t]:
-                        vis = [e for e in entries if e["pos"] <= int(self.pos[b, t])]
+                        m = int(self.pos[b, t])
+
+                        def typ_m(c, lg=lg, m=m):  # the types known once tokens 0..m have arrived
+                            return self.chunk_type(lg, c, m + 1)
+
+                        vis = [e for e in entries if e["pos"] <= m and self.visible(e["pos"], m, typ_m)]
                         K, V = torch.stack([e["k"] for e in vis]), torch.stack([e["v"] for e in vis])
                         for j in range(g):
                             p = torch.softmax((K @ q[b, h * g + j, t]).float() * hd ** -0.5, -1)
@@ -96,7 +102,7 @@ class NatsReference:
                 def typ(c, lg=lg, seen=seen):
                     return self.chunk_type(lg, c, seen)
 
-                kept = [e for e in entries if self.visible_next(e["pos"], typ, seen)]
+                kept = [e for e in entries if self.visible(e["pos"], seen, typ)]  # for the next query
                 cap = budget_tokens(seen, self.budget, self.tokens)
                 if (self.budget is not None or self.tokens is not None) and len(kept) > cap:
                     drop = sorted(kept, key=lambda e: self.evict_order(e, typ))[: len(kept) - cap]
@@ -146,13 +152,15 @@ def test_kept_positions_match_reference(prompt, model_cfg, params, chunk):
     assert any(len(kept) < int(mask[b].sum()) + 8 for (_, b, _), kept in final.items())  # tokens were dropped
 
 
-@pytest.mark.parametrize("window, chunk_size", [(3, None), (4, 4)])
-def test_token_by_token_equals_the_models_own_nats_attention(window, chunk_size):
-    """Fed one token per step, each query sees exactly what the NAtS visibility rule allows, so the
-    streaming NLL equals that of the model's dense NAtS forward (W >= C - 1 for chunks)."""
+@pytest.mark.parametrize("window, chunk_size, step", [(3, None, 1), (3, None, 6), (4, 4, 1), (3, 4, 7)])
+def test_streaming_nll_equals_the_models_own_nats_attention(window, chunk_size, step):
+    """Each query sees exactly what the NAtS visibility rule allows (kept set between steps, the
+    policy's `visible` inside a prefill chunk), so the streaming NLL equals that of the model's dense
+    NAtS forward, token by token or in chunks. (Chunk types need W >= C - 1: the dense forward
+    knows a chunk's type before the chunk ends, the cache treats it as Global until then.)"""
     model = nats_gpt(window, chunk_size)
     ids = torch.randint(0, 61, (2, 26), generator=torch.Generator().manual_seed(5))
-    nll = score(model, ids, build("nats"), prefill_chunk_size=1)
+    nll = score(model, ids, build("nats"), prefill_chunk_size=step)
     logits, _ = model(ids)
     dense = -torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
     torch.testing.assert_close(nll, dense, atol=1e-4, rtol=1e-4)
@@ -161,17 +169,22 @@ def test_token_by_token_equals_the_models_own_nats_attention(window, chunk_size)
 
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_chunked_prefill_keeps_the_same_set_as_prefill_at_once(prompt, chunk_size):
-    model = nats_gpt(3, chunk_size, n_layer=1)  # one layer: its types do not depend on the chunking
+    model = nats_gpt(3, chunk_size)
     ids, mask = prompt
-    finals = []
+    finals, outs = [], []
     for chunk in (1, 3, 8, 23):
         policy = build("nats")
         policy.bind_model(model)
         engine = RecordingEngine(policy, batch=2)
-        drive(model, engine, policy.rope_positions, ids, mask, chunk, n_decode=0)
-        finals.append(engine.history[-1])
+        toks, logits = drive(model, engine, policy.rope_positions, ids, mask, chunk, n_decode=4)
+        finals.append(engine.history[-2:])  # both layers after the last decode step
+        outs.append((toks, logits))
     assert all(f == finals[0] for f in finals[1:])
-    assert any(len(kept) < int(mask[b].sum()) for (_, b, _), kept in finals[0].items())
+    assert any(len(kept) < int(mask[b].sum()) + 4 for (_, b, _), kept in finals[0][1].items())
+    for toks, logits in outs[1:]:
+        assert torch.equal(toks, outs[0][0])
+        for a, b in zip(logits, outs[0][1], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_all_global_types_generate_like_the_full_cache(prompt):
