@@ -1,12 +1,13 @@
 """Concurrent writers: 8 processes x 500 records into one store give exactly 4000 rows, no error.
 
-The writers are forked processes (each opens its own Store after the fork, so each has its
-own connections, file locks and transactions), started together on an event.
+The writers are separate processes (each opens its own Store, so each has its own
+connections, file locks and transactions), started together on an event.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 import traceback
 
@@ -61,7 +62,9 @@ def _writer(url: str, index: int, ready, go, results) -> None:
 
 @pytest.mark.slow
 def test_eight_concurrent_writers_give_exactly_4000_rows(store_url, record_property):
-    ctx = multiprocessing.get_context("fork")  # no re-import per writer: fast start on a busy machine
+    # fork: no re-import per writer (fast on a busy machine); spawn when this process already
+    # runs threads (an earlier test's Ray or torch pool), where forking is not safe.
+    ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=_writer, args=(store_url, i, ready, go, results)) for i in range(WRITERS)]
     for proc in procs:
