@@ -121,28 +121,28 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
         K = store.k[start:start + n * cap].view(n, cap, hd)
         V = store.v[start:start + n * cap].view(n, cap, hd)
         sel = slice(None) if store.uniform else seg_ids
-        lens = store.lens[sel]
-        slot = torch.arange(cap, device=q.device)
+        lens = store.lens if store.uniform else store.lens[seg_ids]
         if decode and all_valid and T == 1 and sliding_window is None and visible is None:
             # every stored position precedes the query: only unoccupied slots are hidden
-            if store.free_min > 0 or bool((lens < cap).any()):
-                mask = (store.valid_rows() if store.uniform else slot[None, :] < lens[:, None])[:, None, :]
+            if store.uniform:
+                mask = store.valid_rows()[:, None, :] if store.free_min > 0 or bool((lens < cap).any()) else None
             else:
-                mask = None
+                mask = (torch.arange(cap, device=q.device)[None, :] < lens[:, None])[:, None, :]
         else:
+            slot = torch.arange(cap, device=q.device)
             P = store.pos[start:start + n * cap].view(n, cap)
             mask = (slot[None, :] < lens[:, None])[:, None, :] & (P[:, None, :] <= qp[sel][:, :, None])
             if sliding_window is not None:
                 mask = mask & (P[:, None, :] > qp[sel][:, :, None] - sliding_window)  # (n, T, cap)
             if visible is not None:  # the policy's own rule (e.g. NAtS types); padding queries exempt
                 mask = mask & (visible[sel][:, :, :cap] | ~q_valid[sel][:, :, None])
-        qg = q[sel].reshape(n, g * T, hd)  # the group's query heads become extra query rows
+        qg = (q if store.uniform else q[seg_ids]).reshape(n, g * T, hd)  # query heads become query rows
         if mask is not None and mask.shape[1] != 1:
             mask = mask[:, None].expand(n, g, T, cap).reshape(n, g * T, cap)
         if not want:
-            o = F.scaled_dot_product_attention(qg[:, None], K[:, None], V[:, None],
-                                               attn_mask=None if mask is None else mask[:, None], scale=scale)
-            o = o[:, 0]  # (n, g*T, hd)
+            o = F.scaled_dot_product_attention(qg.unsqueeze(1), K.unsqueeze(1), V.unsqueeze(1),
+                                               attn_mask=None if mask is None else mask.unsqueeze(1), scale=scale)
+            # (n, 1, g*T, hd)
         else:
             s = torch.baddbmm(qg.new_empty(()), qg, K.transpose(1, 2), beta=0.0, alpha=scale).float()  # (n, g*T, cap)
             if mask is not None:
