@@ -233,3 +233,40 @@ def test_a_model_without_scorers_is_refused(prompt):
         drive(plain, RecordingEngine(policy, batch=2), policy.rope_positions, ids, mask, 5, n_decode=0)
     with pytest.raises(ValueError, match="window unknown"):
         build("nats").settings()
+
+
+@pytest.mark.slow
+def test_hugging_face_model_with_scorer_hooks():
+    """An HF Llama whose self_attn pre-hooks store per-token type logits (`nats_type_logits`): the
+    window comes from `config.nats_window`; all-Global scorers reproduce `full`, mixed ones drop."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=89, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0)
+    cfg.nats_window, cfg.nats_global_bias = 2, 0.0
+    model = LlamaForCausalLM(cfg).eval()
+    scorers = [torch.nn.Linear(32, 2 * 3, bias=False) for _ in range(2)]
+
+    def hook_for(scorer):
+        def hook(module, args, kwargs):
+            x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (B, T, d) normed input
+            module.nats_type_logits = scorer(x).view(*x.shape[:2], 2, 3).permute(0, 2, 1, 3)  # (B, Hkv, T, 3)
+        return hook
+
+    for layer, scorer in zip(model.model.layers, scorers, strict=True):
+        layer.self_attn.register_forward_pre_hook(hook_for(scorer), with_kwargs=True)
+    ids = torch.randint(1, 89, (2, 15), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    with torch.no_grad():
+        for s in scorers:
+            s.weight.zero_()  # logits 0: argmax picks Global (index 0) on the tie
+    full = generate(model, ids, build("full"), 6, attention_mask=mask, prefill_chunk_size=4)
+    same = generate(model, ids, build("nats"), 6, attention_mask=mask, prefill_chunk_size=4)
+    assert torch.equal(same.tokens, full.tokens) and same.kept_fraction == 1.0
+    with torch.no_grad():
+        for s in scorers:
+            s.weight.normal_(0, 5.0)
+    mixed = generate(model, ids, build("nats"), 6, attention_mask=mask, prefill_chunk_size=4)
+    assert mixed.kept_fraction < 0.9 and mixed.kv_bytes_physical < full.kv_bytes_physical
