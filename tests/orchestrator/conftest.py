@@ -8,7 +8,6 @@ they execute to a session file (`NATSBENCH_FAKE_LOG`).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,18 +21,10 @@ os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")  # busy 2-core CI m
 import pytest  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-FAKE_RUNNER = "orch_fake_runner"
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-
-def fake_calls(log_path: Path, model: str) -> list[dict]:
-    """The cells the fake runner executed for `model` (one dict per call, in order)."""
-    if not log_path.exists():
-        return []
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["model"] == model]
+from orch_helpers import FAKE_RUNNER, REPO  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import REPO
+from orch_helpers import REPO
 
 from orchestrator.spec import load_spec
 from orchestrator.submit import submission_id

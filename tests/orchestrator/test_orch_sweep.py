@@ -14,7 +14,7 @@ import time
 
 import pytest
 import yaml
-from conftest import FAKE_RUNNER, HERE, REPO, fake_calls
+from orch_helpers import FAKE_RUNNER, HERE, REPO, fake_calls
 
 from orchestrator.run import run_sweep
 from orchestrator.spec import load_spec, parse_spec
