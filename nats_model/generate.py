@@ -82,7 +82,7 @@ class KVEngine:
         step = Step(layer=layer_idx, prefill=st["prefill"], last_prefill=st["last"],
                     seen=st["seen_seg"], q_pos=st["pos_seg"], q_valid=st["valid_seg"],
                     new_slots=new_slots, attn_sum=None, probs=None, type_logits=type_logits,
-                    q=qs, k_new=k_new, v_new=v_new)
+                    q=qs, k_new=k_new, v_new=v_new, n_kv_heads=Hkv)
         visible = self.policy.visible(store, step) if self.policy.masks_attention else None
         out, step.attn_sum, step.probs = attend_store(
             store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"], scale, sliding_window,

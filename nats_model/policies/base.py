@@ -42,6 +42,7 @@ class Step:
       queries are zero).
     type_logits (B, Hkv, T, 3) or None: NAtS scorer logits of the new tokens.
     q (n_seg, g, T, hd), k_new / v_new (n_seg, T, hd): the step's queries and new keys/values.
+    n_kv_heads: KV heads per sequence (to group a sequence's segments, e.g. layer-wise scores).
     """
 
     layer: int
@@ -57,6 +58,7 @@ class Step:
     q: torch.Tensor
     k_new: torch.Tensor
     v_new: torch.Tensor
+    n_kv_heads: int = 0  # KV heads per sequence (segment s = b * n_kv_heads + h); 0 = not given
 
 
 @dataclass

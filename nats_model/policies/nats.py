@@ -28,10 +28,10 @@ class NatsPolicy(Policy):
     each chunk of C positions (the scorer is linear, so this is the scorer of the pooled input), the
     first chunk is Global, and an unfinished chunk counts as Global (kept whole) until its last
     token arrives; a Local chunk is dropped when a later Global chunk completes. Inside a prefill
-    chunk every query attends under the same rule (`visible`), so chunked prefill keeps the same set
-    and gives the same outputs as prefill at once (and, for W >= C - 1, as the model's dense NAtS
-    forward). The budget is what
-    the types keep (reported by the engine). Optional hard cap `budget` / `budget_tokens`: when a
+    chunk every query attends under the same rule (`visible`), so without a cap chunked prefill
+    keeps the same set and gives the same outputs as prefill at once (and, for W >= C - 1, as the
+    model's dense NAtS forward). The budget is what the types keep (reported by the engine).
+    Optional hard cap `budget` / `budget_tokens`, applied after every step: when a
     head keeps more, it evicts Local tokens (oldest first), then Global tokens other than position 0
     (oldest first), then Sliding-window tokens (oldest first), then position 0. `window`,
     `global_bias`, `chunk_size` default to the model's config (`bind_model`; for Hugging Face models

@@ -22,7 +22,7 @@ class TOVAPolicy(Policy):
     drops one token per step (the lowest score, the newest token included, as in the paper); a
     prefill chunk is reduced to the budget at once with its last query's attention (a prompt
     prefilled at once: the last prompt query). On exact score ties the later position goes first.
-    Needs the model's KV head count: `bind_model(model)` (generate/score call it).
+    Groups a sequence's KV heads by `Step.n_kv_heads` (or the count read by `bind_model`).
     """
 
     name: ClassVar[str] = "tova"
@@ -47,10 +47,10 @@ class TOVAPolicy(Policy):
         most = int(n_drop.max())
         if most <= 0:
             return None
-        hkv = self.__dict__["_n_kv_heads"]
-        if hkv is None or store.n_seg % hkv:
-            raise ValueError(f"tova: KV head count {hkv!r} unknown or not dividing {store.n_seg} segments; "
-                             "call bind_model(model) first")
+        hkv = step.n_kv_heads or self.__dict__["_n_kv_heads"]
+        if not hkv or store.n_seg % hkv:
+            raise ValueError(f"tova: KV head count {hkv!r} unknown or not dividing {store.n_seg} segments "
+                             "(the engine gives Step.n_kv_heads; else call bind_model(model))")
         n_seg, g, T, row_cap = step.probs.shape
         last = (step.q_valid.long() * torch.arange(1, T + 1, device=step.q_valid.device)).argmax(1)  # (n_seg,)
         p = step.probs.gather(2, last[:, None, None, None].expand(n_seg, g, 1, row_cap))[:, :, 0].sum(1)

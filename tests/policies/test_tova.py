@@ -86,8 +86,7 @@ CASES = [  # policy params, prefill chunk
 @pytest.mark.parametrize("params, chunk", CASES)
 def test_kept_positions_match_reference(model, prompt, params, chunk):
     ids, mask = prompt
-    policy = build("tova", **params)
-    policy.bind_model(model)
+    policy = build("tova", **params)  # the engine gives Step.n_kv_heads: no bind_model needed
     engine = RecordingEngine(policy, batch=2)
     ref = TovaReference(2, params.get("budget"), params.get("budget_tokens"))
     toks, logits = drive(model, engine, policy.rope_positions, ids, mask, chunk, n_decode=8)
@@ -134,8 +133,18 @@ def test_bad_parameters_are_named(params, needle):
     assert needle in str(err.value)
 
 
-def test_unbound_policy_is_refused(model, prompt):
+def test_unknown_kv_head_count_is_refused(model, prompt):
+    """Without Step.n_kv_heads (an engine that does not give it) and without bind_model: a clear error."""
+    from nats_model.policies.tova import TOVAPolicy
+
+    class NoHeadCount(TOVAPolicy):
+        def select(self, store, step):
+            step.n_kv_heads = 0
+            return super().select(store, step)
+
     ids, mask = prompt
-    policy = build("tova", budget_tokens=4)  # bind_model not called: the KV head count is unknown
-    with pytest.raises(ValueError, match="call bind_model"):
+    policy = NoHeadCount(budget_tokens=4)
+    with pytest.raises(ValueError, match="KV head count None unknown"):
         drive(model, RecordingEngine(policy, batch=2), policy.rope_positions, ids, mask, 26, n_decode=0)
+    policy.bind_model(model)  # the count read from the model config
+    drive(model, RecordingEngine(policy, batch=2), policy.rope_positions, ids, mask, 26, n_decode=0)
