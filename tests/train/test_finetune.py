@@ -31,8 +31,8 @@ def raw_config(base, **over) -> dict:
         "base": str(base),
         "nats": {"window": 4, "lam": 0.0, "global_bias": 0.0, "init_logits": [0.0, 0.0, 0.0]},
         "loss": "logits_kl",
-        "data": {"text_weight": 0.5, "text_max_bytes": 100_000,
-                 "tasks": {"passkey": {"weight": 0.5, "params": {"digits": [2, 3]}}}},
+        "data": {"text_weight": 0.0, "text_max_bytes": 100_000,  # text only where a test needs it (corpus load ~3 s)
+                 "tasks": {"passkey": {"weight": 1.0, "params": {"digits": [2, 3]}}}},
         "stages": [{"seq_len": 128, "steps": 4, "batch_size": 2}],
         "optim": {"lr": 1e-2},
         "eval": {"interval": 4, "batch_size": 4, "examples_per_task": 4},
@@ -91,8 +91,9 @@ def test_teacher_is_full_attention_and_shares_weights(base_dir):
 
 def test_loss_kinds_and_positions(base_dir):
     dm = GPTDistill(base_dir, NatsSettings(window=2))
-    batch = BatchMaker(parse_finetune_config(raw_config(base_dir)).data).batch(
-        random.Random(0), 2, 128, kinds=["passkey", "text"])
+    raw = raw_config(base_dir)
+    raw["data"]["text_weight"] = 0.5
+    batch = BatchMaker(parse_finetune_config(raw).data).batch(random.Random(0), 2, 128, kinds=["passkey", "text"])
     w = loss_positions(batch, text_all_positions=True)
     assert w[0].sum() == batch.answer_mask[0].sum() > 0 and w[1].sum() == 128
     assert loss_positions(batch, text_all_positions=False)[1].sum() == 0
@@ -120,7 +121,6 @@ def test_loss_decreases(base_dir, tmp_path):
     # lam = 0: the student can match the teacher exactly by typing everything Global
     raw = raw_config(base_dir, stages=[{"seq_len": 128, "steps": 36, "batch_size": 4}],
                      optim={"lr": 5e-2, "warmup_fraction": 0.0}, eval={"interval": 1000, "examples_per_task": 2})
-    raw["data"]["text_weight"] = 0.0
     finetune(parse_finetune_config(raw), tmp_path / "ft", progress=False)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(x)]
