@@ -104,7 +104,7 @@ def test_loss_kinds_and_positions(base_dir):
     s = dm.student(batch.inputs)
     mse, kl = (float(distill_loss(s, t, w, k).detach()) for k in ("hidden_mse", "logits_kl"))
     assert mse > 0 and kl > 0
-    assert float(distill_loss(s, t, w, "both", kl_weight=2.0)) == pytest.approx(mse + 2 * kl, rel=1e-5)
+    assert float(distill_loss(s, t, w, "both", kl_weight=2.0).detach()) == pytest.approx(mse + 2 * kl, rel=1e-5)
     with pytest.raises(ValueError, match="hidden_mse"):
         distill_loss(s, t, w, "mse")
 
