@@ -57,11 +57,17 @@ class TOVAPolicy(Policy):
         occupied = store.valid_rows()
         pos = store.rows(store.pos, fill=0)  # (n_seg, row_cap)
         # mean over the layer's query heads, per (sequence, position)
-        span = int(step.seen.max())
-        flat = (torch.arange(n_seg, device=pos.device) // hkv)[:, None] * span + pos  # (n_seg, row_cap)
-        total = torch.zeros(n_seg // hkv * span, device=pos.device)
-        total.index_add_(0, flat[occupied], p[occupied])
-        score = (total[flat] / (hkv * g)).masked_fill(~occupied, float("inf"))  # (n_seg, row_cap)
+        pos_g, occ_g = pos.view(-1, hkv, row_cap), occupied.view(-1, hkv, row_cap)  # (B, Hkv, row_cap)
+        if bool((pos_g == pos_g[:, :1]).all()) and bool((occ_g == occ_g[:, :1]).all()):
+            # the usual case: a sequence's heads hold the same positions in the same rows
+            total = p.view(-1, hkv, row_cap).sum(1, keepdim=True).expand(-1, hkv, -1).reshape(n_seg, row_cap)
+        else:  # rows ordered differently: add up by position
+            span = int(step.seen.max())
+            flat = (torch.arange(n_seg, device=pos.device) // hkv)[:, None] * span + pos  # (n_seg, row_cap)
+            by_pos = torch.zeros(n_seg // hkv * span, device=pos.device)
+            by_pos.index_add_(0, flat[occupied], p[occupied])
+            total = by_pos[flat]
+        score = (total / (hkv * g)).masked_fill(~occupied, float("inf"))  # (n_seg, row_cap)
         if most == 1:  # decode: one token per segment; ties to the later position
             low = score == score.min(1, keepdim=True).values
             pick = torch.where(low & occupied, pos, -1).argmax(1)

@@ -148,3 +148,34 @@ def test_unknown_kv_head_count_is_refused(model, prompt):
         drive(model, RecordingEngine(policy, batch=2), policy.rope_positions, ids, mask, 26, n_decode=0)
     policy.bind_model(model)  # the count read from the model config
     drive(model, RecordingEngine(policy, batch=2), policy.rope_positions, ids, mask, 26, n_decode=0)
+
+
+@pytest.mark.parametrize("budget", [5, 3])  # one drop (decode fast path) / several
+def test_heads_with_differently_ordered_rows_drop_the_same_positions(budget):
+    """Scores are added up by position, not by row, when a sequence's heads order rows differently."""
+    from nats_model.cache import LayerStore
+    from nats_model.policies.base import Step
+
+    g = torch.Generator().manual_seed(0)
+    p_by_pos = torch.softmax(torch.randn(2, 6, generator=g), -1)  # (head, position) attention of the query
+    kept = {}
+    for perm in (torch.arange(6), torch.tensor([3, 0, 5, 1, 4, 2])):
+        store = LayerStore(2, 4, torch.float32, torch.device("cpu"))
+        pos = torch.stack([torch.arange(6), perm])  # head 1 stores the positions in another order
+        store.append(torch.randn(2, 6, 4, generator=g), torch.randn(2, 6, 4, generator=g), pos,
+                     torch.ones(2, 6, dtype=torch.bool))
+        probs = torch.zeros(2, 1, 1, store.row_cap)
+        probs[:, 0, 0, :6] = torch.stack([p_by_pos[0], p_by_pos[1][perm]])
+        step = Step(layer=0, prefill=False, last_prefill=False, seen=torch.tensor([6, 6]),
+                    q_pos=torch.tensor([[5], [5]]), q_valid=torch.ones(2, 1, dtype=torch.bool),
+                    new_slots=torch.tensor([[5], [5]]), attn_sum=None, probs=probs, type_logits=None,
+                    q=torch.zeros(2, 1, 1, 4), k_new=torch.zeros(2, 1, 4), v_new=torch.zeros(2, 1, 4), n_kv_heads=2)
+        keep = build("tova", budget_tokens=budget).select(store, step)
+        if keep.dtype == torch.long:
+            store.evict_one(keep)
+        else:
+            store.compact(keep)
+        rows, valid = store.rows(store.pos), store.valid_rows()
+        kept[perm[0].item()] = [sorted(rows[s][valid[s]].tolist()) for s in range(2)]
+    want = sorted(p_by_pos.mean(0).argsort(descending=True)[:budget].tolist())
+    assert kept[0] == kept[3] == [want, want]
