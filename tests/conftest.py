@@ -16,6 +16,15 @@ import warnings
 
 import pytest
 
+# Triton runs on the CPU only through its interpreter, and only when TRITON_INTERPRET=1 is set
+# before triton is first imported. Other tests (transformers, torch) may import triton before the
+# kernel tests' own conftest runs, so it is set here, once, for the whole session.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 PG_URL_ENV = "NATSBENCH_PG_URL"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 _SCHEMA_PREFIX = "nb_test_"
