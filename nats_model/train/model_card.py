@@ -38,8 +38,10 @@ def render(folder: Path, name: str, command: str, evals: list[dict], wall_time_s
         lines.append(f"- `{task}`: weight {mix['weight']}, params {json.dumps(mix['params'])}")
     lines.append(f"- answer-focused loss: prompt tokens weigh {train_cfg['data']['prompt_loss_weight']}, "
                  "answer tokens 1")
-    lines.append("- curriculum: " + ", ".join(f"{s['steps']} steps at {s['seq_len']} tokens (batch {s['batch_size']})"
-                                             for s in train_cfg["stages"]))
+    lines.append("- curriculum:")
+    for s in train_cfg["stages"]:
+        mix = f", mix weights {json.dumps(s['weights'])}" if s.get("weights") else ""
+        lines.append(f"  - {s['steps']} steps at {s['seq_len']} tokens (batch {s['batch_size']}){mix}")
     o = train_cfg["optim"]
     lines.append(f"- AdamW lr {o['lr']}, betas {o['betas']}, weight decay {o['weight_decay']}, warmup "
                  f"{o['warmup_steps']} then cosine to {o['min_lr_ratio']} x lr, clip {o['grad_clip']}")
