@@ -8,20 +8,12 @@ model-first, so a worker that holds a model finds its next cell next to it.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.spec import SweepSpec
+from orchestrator.spec import SweepSpec, grid
 
 DONE, FAILED, PENDING, RUNNING = "done", "failed", "pending", "running"
-
-
-def _grid(params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Product of the list-valued entries; scalars ride along. Keys keep the file's order."""
-    keys = list(params)
-    axes = [params[k] if isinstance(params[k], list) else [params[k]] for k in keys]
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
 
 
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -29,9 +21,11 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     configs: list[dict[str, Any]] = []
     for m in spec.models:
         for w in spec.workloads:
-            for w_params in _grid(w.params):
+            for w_params in grid(w.params):
                 for p in spec.policies:
-                    for p_params in _grid(p.params):
+                    if p.models is not None and m.name not in p.models:
+                        continue
+                    for p_params in grid(p.params):
                         for seed in spec.seeds:
                             configs.append(
                                 {

@@ -21,6 +21,7 @@ closed, the allowed values; `load_spec` raises `SpecError` before anything runs.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ class PolicySpec(_Strict):
 
     name: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    # Restrict the policy to these model names (default: every model of the sweep). The demo
+    # runs `nats` only on the models that have NAtS scorers.
+    models: list[str] | None = None
 
 
 class WorkloadSpec(_Strict):
@@ -168,9 +172,8 @@ def _check_grid(path: str, params: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"{path}.{key}: an empty list gives no cells; give at least one value")
 
 
-def _combos(params: dict[str, Any]) -> list[dict[str, Any]]:
-    import itertools
-
+def grid(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Product of the list-valued entries; scalars ride along. Keys keep the file's order."""
     keys = list(params)
     axes = [params[k] if isinstance(params[k], list) else [params[k]] for k in keys]
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
@@ -181,7 +184,7 @@ def _check_policy_params(i: int, p: PolicySpec, problems: list[str]) -> None:
     from nats_model import policies
 
     seen: set[str] = set()
-    for combo in _combos(p.params):
+    for combo in grid(p.params):
         try:
             policies.build(p.name, **combo)
         except (ValueError, TypeError) as exc:
@@ -199,7 +202,7 @@ def _check_workload_params(i: int, w: WorkloadSpec, problems: list[str]) -> None
     if validate is None or any(isinstance(v, list) and not v for v in w.params.values()):
         return
     seen: set[str] = set()
-    for combo in _combos(w.params):
+    for combo in grid(w.params):
         try:
             validate(combo)
         except (ValueError, TypeError) as exc:
@@ -226,6 +229,11 @@ def check_semantics(spec: SweepSpec) -> list[str]:
             problems.append(
                 f"policies[{i}].name: unknown policy {p.name!r}; allowed: {', '.join(policy_names)}"
             )
+        model_names = [m.name for m in spec.models]
+        for j, name in enumerate(p.models or []):
+            if name not in model_names:
+                problems.append(f"policies[{i}].models[{j}]: unknown model {name!r}; allowed: the sweep's "
+                                f"models {', '.join(model_names)}")
         before = len(problems)
         _check_grid(f"policies[{i}].params", p.params, problems)
         _check_budgets(f"policies[{i}].params", p.params, problems)

@@ -132,3 +132,20 @@ def test_demo_says_plainly_when_no_model_exists(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--config", str(cfg), "--db", f"sqlite:///{db}"]) == 2
     err = capsys.readouterr().err
     assert "no-such-model not built yet" in err and not db.exists()
+
+
+def test_policy_models_restricts_the_policy_to_those_models():
+    spec = parse_spec(base_spec(
+        models=[{"name": "random:tiny-gpt"}, {"name": "random:tiny-gpt-nats"}],
+        policies=[{"name": "full"}, {"name": "nats", "models": ["random:tiny-gpt-nats"]}],
+        seeds=[0]))
+    pairs = {(c["model"], c["policy"]) for c in expand(spec)}
+    assert pairs == {("random:tiny-gpt", "full"), ("random:tiny-gpt-nats", "full"),
+                     ("random:tiny-gpt-nats", "nats")}
+
+
+def test_policy_models_must_name_models_of_the_sweep():
+    with pytest.raises(SpecError) as err:
+        parse_spec(base_spec(policies=[{"name": "full", "models": ["tiny-bse"]}]))
+    assert "policies[0].models[0]: unknown model 'tiny-bse'" in str(err.value)
+    assert "random:tiny-gpt" in str(err.value)
