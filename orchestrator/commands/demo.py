@@ -37,7 +37,7 @@ def _label(rec: dict[str, Any]) -> str:
 
 def comparison_table(records: list[dict[str, Any]]) -> str:
     """Rows: model x policy x budget; columns: mean accuracy per workload cell, kept fraction,
-    mean physical KV KiB. Failed cells show as `x`."""
+    mean physical KV KiB. Failed cells show as `x`; lm_text cells show their perplexity."""
     workloads = sorted({_label(r) for r in records})
     groups: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -60,6 +60,11 @@ def comparison_table(records: list[dict[str, Any]]) -> str:
         for w in workloads:
             rs = by_w.get(w, [])
             ok = [r for r in rs if r.get("status") == "done" and r.get("accuracy") is not None]
+            ppl = [r["extras"]["ppl"] for r in rs if r.get("status") == "done" and r.get("accuracy") is None
+                   and (r.get("extras") or {}).get("ppl") is not None]
+            if ppl:  # lm_text reports streaming perplexity, not accuracy
+                cells.append(f"ppl {sum(ppl) / len(ppl):.2f}")
+                continue
             cells.append("" if not rs else ("x" if not ok else f"{sum(r['accuracy'] for r in ok) / len(ok):.2f}"))
             kept += [r["kept_fraction"] for r in ok if r.get("kept_fraction") is not None]
             kv += [r["kv_bytes_physical"] for r in ok if r.get("kv_bytes_physical") is not None]
@@ -80,6 +85,7 @@ def missing_models(spec: Any) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from orchestrator.plan import build_cells
     from orchestrator.run import open_store, run_sweep
     from orchestrator.spec import SpecError, load_spec
 
@@ -104,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args.db)
     print(f"natsbench demo: sweep {spec.name} ({args.config}) into {args.db}", file=sys.stderr)
     result = run_sweep(spec, args.db, workers=args.workers, store=store)
-    print(comparison_table(store.runs(spec.name)))
+    # Only this file's cells: a sweep keeps the rows of cells an earlier version of the file had.
+    keys = {cell.run_key for cell in build_cells(spec)}
+    print(comparison_table([r for r in store.runs(spec.name) if r["run_key"] in keys]))
     print(json.dumps(result.summary()))
     sys.stdout.flush()
     if result.interrupted:
