@@ -196,14 +196,19 @@ def parse_config(raw: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML training config."""
+def read_yaml(path: str | Path) -> Any:
+    """The decoded YAML of a config file; a missing file is a ConfigError naming it."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
-    return parse_config(yaml.safe_load(p.read_text()))
+    return yaml.safe_load(p.read_text())
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML training config."""
+    return parse_config(read_yaml(path))
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nats_model.train.config import ConfigError, DataConfig, Stage, _build, _positive, parse_config
+from nats_model.train.config import ConfigError, DataConfig, Stage, _build, _positive, parse_config, read_yaml
 
 LOSS_KINDS = ("hidden_mse", "logits_kl", "both")
 
@@ -138,12 +138,7 @@ def parse_finetune_config(raw: dict[str, Any]) -> FinetuneConfig:
 
 def load_finetune_config(path: str | Path) -> FinetuneConfig:
     """Read and validate a YAML fine-tuning config."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
-    return parse_finetune_config(yaml.safe_load(p.read_text()))
+    return parse_finetune_config(read_yaml(path))
 
 
 def finetune_config_to_dict(cfg: FinetuneConfig) -> dict[str, Any]:
