@@ -43,7 +43,24 @@ def keep_h2o(entries, seen, budget, recent_ratio):
     return sorted(recent + heavy, key=lambda e: e["pos"])
 
 
-class ReferenceEngine:
+class BruteForceEngine:
+    """Bookkeeping shared by the brute-force reference engines of the policy tests: tokens seen per
+    sequence, and kept counts read from `store[(layer, b, h)]` (a list of kept entries)."""
+
+    batch: int
+    store: dict
+    seen: list
+
+    def begin_step(self, positions, valid, *, prefill, last_prefill=False):
+        self.pos, self.valid = positions, valid
+        for b in range(self.batch):
+            self.seen[b] += int(valid[b].sum())
+
+    def kept_per_seq(self):
+        return torch.tensor([len(self.store.get((0, b, 0), [])) for b in range(self.batch)])
+
+
+class ReferenceEngine(BruteForceEngine):
     """Drop-in `kv_engine` with the same `begin_step`/`attend` API as `KVEngine`.
 
     rule: "full", "streaming_llm" or "h2o"; rerotate: StreamingLLM positions inside the cache.
@@ -59,13 +76,6 @@ class ReferenceEngine:
         self.seen = [0] * batch
         self.history: list[dict] = []
 
-    def begin_step(self, positions, valid, *, prefill, last_prefill=False):
-        self.pos, self.valid = positions, valid
-        for b in range(self.batch):
-            self.seen[b] += int(valid[b].sum())
-
-    def kept_per_seq(self):
-        return torch.tensor([len(self.store.get((0, b, 0), [])) for b in range(self.batch)])
 
     def attend(self, layer, q, k, v, *, positions=None, type_logits=None, scale=None, sliding_window=None):
         B, Hq, T, hd = q.shape

@@ -13,7 +13,7 @@ from nats_model.generate import generate, score
 from nats_model.models.gpt import GPT, GPTConfig
 from nats_model.policies import build
 
-from .kv_reference import RecordingEngine, budget_tokens, drive
+from .kv_reference import BruteForceEngine, RecordingEngine, budget_tokens, drive
 
 G, L, S = 0, 1, 2
 
@@ -29,7 +29,7 @@ def nats_gpt(window=3, chunk_size=None, global_bias=0.0, n_layer=2, seed=0, zero
     return model
 
 
-class NatsReference:
+class NatsReference(BruteForceEngine):
     """Brute-force NAtS cache with the `begin_step` / `attend` API of `KVEngine`."""
 
     def __init__(self, batch, window, chunk_size=1, global_bias=0.0, budget=None, budget_tokens=None):
@@ -38,13 +38,6 @@ class NatsReference:
         self.store, self.logits, self.history = {}, {}, []
         self.seen = [0] * batch
 
-    def begin_step(self, positions, valid, *, prefill, last_prefill=False):
-        self.pos, self.valid = positions, valid
-        for b in range(self.batch):
-            self.seen[b] += int(valid[b].sum())
-
-    def kept_per_seq(self):
-        return torch.tensor([len(self.store.get((0, b, 0), [])) for b in range(self.batch)])
 
     def chunk_type(self, lg, c, seen):
         """Type of chunk c given per-position logits lg; None while the chunk is unfinished."""

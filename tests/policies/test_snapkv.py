@@ -12,10 +12,10 @@ import torch
 from nats_model.generate import generate
 from nats_model.policies import build
 
-from .kv_reference import RecordingEngine, budget_tokens, drive, tiny_gpt
+from .kv_reference import BruteForceEngine, RecordingEngine, budget_tokens, drive, tiny_gpt
 
 
-class SnapReference:
+class SnapReference(BruteForceEngine):
     """Brute-force SnapKV cache with the `begin_step` / `attend` API of `KVEngine`."""
 
     def __init__(self, batch, window_size, kernel_size, pooling, budget=None, budget_tokens=None):
@@ -25,12 +25,8 @@ class SnapReference:
         self.seen = [0] * batch
 
     def begin_step(self, positions, valid, *, prefill, last_prefill=False):
-        self.pos, self.valid, self.prefill, self.last = positions, valid, prefill, last_prefill
-        for b in range(self.batch):
-            self.seen[b] += int(valid[b].sum())
-
-    def kept_per_seq(self):
-        return torch.tensor([len(self.store.get((0, b, 0), [])) for b in range(self.batch)])
+        super().begin_step(positions, valid, prefill=prefill, last_prefill=last_prefill)
+        self.prefill, self.last = prefill, last_prefill
 
     def pooled(self, scores):
         r, out = self.k // 2, []

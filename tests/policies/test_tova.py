@@ -12,10 +12,10 @@ import torch
 from nats_model.generate import generate
 from nats_model.policies import build
 
-from .kv_reference import RecordingEngine, budget_tokens, drive, tiny_gpt
+from .kv_reference import BruteForceEngine, RecordingEngine, budget_tokens, drive, tiny_gpt
 
 
-class TovaReference:
+class TovaReference(BruteForceEngine):
     """Brute-force TOVA cache with the `begin_step` / `attend` API of `KVEngine`."""
 
     def __init__(self, batch, budget=None, budget_tokens=None):
@@ -23,13 +23,6 @@ class TovaReference:
         self.store, self.history = {}, []
         self.seen = [0] * batch
 
-    def begin_step(self, positions, valid, *, prefill, last_prefill=False):
-        self.pos, self.valid = positions, valid
-        for b in range(self.batch):
-            self.seen[b] += int(valid[b].sum())
-
-    def kept_per_seq(self):
-        return torch.tensor([len(self.store.get((0, b, 0), [])) for b in range(self.batch)])
 
     def attend(self, layer, q, k, v, *, positions=None, type_logits=None, scale=None, sliding_window=None):
         B, Hq, T, hd = q.shape
