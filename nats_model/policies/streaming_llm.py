@@ -69,9 +69,17 @@ class StreamingLLMPolicy(Policy):
             new = step.new_slots >= 0
             store.aux["rope_pos"][step.new_slots[new]] = (before[:, None] + rank)[new].float()
         sinks, recent = self._sinks_recent(step.seen)
-        if int((store.lens - sinks - recent).max()) <= 0:
+        over = store.lens - sinks - recent  # (n_seg,) tokens above the budget
+        if int(over.max()) <= 0:
             return None
         pos = store.rows(store.pos, fill=-1)
+        if int(over.max()) == 1 and recent.min() > 0:
+            # Decode fast path: at most one token over per segment, and it can only be the one that
+            # just left the recent window (position seen - recent - 1): name its slot directly.
+            hit = pos == (step.seen - recent - 1)[:, None]  # (n_seg, row_cap)
+            need = over == 1
+            if bool((hit.any(1) | ~need).all()):
+                return torch.where(need, hit.byte().argmax(1), -1)
         return (pos < sinks[:, None]) | recent_mask(pos, step.seen, recent)
 
     def after_compact(self, store: LayerStore, step: Step) -> None:
