@@ -15,7 +15,7 @@ from sqlalchemy import Integer, bindparam, case, func, select
 from sqlalchemy.sql.dml import Insert
 
 from .clock import db_now
-from .models import Run, SweepRun
+from .models import METRIC_FIELDS, Run, SweepRun
 
 RUNS = Run.__table__
 SWEEP_RUNS = SweepRun.__table__
@@ -25,21 +25,7 @@ RECORD_COLUMNS: tuple[str, ...] = tuple(
     c.name for c in RUNS.columns if c.name != "id" and c.name not in _TIMESTAMPS
 )
 # Columns a late (or retried) record updates on an existing row that is not done yet.
-_RESULT_UPDATES = (
-    "status",
-    "error",
-    "environment",
-    "extras",
-    "n_examples",
-    "accuracy",
-    "kv_bytes_physical",
-    "kv_bytes_full",
-    "kept_fraction",
-    "ttft_s",
-    "tpot_s",
-    "tokens_per_s",
-    "peak_memory_bytes",
-)
+_RESULT_UPDATES = ("status", "error", "environment", "extras", "n_examples", *METRIC_FIELDS)
 
 
 def record_upsert(insert: Callable[..., Any]) -> Insert:
