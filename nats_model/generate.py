@@ -313,30 +313,67 @@ def generate(model, input_ids: torch.Tensor, policy: Policy, max_new_tokens: int
         kept_per_layer_head=cache.kept_per_layer_head())
 
 
+@dataclass
+class ScoreResult:
+    """Streaming NLL and what the cache held at the end (same KV fields as `GenerationResult`).
+
+    nll (B, T-1): entry t is -log p(token t+1 | tokens <= t), NaN where token t is padding."""
+
+    nll: torch.Tensor
+    kv_bytes_physical: int
+    kv_bytes_physical_peak: int
+    kv_bytes_full: int
+    kv_bytes_kept: int
+    kv_meta_bytes: int
+    kept_fraction: float
+    kept_per_layer_head: torch.Tensor
+
+
 @torch.no_grad()
-def score(model, input_ids: torch.Tensor, policy: Policy, attention_mask: torch.Tensor | None = None,
-          prefill_chunk_size: int = 1) -> torch.Tensor:
-    """Streaming NLL (B, T-1): entry t is -log p(token t+1 | tokens <= t) with the policy active,
-    feeding `prefill_chunk_size` tokens per step (1 = token by token, as StreamingLLM evaluates).
-    NaN where token t is padding."""
+def score_run(model, input_ids: torch.Tensor, policy: Policy, attention_mask: torch.Tensor | None = None,
+              prefill_chunk_size: int = 1, prompt_len: int = 0, prompt_chunk_size: int = 512) -> ScoreResult:
+    """Streaming NLL with the policy active, plus the cache's KV statistics at the end.
+
+    The first `prompt_len` tokens are a prompt: fed in chunks of `prompt_chunk_size`, the last one
+    flagged as the end of prefill (so prompt-compressing policies such as SnapKV compress there, as
+    in generation); the remaining tokens are fed `prefill_chunk_size` per step (1 = token by
+    token, as StreamingLLM evaluates). `prompt_len=0` streams everything. Every fed token's next-
+    token NLL is scored, prompt included."""
     from nats_model.models.hf import adapt
 
     mask = _check_inputs(input_ids, attention_mask, prefill_chunk_size)
+    if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or prompt_len < 0:
+        raise ValueError(f"prompt_len must be an int >= 0, got {prompt_len!r}")
+    if isinstance(prompt_chunk_size, bool) or not isinstance(prompt_chunk_size, int) or prompt_chunk_size < 1:
+        raise ValueError(f"prompt_chunk_size must be an int >= 1, got {prompt_chunk_size!r}")
     adapter = adapt(model)
     _bind(policy, adapter)
     policy.reset()
     engine = KVEngine(policy, input_ids.shape[0])
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     T = input_ids.shape[1]
+    n_prompt = min(prompt_len, T - 1)
+    spans = [(s, min(n_prompt, s + prompt_chunk_size), True) for s in range(0, n_prompt, prompt_chunk_size)]
+    spans += [(s, min(T - 1, s + prefill_chunk_size), False) for s in range(n_prompt, T - 1, prefill_chunk_size)]
     nll = []
     with adapter.session(engine):
-        for s in range(0, T - 1, prefill_chunk_size):
-            e = min(T - 1, s + prefill_chunk_size)
+        for s, e, in_prompt in spans:
             pos, val = positions[:, s:e], mask[:, s:e]
             rope = policy.rope_positions(pos, engine.kept_per_seq().to(pos.device), val)
-            engine.begin_step(pos, val, prefill=True, last_prefill=False)
+            engine.begin_step(pos, val, prefill=True, last_prefill=in_prompt and e == n_prompt)
             logp = torch.log_softmax(adapter.forward(input_ids[:, s:e], rope, engine).float(), -1)
             tgt = input_ids[:, s + 1:e + 1]
             step_nll = -logp.gather(-1, tgt[..., None])[..., 0]
             nll.append(step_nll.masked_fill(~val, float("nan")))
-    return torch.cat(nll, 1)
+    cache = engine.cache
+    return ScoreResult(
+        nll=torch.cat(nll, 1), kv_bytes_physical=cache.kv_bytes_physical(),
+        kv_bytes_physical_peak=engine.kv_bytes_physical_peak, kv_bytes_full=cache.kv_bytes_full(),
+        kv_bytes_kept=cache.kv_bytes_kept(), kv_meta_bytes=cache.meta_bytes(),
+        kept_fraction=cache.kept_fraction(), kept_per_layer_head=cache.kept_per_layer_head())
+
+
+def score(model, input_ids: torch.Tensor, policy: Policy, attention_mask: torch.Tensor | None = None,
+          prefill_chunk_size: int = 1, prompt_len: int = 0) -> torch.Tensor:
+    """Streaming NLL (B, T-1) only: `score_run(...).nll` (see there)."""
+    return score_run(model, input_ids, policy, attention_mask, prefill_chunk_size, prompt_len).nll

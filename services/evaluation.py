@@ -326,23 +326,23 @@ def _run_generate(handle: ModelHandle, workload, instances, make_policy, metrics
 def _run_nll(handle: ModelHandle, instances, make_policy, metrics) -> None:
     import torch
 
-    from nats_model.generate import score
+    from nats_model.generate import score_run
     from services.metrics import device_sync
 
     device = handle.device
     first = handle.encode(instances[0].prompt)[:WARMUP_PROMPT_TOKENS]
-    score(handle.model, torch.tensor([first], device=device), make_policy())  # warm-up
+    score_run(handle.model, torch.tensor([first], device=device), make_policy())  # warm-up
     metrics.start()
     for inst in instances:
         ids = handle.encode(inst.prompt)[: inst.meta["max_tokens"]]
         device_sync(device)
         t0 = time.perf_counter()
-        out = score(handle.model, torch.tensor([ids], device=device), make_policy(),
-                    prefill_chunk_size=inst.meta.get("chunk_size", 1))
+        out = score_run(handle.model, torch.tensor([ids], device=device), make_policy(),
+                        prefill_chunk_size=inst.meta.get("chunk_size", 1),
+                        prompt_len=inst.meta.get("prompt_tokens", 0))
         device_sync(device)
         elapsed = time.perf_counter() - t0
-        nll = getattr(out, "nll", out)  # a tensor of per-token NLL, or a result carrying one
-        metrics.add_nll(inst, nll, elapsed, stats=out if hasattr(out, "nll") else None)
+        metrics.add_nll(inst, out.nll, elapsed, stats=out)
 
 
 def run_cell(handle: ModelHandle, config: dict) -> dict:

@@ -27,8 +27,8 @@ class SnapKVPolicy(Policy):
     when L <= budget. With a fractional budget smaller than the window only the last `budget` window
     tokens are kept. Decode tokens are appended and never evicted (as the original: the budget
     applies to the prompt only). Prompt chunks are observed, not evicted, until the last one, so
-    chunked prefill keeps the same set as prefill at once; `score()` (no last prompt chunk)
-    never compresses.
+    chunked prefill keeps the same set as prefill at once; `score_run()` compresses at the end
+    of its `prompt_len` prompt and never without one (streaming has no end of prompt).
     """
 
     window_size: int = 32

@@ -1,8 +1,9 @@
 """`lm_text`: streaming perplexity over long real text.
 
 Each instance is a window of held-out text of `context_length` tokens; the model scores it
-token by token with the policy active (`nats_model.generate.score`, as StreamingLLM evaluates
-streaming perplexity; `chunk_size` > 1 feeds several tokens per step, faster). The default corpus is the Python standard library's own source files
+token by token with the policy active (`nats_model.generate.score_run`, as StreamingLLM evaluates
+streaming perplexity; `chunk_size` > 1 feeds several tokens per step, faster; `prompt_tokens` > 0
+prefills that many first tokens as a prompt, so prompt-compressing policies such as SnapKV act). The default corpus is the Python standard library's own source files
 (real text on every machine), split into train and held-out parts by file
 (`nats_model.data.text`); `text_dir=DIR` takes any local folder of .txt files (for example PG-19),
 split the same way; `split=all` reads every file (a folder that is a test set already).
@@ -56,6 +57,9 @@ class LmText(Workload):
               "the train split, or all files (e.g. a folder that is a test set already)", choices=SPLITS),
         Param("chunk_size", "int", 1, "tokens fed per scoring step: 1 = token by token (StreamingLLM's "
               "streaming perplexity); larger is faster and lets the policy evict once per chunk", minimum=1),
+        Param("prompt_tokens", "int", 0, "the first tokens are a prompt, prefilled in chunks and ended like a "
+              "generation prompt (prompt-compressing policies such as snapkv compress there); 0 = stream all",
+              minimum=0),
     )
 
     def check(self, params: dict) -> None:
@@ -80,7 +84,7 @@ class LmText(Workload):
         return Instance(id=self.instance_id(seed, index), workload=self.name, prompt=text, answer="",
                         max_new_tokens=0, kind="nll",
                         meta={"max_tokens": want, "text_dir": params["text_dir"], "split": params["split"],
-                              "chunk_size": params["chunk_size"]})
+                              "chunk_size": params["chunk_size"], "prompt_tokens": params["prompt_tokens"]})
 
     def score(self, prediction: str, instance: Instance) -> float:
         raise TypeError("lm_text is scored by per-token NLL (services.evaluation), not by generated text")

@@ -104,3 +104,39 @@ def test_bad_generate_arguments(kwargs, needle):
 def test_unsupported_model_is_rejected():
     with pytest.raises(ValueError, match="model must be nats_model.models.gpt.GPT or a Hugging Face"):
         generate(torch.nn.Linear(2, 2), torch.tensor([[1]]), build("full"), 1)
+
+
+def test_score_run_reports_the_cache_and_a_prompt_lets_snapkv_compress():
+    from nats_model.generate import score_run
+
+    model = make("llama")
+    ids = torch.randint(1, 89, (1, 40), generator=torch.Generator().manual_seed(6))
+    full = score_run(model, ids, build("full"))
+    assert full.kept_fraction == 1.0 and full.kv_bytes_kept == full.kv_bytes_full
+    # 2 layers x 2 KV heads x 39 fed tokens x K and V x head_dim 16 x 4 bytes
+    assert full.kv_bytes_full == 2 * 2 * 39 * 2 * 16 * 4
+    assert full.kv_bytes_kept <= full.kv_bytes_physical <= 1.05 * full.kv_bytes_kept + 2 * 2 * 2 * 16 * 4
+    # a prompt fed in chunks gives the same NLL as streaming when nothing is evicted
+    prompted = score_run(model, ids, build("full"), prompt_len=25, prompt_chunk_size=10)
+    torch.testing.assert_close(prompted.nll, full.nll, atol=1e-4, rtol=1e-4)
+
+    sl = score_run(model, ids, build("streaming_llm", budget_tokens=8, n_sink=2))
+    assert sl.kv_bytes_kept == 2 * 2 * 8 * 2 * 16 * 4 and sl.kept_fraction == pytest.approx(8 / 39)
+
+    # SnapKV only compresses at the end of a prompt: streaming leaves it a full cache
+    streamed = score_run(model, ids, build("snapkv", budget_tokens=12, window_size=4))
+    assert streamed.kept_fraction == 1.0
+    snap = score_run(model, ids, build("snapkv", budget_tokens=12, window_size=4), prompt_len=30, prompt_chunk_size=7)
+    # 12 prompt tokens kept, then the 9 scored tokens after the prompt are appended (never evicted)
+    assert snap.kept_per_layer_head.flatten().tolist() == [12 + 9] * 4
+    torch.testing.assert_close(snap.nll[:, :29], full.nll[:, :29], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(snap.nll[:, 30:], full.nll[:, 30:], atol=1e-3)
+
+
+def test_score_run_rejects_a_bad_prompt_len():
+    from nats_model.generate import score_run
+
+    model = make("llama")
+    ids = torch.randint(1, 89, (1, 10), generator=torch.Generator().manual_seed(6))
+    with pytest.raises(ValueError, match="prompt_len"):
+        score_run(model, ids, build("full"), prompt_len=-1)

@@ -94,6 +94,22 @@ def test_lm_text_reports_perplexity_not_accuracy(gpt):
     extras = rec["extras"]
     assert extras["scored_tokens"] + extras["nll_nan_tokens"] == 47
     assert 1.0 < extras["ppl"] < 1000 and extras["nll"] == pytest.approx(__import__("math").log(extras["ppl"]))
+    # the scorer reports the cache: a full cache keeps every fed token
+    assert rec["kept_fraction"] == 1.0 and rec["kv_bytes_full"] > 0
+    assert rec["kv_bytes_full"] <= rec["kv_bytes_physical"] <= 1.06 * rec["kv_bytes_full"]
+
+
+def test_lm_text_prompt_tokens_let_snapkv_compress(gpt):
+    params = {"context_length": 48, "chunk_size": 4}
+    streamed = run_cell(gpt, cell(workload="lm_text", workload_params=params, n_examples=1,
+                                  policy="snapkv", policy_params={"budget_tokens": 12, "window_size": 4}))
+    prompted = run_cell(gpt, cell(workload="lm_text", workload_params={**params, "prompt_tokens": 32},
+                                  n_examples=1, policy="snapkv", policy_params={"budget_tokens": 12, "window_size": 4}))
+    assert streamed["status"] == prompted["status"] == "done", (streamed["error"], prompted["error"])
+    assert streamed["kept_fraction"] == 1.0
+    # 12 of the 32 prompt tokens kept, then the 15 fed tokens after the prompt appended: 27 of 47
+    assert prompted["kept_fraction"] == pytest.approx(27 / 47)
+    assert prompted["kv_bytes_physical"] < streamed["kv_bytes_physical"]
 
 
 def test_local_dataset_cell(gpt, tmp_path):
