@@ -112,14 +112,24 @@ class LayerStore:
     def lens(self, value: torch.Tensor) -> None:
         self._set_lens(value)
 
-    def _set_lens(self, value: torch.Tensor, kept_total: int | None = None, free_min: int | None = None) -> None:
-        """Replace `lens`; `kept_total` / `free_min` (a lower bound on caps - lens) when the caller knows them."""
+    def _set_lens(self, value: torch.Tensor, kept_total: int | None = None, free_min: int | None = None,
+                  common: int | None = None) -> None:
+        """Replace `lens`; `kept_total` / `free_min` (a lower bound on caps - lens) / `common` (the
+        length every segment has) when the caller knows them."""
         self._lens = value
         self._valid = None  # valid_rows cache
+        self._common = common  # common_len cache (None: not known yet)
         self.kept_total = int(value.sum()) if kept_total is None else kept_total
         if free_min is None:
             free_min = int((self.caps - value).min()) if value.numel() else 0
         self.free_min = free_min
+
+    def common_len(self) -> int:
+        """The length all segments share, or -1 when they differ (cached until `lens` changes)."""
+        if self._common is None:
+            lo, hi = (int(x) for x in self._lens.aminmax()) if self.n_seg else (0, 0)
+            self._common = lo if lo == hi else -1
+        return self._common
 
     def valid_rows(self) -> torch.Tensor:
         """(n_seg, row_cap) bool: slot holds a kept token (cached until `lens` changes)."""
@@ -167,7 +177,8 @@ class LayerStore:
             self.pos.index_copy_(0, dst, pos[:, 0])
             for a in self.aux.values():
                 a.index_fill_(0, dst, 0.0)
-            self._set_lens(self._lens + 1, self.kept_total + n_seg, self.free_min - 1)
+            common = self._common + 1 if self._common is not None and self._common >= 0 else None
+            self._set_lens(self._lens + 1, self.kept_total + n_seg, self.free_min - 1, common)
             return dst[:, None]
         n_new = valid.sum(1)
         rank = valid.long().cumsum(1) - 1
@@ -216,8 +227,10 @@ class LayerStore:
         for t in (self.k, self.v, self.pos, *self.aux.values()):
             t.index_copy_(0, hole, t.index_select(0, last))
         n_drop = int(drop.sum())
-        # evicting only frees slots, so the old free_min stays a valid lower bound
-        self._set_lens(self._lens - drop.long(), self.kept_total - n_drop, self.free_min)
+        # evicting only frees slots, so the old free_min stays a valid lower bound; one token from
+        # every segment keeps equal lengths equal
+        common = self._common - 1 if n_drop == self.n_seg and self._common is not None and self._common > 0 else None
+        self._set_lens(self._lens - drop.long(), self.kept_total - n_drop, self.free_min, common)
         self._maybe_shrink()
         return n_drop
 

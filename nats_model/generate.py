@@ -122,10 +122,15 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
         V = store.v[start:start + n * cap].view(n, cap, hd)
         sel = slice(None) if store.uniform else seg_ids
         lens = store.lens if store.uniform else store.lens[seg_ids]
+        used = cap  # key slots the attention reads
         if decode and all_valid and T == 1 and sliding_window is None and visible is None:
             # every stored position precedes the query: only unoccupied slots are hidden
-            if store.uniform:
-                mask = store.valid_rows()[:, None, :] if store.free_min > 0 or bool((lens < cap).any()) else None
+            if store.uniform and store.common_len() >= 0:
+                # every segment holds the same count: read exactly those slots, no mask
+                used, mask = store.common_len(), None
+                K, V = K[:, :used], V[:, :used]
+            elif store.uniform:
+                mask = store.valid_rows()[:, None, :]
             else:
                 mask = (torch.arange(cap, device=q.device)[None, :] < lens[:, None])[:, None, :]
         else:
@@ -149,6 +154,8 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
                 s = s.masked_fill(~mask, torch.finfo(torch.float32).min)
             p = torch.softmax(s, dim=-1)
             o = torch.bmm(p.to(V.dtype), V)  # (n, g*T, hd)
+            if used < cap:  # slots past the common length got no attention
+                p = F.pad(p, (0, cap - used))
             p4 = p.view(n, g, T, cap)
             if not all_valid:
                 p4 = p4 * q_valid[sel][:, None, :, None]

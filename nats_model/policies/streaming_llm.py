@@ -54,13 +54,19 @@ class StreamingLLMPolicy(Policy):
 
     def _sinks_recent(self, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sinks, recent) counts per segment, computed once per step."""
+        return self._split(seen)[:2]
+
+    def _split(self, seen: torch.Tensor) -> tuple:
+        """Once per step (all layers share `seen`): sinks, recent, their sum (the kept count), the
+        position that leaves the recent window when one more token arrives, and min(recent)."""
         cached = self.__dict__.get("_split_cache")
         if cached is None or cached[0] is not seen:
             keep = self.budget_for(seen).minimum(seen)
             sinks = keep.clamp(max=self.n_sink)
-            cached = (seen, sinks, keep - sinks)
+            recent = keep - sinks
+            cached = (seen, sinks, recent, keep, seen - recent - 1, int(recent.min()) if recent.numel() else 0)
             self.__dict__["_split_cache"] = cached
-        return cached[1], cached[2]
+        return cached[1:]
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         if self.positions == "rerotate":  # remember the position each new key was rotated at
@@ -68,15 +74,16 @@ class StreamingLLMPolicy(Policy):
             before = store.lens - step.q_valid.sum(1)
             new = step.new_slots >= 0
             store.aux["rope_pos"][step.new_slots[new]] = (before[:, None] + rank)[new].float()
-        sinks, recent = self._sinks_recent(step.seen)
-        over = store.lens - sinks - recent  # (n_seg,) tokens above the budget
-        if int(over.max()) <= 0:
+        sinks, recent, keep, leaving, min_recent = self._split(step.seen)
+        over = store.lens - keep  # (n_seg,) tokens above the budget
+        most = int(over.max())
+        if most <= 0:
             return None
         pos = store.rows(store.pos, fill=-1)
-        if int(over.max()) == 1 and recent.min() > 0:
+        if most == 1 and min_recent > 0:
             # Decode fast path: at most one token over per segment, and it can only be the one that
             # just left the recent window (position seen - recent - 1): name its slot directly.
-            hit = pos == (step.seen - recent - 1)[:, None]  # (n_seg, row_cap)
+            hit = pos == leaving[:, None]  # (n_seg, row_cap)
             need = over == 1
             if bool((hit.any(1) | ~need).all()):
                 return torch.where(need, hit.byte().argmax(1), -1)

@@ -60,13 +60,15 @@ class Stage:
     """One curriculum stage: `steps` optimizer steps on sequences of `seq_len` tokens.
 
     `weights` optionally overrides the mix weights in this stage ({"text": w, task: w, ...});
-    kinds it does not name keep their data-section weight.
+    kinds it does not name keep their data-section weight. `lam` (NAtS models) overrides the
+    regulariser weight `model.lam` in this stage, e.g. 0 while the model first learns the tasks.
     """
 
     seq_len: int
     steps: int
     batch_size: int = 32
     weights: dict[str, float] | None = None
+    lam: float | None = None  # NAtS models: the regulariser weight in this stage (default: model.lam)
 
 
 @dataclass
@@ -178,6 +180,10 @@ def parse_config(raw: dict[str, Any]) -> TrainConfig:
                 raise ConfigError(f"stages[{i}].weights: {kind!r} is not in the mix; allowed: "
                                   f"{['text', *sorted(tasks)]}")
             _positive(w, f"stages[{i}].weights.{kind}", allow_zero=True)
+        if s.lam is not None:
+            _positive(s.lam, f"stages[{i}].lam", allow_zero=True)
+            if model.attention != "nats":
+                raise ConfigError(f"stages[{i}].lam needs model.attention 'nats' (got {model.attention!r})")
     optim = _build(OptimConfig, raw.pop("optim", None) or {}, "optim")
     optim.betas = tuple(optim.betas)
     _positive(optim.lr, "optim.lr")

@@ -41,7 +41,8 @@ def render(folder: Path, name: str, command: str, evals: list[dict], wall_time_s
     lines.append("- curriculum:")
     for s in train_cfg["stages"]:
         mix = f", mix weights {json.dumps(s['weights'])}" if s.get("weights") else ""
-        lines.append(f"  - {s['steps']} steps at {s['seq_len']} tokens (batch {s['batch_size']}){mix}")
+        lam = f", lambda {s['lam']:g}" if s.get("lam") is not None else ""
+        lines.append(f"  - {s['steps']} steps at {s['seq_len']} tokens (batch {s['batch_size']}){mix}{lam}")
     o = train_cfg["optim"]
     lines.append(f"- AdamW lr {o['lr']}, betas {o['betas']}, weight decay {o['weight_decay']}, warmup "
                  f"{o['warmup_steps']} then cosine to {o['min_lr_ratio']} x lr, clip {o['grad_clip']}")

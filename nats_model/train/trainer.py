@@ -186,8 +186,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_steps: int | None = None, r
     bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     done = start
+    base_lam = model.config.lam
     for step in bar:
         stage = stage_at(cfg, step)
+        model.config.lam = base_lam if stage.lam is None else stage.lam  # every layer reads the shared config
         lr = lr_at(step, total, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -216,6 +218,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_steps: int | None = None, r
                       file=sys.stderr)
         if done % cfg.checkpoint_interval == 0 or done == total or timed_out:
             save_state(out, model, opt, done)
+            model.config.lam = base_lam  # the checkpoint's config keeps the configured value
             model.save_pretrained(out)
         if timed_out:
             bar.write(f"time limit {cfg.time_limit_s}s reached at step {done}; stopping", file=sys.stderr)

@@ -170,3 +170,30 @@ def test_larger_lambda_keeps_fewer_tokens(tmp_path):
         torch.manual_seed(0)
         kept.append(train(parse_config(raw), tmp_path / f"lam{lam}", progress=False).kept_fraction)
     assert kept[0] > kept[1] > kept[2], kept
+
+
+def test_stage_lam_overrides_the_regulariser_per_stage(tmp_path, monkeypatch):
+    import nats_model.attention as attention_mod
+
+    seen = []
+    real = attention_mod.nats_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["lam"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention_mod, "nats_attention", spy)
+    raw = raw_config(
+        model={"n_layer": 1, "d_model": 32, "n_head": 2, "n_kv_head": 1, "attention": "nats", "window": 4,
+               "lam": 1e-4},
+        stages=[{"seq_len": 64, "steps": 2, "batch_size": 2, "lam": 0.0}, {"seq_len": 64, "steps": 2, "batch_size": 2}],
+        eval={"interval": 4, "text_batches": 1, "batch_size": 2, "examples_per_task": 2, "seq_len": 64},
+    )
+    train(parse_config(raw), tmp_path / "run", progress=False)
+    assert seen == [0.0, 0.0, 1e-4, 1e-4]  # one layer, one training forward per step
+    # the checkpoint records the configured lambda, not the last stage's override
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lam"] == 1e-4
+    with pytest.raises(ConfigError, match=r"stages\[0\].lam needs model.attention 'nats'"):
+        parse_config(raw_config(stages=[{"seq_len": 96, "steps": 1, "lam": 1e-4}]))
+    with pytest.raises(ConfigError, match=r"stages\[0\].lam must be a non-negative number"):
+        parse_config({**raw, "stages": [{"seq_len": 64, "steps": 1, "lam": -1.0}]})
