@@ -220,17 +220,26 @@ class LayerStore:
         """Drop at most one token per segment: `row_slot (n_seg,)` is its slot in row form, -1 for
         none (the decode-step fast path of `compact`). Returns how many were dropped."""
         drop = row_slot >= 0
+        n_drop = int(drop.sum())
+        if n_drop == 0:
+            return 0
+        common = self._common if self._common is not None and self._common > 0 else None
         # (n_seg,) flat slot of each segment's last token (an empty segment, e.g. a sequence still in
         # its left padding, points at its first slot and copies nothing: it has no drop)
-        last = self.offsets + (self._lens - 1).clamp(min=0)
-        hole = torch.where(drop, self.offsets + row_slot, last)  # rows without a drop copy onto themselves
+        last = self.offsets + (common - 1) if common is not None else self.offsets + (self._lens - 1).clamp(min=0)
+        if n_drop == self.n_seg:
+            hole = self.offsets + row_slot
+        else:
+            hole = torch.where(drop, self.offsets + row_slot, last)  # rows without a drop copy onto themselves
         for t in (self.k, self.v, self.pos, *self.aux.values()):
             t.index_copy_(0, hole, t.index_select(0, last))
-        n_drop = int(drop.sum())
         # evicting only frees slots, so the old free_min stays a valid lower bound; one token from
         # every segment keeps equal lengths equal
-        common = self._common - 1 if n_drop == self.n_seg and self._common is not None and self._common > 0 else None
-        self._set_lens(self._lens - drop.long(), self.kept_total - n_drop, self.free_min, common)
+        if n_drop == self.n_seg:
+            self._set_lens(self._lens - 1, self.kept_total - n_drop, self.free_min,
+                           None if common is None else common - 1)
+        else:
+            self._set_lens(self._lens - drop.long(), self.kept_total - n_drop, self.free_min)
         self._maybe_shrink()
         return n_drop
 

@@ -154,18 +154,16 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
                 s = s.masked_fill(~mask, torch.finfo(torch.float32).min)
             p = torch.softmax(s, dim=-1)
             o = torch.bmm(p.to(V.dtype), V)  # (n, g*T, hd)
-            if used < cap:  # slots past the common length got no attention
-                p = F.pad(p, (0, cap - used))
-            p4 = p.view(n, g, T, cap)
+            p4 = p.view(n, g, T, used)  # slots past `used` (the common length) got no attention
             if not all_valid:
                 p4 = p4 * q_valid[sel][:, None, :, None]
             if observe == "sum":
                 if store.uniform:
-                    attn_sum = p4.sum(dim=(1, 2))  # (n_seg, row_cap)
+                    attn_sum = F.pad(p4.sum(dim=(1, 2)), (0, cap - used))  # (n_seg, row_cap)
                 else:
-                    attn_sum[sel, :cap] = p4.sum(dim=(1, 2))
+                    attn_sum[sel, :used] = p4.sum(dim=(1, 2))
             if probs_all is not None:
-                probs_all[sel, :, :, :cap] = p4
+                probs_all[sel, :, :, :used] = p4
         o = o.view(n, g, T, hd)
         if store.uniform:
             out = o

@@ -118,7 +118,8 @@ class Policy:
     def reset(self) -> None:
         """Forget per-run state (called once per generate/score call, before the first step).
         Subclasses that override it call `super().reset()`."""
-        self.__dict__.pop("_budget_cache", None)
+        for cache in ("_budget_cache", "_split_cache"):  # per-step caches (subclasses' splits too)
+            self.__dict__.pop(cache, None)
 
     def bind_model(self, model) -> None:
         """Read what the policy needs from the model (a GPT or HF causal LM); called by generate/score

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from nats_model.cache import LayerStore
-from nats_model.policies.base import Policy, Step, recent_mask
+from nats_model.policies.base import Policy, Step
 
 
 @dataclass
@@ -34,16 +34,36 @@ class H2OPolicy(Policy):
         if not isinstance(self.recent_ratio, int | float) or not 0 <= self.recent_ratio <= 1:
             raise ValueError(f"h2o: recent_ratio must be in [0, 1], got {self.recent_ratio!r}")
 
+    def _split(self, step: Step) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Once per step (all layers share `seen`): budget, the first position of the recent
+        window, and the budget when every segment has the same (else -1)."""
+        cached = self.__dict__.get("_split_cache")
+        if cached is None or cached[0] is not step.seen:
+            budget = self.step_budget(step)
+            n_recent = (budget.double() * self.recent_ratio).floor().long()
+            lo, hi = (int(x) for x in budget.aminmax()) if budget.numel() else (0, 0)
+            cached = (step.seen, budget, step.seen - n_recent, lo if lo == hi else -1)
+            self.__dict__["_split_cache"] = cached
+        return cached[1:]
+
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         store.add_rows(store.aux["h2o_score"], step.attn_sum)  # accumulate this step's attention
-        budget = self.step_budget(step)
+        budget, recent_from, common_budget = self._split(step)
+        common_len = store.common_len()
+        if common_len >= 0 and common_budget >= 0:
+            most = common_len - common_budget
+            if most <= 0:
+                return None
+            if most == 1:  # decode fast path: every segment drops its lowest-scoring non-recent slot
+                pos = store.rows(store.pos)[:, :common_len]
+                score = store.rows(store.aux["h2o_score"])[:, :common_len]
+                return score.masked_fill(pos >= recent_from[:, None], float("inf")).argmin(dim=1)
         n_drop = store.lens - budget  # (n_seg,)
         most = int(n_drop.max())
         if most <= 0:
             return None
         valid = store.valid_rows()
-        n_recent = (budget.double() * self.recent_ratio).floor().long()
-        recent = recent_mask(store.rows(store.pos, fill=-1), step.seen, n_recent)
+        recent = store.rows(store.pos, fill=-1) >= recent_from[:, None]
         # heavy-hitter candidates (occupied, not recent); the n_drop lowest scores go
         masked = store.rows(store.aux["h2o_score"]).masked_fill(~valid | recent, float("inf"))
         if most == 1:

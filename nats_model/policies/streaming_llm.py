@@ -53,18 +53,21 @@ class StreamingLLMPolicy(Policy):
         return kept_per_seq[:, None] + (valid.long().cumsum(1) - 1).clamp(min=0)
 
     def _sinks_recent(self, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sinks, recent) counts per segment, computed once per step."""
+        """(sinks, recent) counts per segment."""
         return self._split(seen)[:2]
 
     def _split(self, seen: torch.Tensor) -> tuple:
         """Once per step (all layers share `seen`): sinks, recent, their sum (the kept count), the
-        position that leaves the recent window when one more token arrives, and min(recent)."""
+        position that leaves the recent window when one more token arrives, min(recent), and the
+        kept count when all segments share it (else -1)."""
         cached = self.__dict__.get("_split_cache")
         if cached is None or cached[0] is not seen:
             keep = self.budget_for(seen).minimum(seen)
             sinks = keep.clamp(max=self.n_sink)
             recent = keep - sinks
-            cached = (seen, sinks, recent, keep, seen - recent - 1, int(recent.min()) if recent.numel() else 0)
+            lo, hi = (int(x) for x in keep.aminmax()) if keep.numel() else (0, 0)
+            common = lo if lo == hi else -1  # the kept count when every segment has the same
+            cached = (seen, sinks, recent, keep, seen - recent - 1, int(recent.min()) if recent.numel() else 0, common)
             self.__dict__["_split_cache"] = cached
         return cached[1:]
 
@@ -74,9 +77,13 @@ class StreamingLLMPolicy(Policy):
             before = store.lens - step.q_valid.sum(1)
             new = step.new_slots >= 0
             store.aux["rope_pos"][step.new_slots[new]] = (before[:, None] + rank)[new].float()
-        sinks, recent, keep, leaving, min_recent = self._split(step.seen)
-        over = store.lens - keep  # (n_seg,) tokens above the budget
-        most = int(over.max())
+        sinks, recent, keep, leaving, min_recent, common_keep = self._split(step.seen)
+        common_len = store.common_len()
+        if common_len >= 0 and common_keep >= 0:  # every segment is over by the same count
+            over, most = None, common_len - common_keep
+        else:
+            over = store.lens - keep  # (n_seg,) tokens above the budget
+            most = int(over.max())
         if most <= 0:
             return None
         pos = store.rows(store.pos, fill=-1)
@@ -84,9 +91,13 @@ class StreamingLLMPolicy(Policy):
             # Decode fast path: at most one token over per segment, and it can only be the one that
             # just left the recent window (position seen - recent - 1): name its slot directly.
             hit = pos == leaving[:, None]  # (n_seg, row_cap)
-            need = over == 1
-            if bool((hit.any(1) | ~need).all()):
-                return torch.where(need, hit.byte().argmax(1), -1)
+            if over is None:  # all segments drop one
+                if bool(hit.any(1).all()):
+                    return hit.byte().argmax(1)
+            else:
+                need = over == 1
+                if bool((hit.any(1) | ~need).all()):
+                    return torch.where(need, hit.byte().argmax(1), -1)
         return (pos < sinks[:, None]) | recent_mask(pos, step.seen, recent)
 
     def after_compact(self, store: LayerStore, step: Step) -> None:
