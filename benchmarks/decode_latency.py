@@ -15,6 +15,7 @@ median is reported. Human table first; the LAST line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -22,6 +23,7 @@ import time
 import torch
 
 from nats_model.generate import KVEngine
+from nats_model.mask import GLOBAL
 from nats_model.models.gpt import GPT, GPTConfig
 from nats_model.policies import build
 
@@ -45,7 +47,10 @@ def fill_cache(engine: KVEngine, cfg: GPTConfig, context: int, kept: int, device
         store = engine.cache.layer(layer, k.view(batch, cfg.n_kv_head, kept, hd))
         store.append(k, v, pos.expand(n_seg, kept).to(device), torch.ones(n_seg, kept, dtype=torch.bool, device=device))
         for name in store.aux:
-            store.aux[name].uniform_(0, 1)
+            if name == "nats_type":  # the prompt's kept tokens: Global (they stay until the cap evicts them)
+                store.aux[name].fill_(GLOBAL)
+            else:
+                store.aux[name].uniform_(0, 1)
     engine.cache.seen = torch.full((batch,), context, device=device)
 
 
@@ -59,10 +64,12 @@ class DecodeRun:
         self.policy = build(policy_name, **params)
         if getattr(self.policy, "rope_theta", 0) is None:
             self.policy.rope_theta = cfg.rope_theta
+        self.policy.bind_model(model)
         self.policy.reset()
         self.engine = KVEngine(self.policy, batch=batch)
         self.batch = batch
-        kept0 = int(self.policy.budget_for(torch.tensor([context]))[0]) if self.policy.needs_budget else context
+        has_budget = self.policy.budget is not None or self.policy.budget_tokens is not None
+        kept0 = int(self.policy.budget_for(torch.tensor([context]))[0]) if has_budget else context
         fill_cache(self.engine, cfg, context, kept0, device)
         self.tok = torch.full((batch, 1), 65, device=device)
         self.pos = torch.full((batch,), context, device=device)
@@ -95,10 +102,26 @@ class DecodeRun:
                 "max_physical_over_kept": max(self.ratios)}
 
 
+def model_for(model: GPT, policy_name: str) -> GPT:
+    """The benchmark model, or for `nats` the same weights plus NAtS type scorers (randomly
+    initialised: near-zero logits, so with the default Global bias new tokens are typed Global and
+    the hard cap `budget` evicts one per step, the policy's most expensive steady state)."""
+    if policy_name != "nats":
+        return model
+    cached = getattr(model, "_nats_twin", None)
+    if cached is None:
+        torch.manual_seed(1)
+        cached = GPT(dataclasses.replace(model.config, attention="nats", window=64))
+        cached.load_state_dict(model.state_dict(), strict=False)  # the scorers keep their init
+        cached = cached.to(next(model.parameters()).device).eval()
+        model._nats_twin = cached
+    return cached
+
+
 def measure_context(model: GPT, runs: list, context: int, steps: int, warmup: int, device,
                     batch: int) -> list[dict]:
     """Steps the cells of one context round-robin, so load changes on a shared CPU hit all alike."""
-    cells = [DecodeRun(model, name, params, context, device, batch) for name, params in runs]
+    cells = [DecodeRun(model_for(model, name), name, params, context, device, batch) for name, params in runs]
     for i in range(warmup + steps):
         for cell in cells:
             cell.step(record=i >= warmup)
@@ -124,7 +147,8 @@ def ratios(rows: list[dict], names: list[str], context: int, key: str) -> dict[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contexts", default="1024,4096,16384")
-    ap.add_argument("--policies", default="streaming_llm,h2o", help="evicting policies run at --budget")
+    ap.add_argument("--policies", default="streaming_llm,h2o,snapkv,tova,nats",
+                    help="policies run at --budget (nats: as its hard cap, on the same weights with NAtS scorers)")
     ap.add_argument("--budget", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--warmup", type=int, default=4)

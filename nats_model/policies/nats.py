@@ -117,6 +117,8 @@ class NatsPolicy(Policy):
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         window, _, _ = self.settings()
         ty = self._typed(store, step)
+        if ty.get("decode"):
+            return self._select_decode(store, step, ty, window)
         occupied, typ, pos, cid, seen = store.valid_rows(), ty["typ"], ty["pos"], ty["cid"], step.seen
         # what a query at position seen (= t+1) may see
         keep = occupied & ((typ == GLOBAL) | ((typ == LOCAL) & (cid > ty["last_global"][:, None]))
@@ -148,6 +150,10 @@ class NatsPolicy(Policy):
             state[step.layer] = (torch.full((n_seg,), -1, dtype=torch.long, device=dev),
                                  torch.zeros(n_seg, 3, device=dev))
         last_before, partial = state[step.layer]
+        if C == 1 and T == 1 and not step.prefill:  # decode with token types: one new token per segment
+            out = self._typed_decode(store, step, logits[:, 0], bias, last_before, partial)
+            self.__dict__["_typed_step"] = (step, out)
+            return out
         valid, seen = step.q_valid, step.seen
         first = (seen - valid.sum(1)) // C  # (n_seg,) first chunk that was unfinished before the step
         n_done = seen // C - first  # (n_seg,) chunks completed by this step
@@ -180,16 +186,62 @@ class NatsPolicy(Policy):
         self.__dict__["_typed_step"] = (step, out)
         return out
 
+    def _typed_decode(self, store: LayerStore, step: Step, logits: torch.Tensor, bias: float,
+                      last_before: torch.Tensor, partial: torch.Tensor) -> dict:
+        """`_typed` for one decode token per segment with token types: type it (argmax after the
+        Global bias, position 0 Global), write its slot's type, move the last Global position."""
+        q_pos = step.q_pos[:, 0]  # (n_seg,)
+        types = (logits + logits.new_tensor([bias, 0.0, 0.0])).argmax(-1)  # infer_types for one token
+        types = types.masked_fill(q_pos == 0, GLOBAL)
+        last_global = torch.where(types == GLOBAL, q_pos, last_before)
+        self.__dict__["_state"][step.layer] = (last_global, partial)
+        store.aux["nats_type"].index_copy_(0, step.new_slots[:, 0], types.float())
+        return {"decode": True, "last_global": last_global}
+
+    def _select_decode(self, store: LayerStore, step: Step, ty: dict, window: int) -> torch.Tensor | None:
+        """`select` after one decode token per segment (token types): the same rule and cap, on the
+        occupied slots only (a slice when every segment holds the same count)."""
+        n = store.common_len()
+        typ, pos = store.rows(store.aux["nats_type"]), store.rows(store.pos, fill=-1)
+        if n >= 0:
+            typ, pos = typ[:, :n], pos[:, :n]
+        keep = (typ == GLOBAL) | ((typ == LOCAL) & (pos > ty["last_global"][:, None])) \
+            | ((typ == SLIDING) & (pos >= (step.seen - window)[:, None]))
+        if n < 0:
+            keep &= store.valid_rows()
+        capped = self.budget is not None or self.budget_tokens is not None
+        n_keep = keep.sum(1)
+        rule_drops = bool((n_keep != store.lens).any())
+        if capped:
+            n_drop = n_keep - self.step_budget(step)
+            most = int(n_drop.max())
+            if most > 0 and not rule_drops and most == 1 and n >= 0 and bool((n_drop == 1).all()):
+                # the common capped step: every segment drops exactly its first eviction candidate
+                return self._cap_order(typ, pos, keep).argmin(dim=1)
+            if most > 0:
+                keep = self._cap(keep, typ, pos, self.step_budget(step))
+                rule_drops = True
+        if not rule_drops:
+            return None
+        if n >= 0 and n < store.row_cap:  # back to full rows
+            keep = torch.nn.functional.pad(keep, (0, store.row_cap - n))
+        return keep
+
+    @staticmethod
+    def _cap_order(typ: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Eviction order key (lowest first): Local, then Global but position 0, then SW, then
+        position 0, oldest first within each; slots not kept sort last."""
+        rank = torch.where(typ == LOCAL, 0, torch.where(typ == GLOBAL, 1, 2))
+        rank = torch.where(pos == 0, 3, rank)
+        return (rank * _RANK_STEP + pos).masked_fill(~keep, torch.iinfo(torch.long).max)
+
     @staticmethod
     def _cap(keep: torch.Tensor, typ: torch.Tensor, pos: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         """Evict beyond `budget (n_seg,)`: Local, then Global but position 0, then SW, oldest first."""
         n_drop = keep.sum(1) - budget  # (n_seg,)
         if int(n_drop.max()) <= 0:
             return keep
-        rank = torch.where(typ == LOCAL, 0, torch.where(typ == GLOBAL, 1, 2))
-        rank = torch.where(pos == 0, 3, rank)
-        key = (rank * _RANK_STEP + pos).masked_fill(~keep, torch.iinfo(torch.long).max)  # (n_seg, row_cap)
-        order = key.argsort(dim=1)
+        order = NatsPolicy._cap_order(typ, pos, keep).argsort(dim=1)  # (n_seg, row_cap)
         place = torch.empty_like(order)
         place.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
         return keep & ~(place < n_drop.clamp(min=0)[:, None])
