@@ -135,12 +135,19 @@ def passkey(
 
 def niah_multikey(
     rng: random.Random, *, context_length: int = 1024, depth: float = 0.5, filler: str = DEFAULT_FILLER,
-    num_keys: int = 4, digits: int = 5,
+    num_keys: int = 4, digits: int = 5, num_queries: int = 1,
 ) -> tuple[str, str]:
-    """`num_keys` needles "The number for K is V." (K one uppercase letter); the asked one at `depth`."""
+    """`num_keys` needles "The number for K is V." (K one uppercase letter); the asked one at `depth`.
+
+    `num_queries` > 1 (training data: more supervised look-ups per sequence) asks that many distinct
+    keys (at most `num_keys`): the answer's first line is the first asked value, each further line
+    the next question and its value ("What is the number for K? The number for K is V"). The
+    prompt and the first line do not depend on `num_queries`."""
     _check_depth(depth)
     if not 1 <= num_keys <= len(NIAH_KEYS):
         raise ValueError(f"num_keys must be in [1, {len(NIAH_KEYS)}], got {num_keys}")
+    if num_queries < 1:
+        raise ValueError(f"num_queries must be >= 1, got {num_queries}")
     keys = rng.sample(NIAH_KEYS, num_keys)
     values = _distinct_numbers(rng, num_keys, digits)
     asked = rng.randrange(num_keys)
@@ -149,7 +156,15 @@ def niah_multikey(
         for i, (k, v) in enumerate(zip(keys, values, strict=True))
     ]
     tail = f"\nWhat is the number for {keys[asked]}? The number for {keys[asked]} is "
-    return assemble(NIAH_HEAD, needles, tail, context_length, filler), values[asked]
+    answer = values[asked]
+    if num_queries > 1:
+        others = rng.sample([i for i in range(num_keys) if i != asked], min(num_queries, num_keys) - 1)
+        answer += "".join(f"{ANSWER_END}{_niah_question(keys[i])}{values[i]}" for i in others)
+    return assemble(NIAH_HEAD, needles, tail, context_length, filler), answer
+
+
+def _niah_question(key: str) -> str:
+    return f"What is the number for {key}? The number for {key} is "
 
 
 def kv_recall(
@@ -237,4 +252,8 @@ def max_answer_tokens(name: str, **params) -> int:
     if name == "kv_recall":
         digits = params.get("digits", 3)
         return params.get("num_queries", 3) * (digits + 3)
+    if name == "niah_multikey":
+        digits = params.get("digits", 5)
+        extra = min(params.get("num_queries", 1), params.get("num_keys", 4)) - 1
+        return digits + extra * (len(ANSWER_END) + len(_niah_question("K")) + digits)
     return params.get("digits", 5 if name in ("passkey", "niah_multikey") else 3)

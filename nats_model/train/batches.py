@@ -21,7 +21,8 @@ PAD_TOKEN = ord("\n")
 @dataclass
 class Batch:
     """inputs/targets (B, T) int64 (targets -1 = ignored), weights (B, T) float, kinds per row,
-    answer_mask (B, T) bool marking the target positions of the answer (without the end marker)."""
+    answer_mask (B, T) bool marking the target positions of the answer's first line (without the end
+    marker): what greedy evaluation scores."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -41,27 +42,28 @@ def draw_params(rng: random.Random, params: dict) -> dict:
     return out
 
 
-def _max_params(params: dict) -> dict:
-    return {k: (max(v) if isinstance(v, list | tuple) else v) for k, v in params.items()}
-
-
 def task_sequence(
     rng: random.Random, task: str, params: dict, seq_len: int, min_context_fraction: float,
     prompt_loss_weight: float, depth: float | None = None, context_length: int | None = None,
 ) -> tuple[list[int], list[float], list[bool]]:
     """Tokens (seq_len + 1), per-target weights (seq_len) and answer flags (seq_len) of one example."""
-    budget = max_answer_tokens(task, **_max_params(params)) + len(ANSWER_END)
+    drawn = draw_params(rng, params)  # first: the answer room depends on the drawn parameters
+    budget = max_answer_tokens(task, **drawn) + len(ANSWER_END)
     room = seq_len + 1 - budget
+    if room < 1:
+        raise ValueError(f"{task}: a {budget}-token answer does not fit in {seq_len} tokens")
     if context_length is None:
         context_length = rng.randint(max(1, int(min_context_fraction * room)), room)
     depth = rng.random() if depth is None else depth
-    drawn = draw_params(rng, params)
     try:
         prompt, answer = make_example(task, rng, context_length=context_length, depth=depth, **drawn)
     except ValueError:  # too short for the drawn params: use all the room the sequence leaves
         prompt, answer = make_example(task, rng, context_length=room, depth=depth, **drawn)
     p_ids = list(prompt.encode("utf-8"))
     a_ids = list((answer + ANSWER_END).encode("utf-8"))
+    # answer_mask: the first answer line (what greedy evaluation scores); further lines (more queries
+    # in one sequence) are trained on but not counted by the teacher-forced exact match
+    n_first = len(answer.split(ANSWER_END)[0].encode("utf-8"))
     ids = (p_ids + a_ids)[: seq_len + 1]
     n_real = len(ids)
     ids = ids + [PAD_TOKEN] * (seq_len + 1 - n_real)
@@ -77,7 +79,7 @@ def task_sequence(
             is_answer.append(False)
         else:
             weights.append(1.0)
-            is_answer.append(j < len(p_ids) + len(answer.encode("utf-8")))
+            is_answer.append(j < len(p_ids) + n_first)
     return ids, weights, is_answer
 
 

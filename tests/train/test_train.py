@@ -197,3 +197,24 @@ def test_stage_lam_overrides_the_regulariser_per_stage(tmp_path, monkeypatch):
         parse_config(raw_config(stages=[{"seq_len": 96, "steps": 1, "lam": 1e-4}]))
     with pytest.raises(ConfigError, match=r"stages\[0\].lam must be a non-negative number"):
         parse_config({**raw, "stages": [{"seq_len": 64, "steps": 1, "lam": -1.0}]})
+
+
+def test_niah_extra_queries_extend_only_the_answer():
+    one = tasks.make_example("niah_multikey", random.Random(4), context_length=400, num_keys=4)
+    three = tasks.make_example("niah_multikey", random.Random(4), context_length=400, num_keys=4, num_queries=3)
+    assert three[0] == one[0]  # same prompt
+    lines = three[1].split(tasks.ANSWER_END)
+    assert lines[0] == one[1] and len(lines) == 3
+    asked = {line.split("for ")[1][0] for line in lines[1:]}
+    assert len(asked) == 2  # distinct further keys, each answered with its own value
+    for line in lines[1:]:
+        key, value = line.split("for ")[1][0], line.rsplit(" ", 1)[1]
+        assert f"The number for {key} is {value}. " in one[0]
+    assert len(three[1]) <= tasks.max_answer_tokens("niah_multikey", num_keys=4, num_queries=3)
+    # more queries than keys: capped at the keys there are
+    capped = tasks.make_example("niah_multikey", random.Random(4), context_length=400, num_keys=2, num_queries=5)
+    assert len(capped[1].split(tasks.ANSWER_END)) == 2
+    # the teacher-forced answer mask covers the first line (what greedy evaluation scores)
+    ids, weights, is_answer = task_sequence(random.Random(3), "niah_multikey", {"num_keys": 3, "num_queries": 3},
+                                            512, 0.5, 0.1, depth=0.5)
+    assert sum(is_answer) == 5 and weights.count(1.0) > 5 + 2 * 50
