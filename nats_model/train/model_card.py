@@ -47,6 +47,9 @@ def render(folder: Path, name: str, command: str, evals: list[dict], wall_time_s
     lines.append(f"- AdamW lr {o['lr']}, betas {o['betas']}, weight decay {o['weight_decay']}, warmup "
                  f"{o['warmup_steps']} then cosine to {o['min_lr_ratio']} x lr, clip {o['grad_clip']}")
     lines += ["", "## Training record", "", f"- optimizer steps: {steps}"]
+    if wall_time_s is None and rows and all("seconds" in r for r in rows) \
+            and all(a["seconds"] <= b["seconds"] for a, b in zip(rows, rows[1:], strict=False)):
+        wall_time_s = rows[-1]["seconds"]  # one training segment: its own clock (a resume restarts it)
     if wall_time_s is not None:
         lines.append(f"- wall time: {wall_time_s / 60:.1f} min on the shared 2-core CPU (2 torch threads)")
     if last_val:
