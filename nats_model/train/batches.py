@@ -42,19 +42,25 @@ def draw_params(rng: random.Random, params: dict) -> dict:
     return out
 
 
+def _max_params(params: dict) -> dict:
+    return {k: (max(v) if isinstance(v, list | tuple) else v) for k, v in params.items()}
+
+
 def task_sequence(
     rng: random.Random, task: str, params: dict, seq_len: int, min_context_fraction: float,
     prompt_loss_weight: float, depth: float | None = None, context_length: int | None = None,
 ) -> tuple[list[int], list[float], list[bool]]:
     """Tokens (seq_len + 1), per-target weights (seq_len) and answer flags (seq_len) of one example."""
-    drawn = draw_params(rng, params)  # first: the answer room depends on the drawn parameters
-    budget = max_answer_tokens(task, **drawn) + len(ANSWER_END)
+    # answer room for the largest parameters of the ranges (the draw order is part of the data stream
+    # the shipped models were trained on: context length, depth, then the parameters)
+    budget = max_answer_tokens(task, **_max_params(params)) + len(ANSWER_END)
     room = seq_len + 1 - budget
     if room < 1:
         raise ValueError(f"{task}: a {budget}-token answer does not fit in {seq_len} tokens")
     if context_length is None:
         context_length = rng.randint(max(1, int(min_context_fraction * room)), room)
     depth = rng.random() if depth is None else depth
+    drawn = draw_params(rng, params)
     try:
         prompt, answer = make_example(task, rng, context_length=context_length, depth=depth, **drawn)
     except ValueError:  # too short for the drawn params: use all the room the sequence leaves
