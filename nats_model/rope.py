@@ -33,3 +33,27 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (..., T, hd) rotated by cos/sin broadcastable to it."""
     return x * cos + rotate_half(x) * sin
+
+
+def _rotate_half_matrix(head_dim: int, dtype, device) -> torch.Tensor:
+    """(hd, hd) P with x @ P == rotate_half(x) for row vectors x."""
+    h = head_dim // 2
+    p = torch.zeros(head_dim, head_dim, dtype=dtype, device=device)
+    idx = torch.arange(h, device=device)
+    p[idx + h, idx] = -1.0
+    p[idx, idx + h] = 1.0
+    return p
+
+
+_P_CACHE: dict = {}
+
+
+def rope_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """cos, sin (..., hd) -> R (..., hd, hd) with x @ R == apply_rope(x, cos, sin) for row vectors x:
+    one matmul per rotated tensor instead of five element-wise ops (the decode path, T = 1)."""
+    hd = cos.shape[-1]
+    key = (hd, cos.dtype, cos.device)
+    p = _P_CACHE.get(key)
+    if p is None:
+        p = _P_CACHE[key] = _rotate_half_matrix(hd, cos.dtype, cos.device)
+    return torch.diag_embed(cos) + p * sin.unsqueeze(-2)

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nats_model.models.gpt_config import GPTConfig
-from nats_model.rope import apply_rope, rope_cos_sin
+from nats_model.rope import apply_rope, rope_cos_sin, rope_matrix
 
 __all__ = ["GPT", "GPTConfig"]
 
@@ -72,6 +72,21 @@ class Attention(nn.Module):
             y = self._nats(x, q, k, v)
         y = y.transpose(1, 2).reshape(B, T, cfg.n_head * cfg.head_dim)  # (B, T, Hq*hd)
         return self.o_proj(y)
+
+    def decode(self, x: torch.Tensor, rot: torch.Tensor, positions: torch.Tensor, kv_engine) -> torch.Tensor:
+        """`forward` with a KV engine for one token per sequence, lean: x (B, d) 2-D, RoPE as one
+        batched matmul with `rot (B, hd, hd)` (`rope_matrix`), functional projections. -> (B, d)."""
+        cfg = self.config
+        B, hd = x.shape[0], cfg.head_dim
+        q = torch.bmm(F.linear(x, self.q_proj.weight).view(B, cfg.n_head, hd), rot)  # (B, Hq, hd)
+        k = torch.bmm(F.linear(x, self.k_proj.weight).view(B, cfg.n_kv_head, hd), rot)
+        v = F.linear(x, self.v_proj.weight)
+        type_logits = None
+        if self.scorer is not None:
+            type_logits = F.linear(x, self.scorer.proj.weight).view(B, cfg.n_kv_head, 1, 3)
+        y = kv_engine.attend(self.layer_idx, q.view(B, cfg.n_head, 1, hd), k.view(B, cfg.n_kv_head, 1, hd),
+                             v.view(B, cfg.n_kv_head, 1, hd), positions=positions, type_logits=type_logits)
+        return F.linear(y.view(B, cfg.n_head * hd), self.o_proj.weight)
 
     def _nats(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         from nats_model import scorer as scorer_mod
@@ -170,6 +185,8 @@ class GPT(nn.Module):
             positions = torch.arange(T, device=idx.device).expand(B, T)  # (B, T)
         elif positions.shape != (B, T):
             raise ValueError(f"positions must have shape (B, T) = {(B, T)}, got {tuple(positions.shape)}")
+        if kv_engine is not None and T == 1 and targets is None and not torch.is_grad_enabled():
+            return self._decode(idx, positions, kv_engine), None
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)  # (B, T, hd)
         cos, sin = cos.unsqueeze(1).to(self.embed.weight.dtype), sin.unsqueeze(1).to(self.embed.weight.dtype)
         x = self.embed(idx)  # (B, T, d)
@@ -180,6 +197,20 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def _decode(self, idx: torch.Tensor, positions: torch.Tensor, kv_engine) -> torch.Tensor:
+        """One decode step (T = 1) through the KV engine without module-call overhead: the blocks'
+        maths on 2-D (B, d) activations, RoPE as a (hd x hd) rotation matmul. -> logits (B, 1, V)."""
+        cfg, dtype = self.config, self.embed.weight.dtype
+        cos, sin = rope_cos_sin(positions[:, 0], cfg.head_dim, cfg.rope_theta)  # (B, hd)
+        rot = rope_matrix(cos.to(dtype), sin.to(dtype))  # (B, hd, hd)
+        x = F.embedding(idx[:, 0], self.embed.weight)  # (B, d)
+        shape, eps = (cfg.d_model,), cfg.norm_eps
+        for block in self.blocks:
+            x = x + block.attn.decode(F.rms_norm(x, shape, block.attn_norm.weight, eps), rot, positions, kv_engine)
+            h = F.rms_norm(x, shape, block.mlp_norm.weight, eps)
+            x = x + F.linear(F.gelu(F.linear(h, block.mlp.up.weight)), block.mlp.down.weight)
+        return F.linear(F.rms_norm(x, shape, self.norm.weight, eps), self.lm_head.weight).unsqueeze(1)
 
     def kept_fraction(self) -> float | None:
         """Mean over layers, batch and KV heads of the kept KV fraction of the last NAtS forward

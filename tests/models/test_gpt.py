@@ -147,7 +147,8 @@ class FakeEngine:
 
 
 @pytest.mark.parametrize("attention", ["full", "nats"])
-def test_kv_engine_hook_reproduces_full_forward(attention):
+@pytest.mark.parametrize("lean_decode", [False, True])  # no_grad one-token steps take GPT._decode
+def test_kv_engine_hook_reproduces_full_forward(attention, lean_decode):
     torch.manual_seed(0)
     model = GPT(tiny(attention=attention, global_bias=1e4)).eval()
     idx = torch.randint(0, 256, (2, 14))
@@ -155,7 +156,8 @@ def test_kv_engine_hook_reproduces_full_forward(attention):
     engine = FakeEngine(model.config)
     outs = [model(idx[:, :6], kv_engine=engine, positions=torch.arange(6).expand(2, 6))[0]]  # prefill
     for t in range(6, 14):  # decode one token at a time
-        outs.append(model(idx[:, t : t + 1], kv_engine=engine, positions=torch.full((2, 1), t))[0])
+        with torch.set_grad_enabled(not lean_decode):
+            outs.append(model(idx[:, t : t + 1], kv_engine=engine, positions=torch.full((2, 1), t))[0])
     assert torch.allclose(torch.cat(outs, dim=1), ref, atol=1e-5)
     assert [c[0] for c in engine.calls[:2]] == [0, 1] and len(engine.calls) == 2 * 9
     expect = None if attention == "full" else (2, 2, 1, 3)
