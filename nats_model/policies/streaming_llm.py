@@ -92,8 +92,9 @@ class StreamingLLMPolicy(Policy):
             # just left the recent window (position seen - recent - 1): name its slot directly.
             hit = pos == leaving[:, None]  # (n_seg, row_cap)
             if over is None:  # all segments drop one
-                if bool(hit.any(1).all()):
-                    return hit.byte().argmax(1)
+                found = hit.nonzero()  # (hits, 2) in row order; positions are unique within a segment
+                if found.shape[0] == hit.shape[0]:  # so one hit in every row
+                    return found[:, 1]
             else:
                 need = over == 1
                 if bool((hit.any(1) | ~need).all()):
