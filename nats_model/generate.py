@@ -177,25 +177,39 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
 
 
 @dataclass
-class GenerationResult:
-    """New tokens and what the run cost. kv_bytes_* count K and V storage (see nats_model.cache).
+class CacheStats:
+    """What the cache held at the end of a run. kv_bytes_* count K and V storage (see
+    nats_model.cache); kept_per_layer_head (n_layers, B, Hkv)."""
 
-    tokens (B, max_new_tokens); kept_per_layer_head (n_layers, B, Hkv) at the end; ttft_s: prompt
-    in to first token out; tpot_s: mean time per later token; tokens_per_s: B * max_new_tokens
-    over the whole call.
-    """
-
-    tokens: torch.Tensor
     kv_bytes_physical: int
     kv_bytes_physical_peak: int
     kv_bytes_full: int
     kv_bytes_kept: int
     kv_meta_bytes: int
     kept_fraction: float
+    kept_per_layer_head: torch.Tensor
+
+    @staticmethod
+    def of(engine: KVEngine) -> dict:
+        """The fields, read from a finished run's engine."""
+        cache = engine.cache
+        return {"kv_bytes_physical": cache.kv_bytes_physical(),
+                "kv_bytes_physical_peak": engine.kv_bytes_physical_peak, "kv_bytes_full": cache.kv_bytes_full(),
+                "kv_bytes_kept": cache.kv_bytes_kept(), "kv_meta_bytes": cache.meta_bytes(),
+                "kept_fraction": cache.kept_fraction(), "kept_per_layer_head": cache.kept_per_layer_head()}
+
+
+@dataclass
+class GenerationResult(CacheStats):
+    """New tokens (B, max_new_tokens) and what the run cost: the cache (`CacheStats`) and time.
+    ttft_s: prompt in to first token out; tpot_s: mean time per later token; tokens_per_s:
+    B * max_new_tokens over the whole call.
+    """
+
+    tokens: torch.Tensor
     ttft_s: float
     tpot_s: float
     tokens_per_s: float
-    kept_per_layer_head: torch.Tensor
 
     def metrics(self) -> dict:
         """The scalar fields as a plain dict (for run records)."""
@@ -307,31 +321,19 @@ def generate(model, input_ids: torch.Tensor, policy: Policy, max_new_tokens: int
             pos = pos + 1
         _sync(device)
         t2 = time.perf_counter()
-    cache = engine.cache
     return GenerationResult(
-        tokens=torch.stack(out, 1), kv_bytes_physical=cache.kv_bytes_physical(),
-        kv_bytes_physical_peak=engine.kv_bytes_physical_peak, kv_bytes_full=cache.kv_bytes_full(),
-        kv_bytes_kept=cache.kv_bytes_kept(), kv_meta_bytes=cache.meta_bytes(),
-        kept_fraction=cache.kept_fraction(), ttft_s=t1 - t0,
+        tokens=torch.stack(out, 1), ttft_s=t1 - t0,
         tpot_s=(t2 - t1) / (max_new_tokens - 1) if max_new_tokens > 1 else 0.0,
-        tokens_per_s=input_ids.shape[0] * max_new_tokens / max(t2 - t0, 1e-12),
-        kept_per_layer_head=cache.kept_per_layer_head())
+        tokens_per_s=input_ids.shape[0] * max_new_tokens / max(t2 - t0, 1e-12), **CacheStats.of(engine))
 
 
 @dataclass
-class ScoreResult:
-    """Streaming NLL and what the cache held at the end (same KV fields as `GenerationResult`).
+class ScoreResult(CacheStats):
+    """Streaming NLL and what the cache held at the end (`CacheStats`).
 
     nll (B, T-1): entry t is -log p(token t+1 | tokens <= t), NaN where token t is padding."""
 
     nll: torch.Tensor
-    kv_bytes_physical: int
-    kv_bytes_physical_peak: int
-    kv_bytes_full: int
-    kv_bytes_kept: int
-    kv_meta_bytes: int
-    kept_fraction: float
-    kept_per_layer_head: torch.Tensor
 
 
 @torch.no_grad()
@@ -370,12 +372,7 @@ def score_run(model, input_ids: torch.Tensor, policy: Policy, attention_mask: to
             tgt = input_ids[:, s + 1:e + 1]
             step_nll = -logp.gather(-1, tgt[..., None])[..., 0]
             nll.append(step_nll.masked_fill(~val, float("nan")))
-    cache = engine.cache
-    return ScoreResult(
-        nll=torch.cat(nll, 1), kv_bytes_physical=cache.kv_bytes_physical(),
-        kv_bytes_physical_peak=engine.kv_bytes_physical_peak, kv_bytes_full=cache.kv_bytes_full(),
-        kv_bytes_kept=cache.kv_bytes_kept(), kv_meta_bytes=cache.meta_bytes(),
-        kept_fraction=cache.kept_fraction(), kept_per_layer_head=cache.kept_per_layer_head())
+    return ScoreResult(nll=torch.cat(nll, 1), **CacheStats.of(engine))
 
 
 def score(model, input_ids: torch.Tensor, policy: Policy, attention_mask: torch.Tensor | None = None,
