@@ -176,3 +176,17 @@ def drive(model, engine, policy_rope, ids, mask, chunk, n_decode):
             toks.append(logits[:, -1].argmax(-1))
             pos = pos + 1
     return torch.stack(toks, 1), logits_all
+
+
+def assert_same_run(model, engine, ref, policy_rope, ids, mask, chunk, n_decode):
+    """Drive the real engine and the brute-force reference on the same prompt; assert equal kept
+    positions at every step, equal greedy tokens and close logits. Returns the engine's history."""
+    toks, logits = drive(model, engine, policy_rope, ids, mask, chunk, n_decode)
+    ref_toks, ref_logits = drive(model, ref, policy_rope, ids, mask, chunk, n_decode)
+    assert len(engine.history) == len(ref.history)
+    for step, (got, want) in enumerate(zip(engine.history, ref.history, strict=True)):
+        assert got == want, f"step {step}: kept positions differ"
+    assert torch.equal(toks, ref_toks)
+    for a, b in zip(logits, ref_logits, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    return engine.history

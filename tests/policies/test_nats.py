@@ -13,7 +13,7 @@ from nats_model.generate import generate, score
 from nats_model.models.gpt import GPT, GPTConfig
 from nats_model.policies import build
 
-from .kv_reference import BruteForceEngine, RecordingEngine, budget_tokens, drive
+from .kv_reference import BruteForceEngine, RecordingEngine, assert_same_run, budget_tokens, drive
 
 G, L, S = 0, 1, 2
 
@@ -133,14 +133,7 @@ def test_kept_positions_match_reference(prompt, model_cfg, params, chunk):
     policy.bind_model(model)
     engine = RecordingEngine(policy, batch=2)
     ref = NatsReference(2, window, chunk_size or 1, bias, params.get("budget"), params.get("budget_tokens"))
-    toks, logits = drive(model, engine, policy.rope_positions, ids, mask, chunk, n_decode=8)
-    ref_toks, ref_logits = drive(model, ref, policy.rope_positions, ids, mask, chunk, n_decode=8)
-    assert len(engine.history) == len(ref.history)
-    for step, (got, want) in enumerate(zip(engine.history, ref.history, strict=True)):
-        assert got == want, f"step {step}: kept positions differ"
-    assert torch.equal(toks, ref_toks)
-    for a, b in zip(logits, ref_logits, strict=True):
-        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    assert_same_run(model, engine, ref, policy.rope_positions, ids, mask, chunk, n_decode=8)
     final = engine.history[-1]
     assert any(len(kept) < int(mask[b].sum()) + 8 for (_, b, _), kept in final.items())  # tokens were dropped
 

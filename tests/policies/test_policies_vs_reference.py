@@ -11,7 +11,7 @@ import torch
 
 from nats_model.policies import build
 
-from .kv_reference import RecordingEngine, ReferenceEngine, drive, tiny_gpt
+from .kv_reference import RecordingEngine, ReferenceEngine, assert_same_run, drive, tiny_gpt
 
 CASES = [
     ("full", {}, 7),
@@ -49,14 +49,7 @@ def test_kept_positions_match_reference(model, prompt, name, params, chunk):
     ref = ReferenceEngine(name, batch=2, budget=params.get("budget"), budget_tokens=params.get("budget_tokens"),
                           n_sink=params.get("n_sink", 4), recent_ratio=params.get("recent_ratio", 0.5),
                           rerotate=params.get("positions") == "rerotate", rope_theta=model.config.rope_theta)
-    toks, logits = drive(model, engine, policy.rope_positions, ids, mask, chunk, n_decode=12)
-    ref_toks, ref_logits = drive(model, ref, policy.rope_positions, ids, mask, chunk, n_decode=12)
-    assert len(engine.history) == len(ref.history)
-    for step, (got, want) in enumerate(zip(engine.history, ref.history, strict=True)):
-        assert got == want, f"step {step}: kept positions differ"
-    assert torch.equal(toks, ref_toks)
-    for a, b in zip(logits, ref_logits, strict=True):
-        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    assert_same_run(model, engine, ref, policy.rope_positions, ids, mask, chunk, n_decode=12)
     if name != "full":  # the policy really evicted: every head ends within its budget
         final = engine.history[-1]
         seen = mask.sum(1) + 12

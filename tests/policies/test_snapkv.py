@@ -12,7 +12,7 @@ import torch
 from nats_model.generate import generate
 from nats_model.policies import build
 
-from .kv_reference import BruteForceEngine, RecordingEngine, budget_tokens, drive, tiny_gpt
+from .kv_reference import BruteForceEngine, RecordingEngine, assert_same_run, budget_tokens, drive, tiny_gpt
 
 
 class SnapReference(BruteForceEngine):
@@ -109,14 +109,7 @@ def test_kept_positions_match_reference(model, prompt, params, chunk):
     engine = RecordingEngine(policy, batch=2)
     ref = SnapReference(2, policy.window_size, policy.kernel_size, policy.pooling, params.get("budget"),
                         params.get("budget_tokens"))
-    toks, logits = drive(model, engine, policy.rope_positions, ids, mask, chunk, n_decode=6)
-    ref_toks, ref_logits = drive(model, ref, policy.rope_positions, ids, mask, chunk, n_decode=6)
-    assert len(engine.history) == len(ref.history)
-    for step, (got, want) in enumerate(zip(engine.history, ref.history, strict=True)):
-        assert got == want, f"step {step}: kept positions differ"
-    assert torch.equal(toks, ref_toks)
-    for a, b in zip(logits, ref_logits, strict=True):
-        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    assert_same_run(model, engine, ref, policy.rope_positions, ids, mask, chunk, n_decode=6)
     final = engine.history[-1]
     assert all(len(kept) < int(mask[b].sum()) for (_, b, _), kept in final.items())  # the prompt was compressed
 

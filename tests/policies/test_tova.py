@@ -12,7 +12,7 @@ import torch
 from nats_model.generate import generate
 from nats_model.policies import build
 
-from .kv_reference import BruteForceEngine, RecordingEngine, budget_tokens, drive, tiny_gpt
+from .kv_reference import BruteForceEngine, RecordingEngine, assert_same_run, budget_tokens, drive, tiny_gpt
 
 
 class TovaReference(BruteForceEngine):
@@ -82,16 +82,10 @@ def test_kept_positions_match_reference(model, prompt, params, chunk):
     policy = build("tova", **params)  # the engine gives Step.n_kv_heads: no bind_model needed
     engine = RecordingEngine(policy, batch=2)
     ref = TovaReference(2, params.get("budget"), params.get("budget_tokens"))
-    toks, logits = drive(model, engine, policy.rope_positions, ids, mask, chunk, n_decode=8)
-    ref_toks, ref_logits = drive(model, ref, policy.rope_positions, ids, mask, chunk, n_decode=8)
-    assert len(engine.history) == len(ref.history)
-    for step, (got, want) in enumerate(zip(engine.history, ref.history, strict=True)):
-        assert got == want, f"step {step}: kept positions differ"
+    history = assert_same_run(model, engine, ref, policy.rope_positions, ids, mask, chunk, n_decode=8)
+    for got in history:
         for (layer, b, _h), kept in got.items():  # layer-wise scores: every KV head keeps the same positions
             assert kept == got[(layer, b, 0)]
-    assert torch.equal(toks, ref_toks)
-    for a, b in zip(logits, ref_logits, strict=True):
-        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
 
 
 def test_decode_evicts_one_token_per_step_at_budget_and_bytes_fall(model, prompt):
