@@ -26,6 +26,7 @@ from nats_model.generate import KVEngine
 from nats_model.mask import GLOBAL
 from nats_model.models.gpt import GPT, GPTConfig
 from nats_model.policies import build
+from nats_model.policies.nats import NatsPolicy
 
 
 def sync(device: torch.device) -> None:
@@ -49,6 +50,8 @@ def fill_cache(engine: KVEngine, cfg: GPTConfig, context: int, kept: int, device
         for name in store.aux:
             if name == "nats_type":  # the prompt's kept tokens: Global (they stay until the cap evicts them)
                 store.aux[name].fill_(GLOBAL)
+            elif name == "nats_order":  # and their eviction order
+                store.aux[name].copy_(NatsPolicy.order_key(torch.full_like(store.pos, GLOBAL), store.pos))
             else:
                 store.aux[name].uniform_(0, 1)
     engine.cache.seen = torch.full((batch,), context, device=device)

@@ -39,19 +39,21 @@ def _capacities(lens: list[int]) -> tuple[list[int], bool]:
 class LayerStore:
     """The kept tokens of one attention layer for every (sequence, KV head) segment.
 
-    Holds `k, v (capacity, hd)`, original positions `pos (capacity,)` and float32 `aux` fields
-    (policy state, one value per slot). Policies read and write it in *row form*: tensors of shape
-    `(n_seg, row_cap)` (a free view when all segments share one capacity) via `rows`/`set_rows`,
-    with `valid_rows()` marking the occupied slots.
+    Holds `k, v (capacity, hd)`, original positions `pos (capacity,)` and `aux` fields (policy
+    state, one value per slot; float32 unless `aux_dtypes` names another dtype for a field).
+    Policies read and write it in *row form*: tensors of shape `(n_seg, row_cap)` (a free view when
+    all segments share one capacity) via `rows`/`set_rows`, with `valid_rows()` marking the
+    occupied slots.
     """
 
     def __init__(self, n_seg: int, head_dim: int, dtype: torch.dtype, device: torch.device,
-                 aux_names: tuple[str, ...] = ()):
+                 aux_names: tuple[str, ...] = (), aux_dtypes: dict[str, torch.dtype] | None = None):
         self.n_seg, self.head_dim, self.dtype, self.device = n_seg, head_dim, dtype, device
         self.k = torch.empty(0, head_dim, dtype=dtype, device=device)
         self.v = torch.empty(0, head_dim, dtype=dtype, device=device)
         self.pos = torch.empty(0, dtype=torch.long, device=device)
-        self.aux: dict[str, torch.Tensor] = {n: torch.empty(0, device=device) for n in aux_names}
+        self.aux: dict[str, torch.Tensor] = {
+            n: torch.empty(0, dtype=(aux_dtypes or {}).get(n, torch.float32), device=device) for n in aux_names}
         self._set_layout([0] * n_seg)
         self.lens = torch.zeros(n_seg, dtype=torch.long, device=device)
         self.relayout_old_bytes = 0  # K/V bytes freed by the last relayouts (engine reads and resets)
@@ -99,7 +101,7 @@ class LayerStore:
         self.pos = torch.zeros(total, dtype=torch.long, device=self.device)
         self.k[dst], self.v[dst], self.pos[dst] = old[0][src], old[1][src], old[2][src]
         for name, a in old[3].items():
-            self.aux[name] = torch.zeros(total, device=self.device)
+            self.aux[name] = torch.zeros(total, dtype=a.dtype, device=self.device)
             self.aux[name][dst] = a[src]
 
     # -------------------------------------------------------------- row form
@@ -176,7 +178,7 @@ class LayerStore:
             self.v.index_copy_(0, dst, v[:, 0])
             self.pos.index_copy_(0, dst, pos[:, 0])
             for a in self.aux.values():
-                a.index_fill_(0, dst, 0.0)
+                a.index_fill_(0, dst, 0)
             common = self._common + 1 if self._common is not None and self._common >= 0 else None
             self._set_lens(self._lens + 1, self.kept_total + n_seg, self.free_min - 1, common)
             return dst[:, None]
@@ -189,7 +191,7 @@ class LayerStore:
         dst = slot[valid]
         self.k[dst], self.v[dst], self.pos[dst] = k[valid], v[valid], pos[valid]
         for a in self.aux.values():
-            a[dst] = 0.0
+            a[dst] = 0
         self.lens = new_lens
         return torch.where(valid, slot, -1)
 
@@ -264,9 +266,10 @@ class KVCache:
     `kv_bytes_full` is what a cache keeping all of them would hold.
     """
 
-    def __init__(self, batch: int, aux_names: tuple[str, ...] = ()):
+    def __init__(self, batch: int, aux_names: tuple[str, ...] = (),
+                 aux_dtypes: dict[str, torch.dtype] | None = None):
         self.batch = batch
-        self.aux_names = aux_names
+        self.aux_names, self.aux_dtypes = aux_names, dict(aux_dtypes or {})
         self.layers: dict[int, LayerStore] = {}
         self.seen = torch.zeros(batch, dtype=torch.long)
         self.n_kv_heads = 0
@@ -282,7 +285,7 @@ class KVCache:
                 raise ValueError(f"keys have batch {B}, the cache was made for batch {self.batch}")
             self.n_kv_heads, self.head_dim, self.itemsize = Hkv, hd, k.element_size()
             self.seen = self.seen.to(k.device)
-            store = LayerStore(B * Hkv, hd, k.dtype, k.device, self.aux_names)
+            store = LayerStore(B * Hkv, hd, k.dtype, k.device, self.aux_names, self.aux_dtypes)
             self.layers[idx] = store
         return store
 

@@ -31,7 +31,7 @@ class KVEngine:
 
     def __init__(self, policy: Policy, batch: int):
         self.policy = policy
-        self.cache = KVCache(batch, tuple(policy.aux_fields))
+        self.cache = KVCache(batch, tuple(policy.aux_fields), policy.aux_dtypes)
         self.kv_bytes_physical_peak = 0
         self._step: dict = {}
 
@@ -104,14 +104,17 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
     group of equal-capacity segments. Key slot j is visible to query t when it is occupied, its
     original position <= the query's (and within `sliding_window`, and `visible (n_seg, T, row_cap)`
     allows it, when given; padding queries ignore `visible`). Returns out (n_seg, g, T, hd)
-    and, as `observe` asks, attn_sum (n_seg, row_cap) / probs (n_seg, g, T, row_cap)."""
+    and, as `observe` asks, attn_sum (n_seg, row_cap) / probs (n_seg, g, T, P <= row_cap; slots past
+    P are unoccupied)."""
     n_seg, g, T, hd = q.shape
     want = observe != "none"
     out = q.new_empty(n_seg, g, T, hd) if not store.uniform else None
     attn_sum = None
     if observe == "sum" and not store.uniform:
         attn_sum = q.new_zeros(n_seg, store.row_cap, dtype=torch.float32)
-    probs_all = q.new_zeros(n_seg, g, T, store.row_cap, dtype=torch.float32) if observe == "probs" else None
+    # probs: a uniform store hands over its one group's probabilities as they are (n_seg, g, T, used)
+    probs_all = q.new_zeros(n_seg, g, T, store.row_cap, dtype=torch.float32) \
+        if observe == "probs" and not store.uniform else None
     # padding queries look at everything (their output is discarded) so no row is empty
     qp = q_pos if all_valid else torch.where(q_valid, q_pos, torch.iinfo(torch.long).max // 2)
     for seg_ids, start, cap in store.groups:
@@ -162,8 +165,11 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
                     attn_sum = F.pad(p4.sum(dim=(1, 2)), (0, cap - used))  # (n_seg, row_cap)
                 else:
                     attn_sum[sel, :used] = p4.sum(dim=(1, 2))
-            if probs_all is not None:
-                probs_all[sel, :, :, :used] = p4
+            if observe == "probs":
+                if store.uniform:
+                    probs_all = p4
+                else:
+                    probs_all[sel, :, :, :used] = p4
         o = o.view(n, g, T, hd)
         if store.uniform:
             out = o
@@ -171,6 +177,8 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
             out[seg_ids] = o
     if out is None:  # empty cache (cannot happen for real queries, which see themselves)
         out = q.new_zeros(n_seg, g, T, hd)
+    if observe == "probs" and probs_all is None:
+        probs_all = q.new_zeros(n_seg, g, T, store.row_cap, dtype=torch.float32)
     if not all_valid:
         out = out.masked_fill(~q_valid[:, None, :, None], 0.0)
     return out, attn_sum, probs_all

@@ -167,6 +167,34 @@ def _niah_question(key: str) -> str:
     return f"What is the number for {key}? The number for {key} is "
 
 
+def niah_drill(
+    rng: random.Random, *, context_length: int = 256, depth: float = 0.5, filler: str = DEFAULT_FILLER,
+    num_keys: int = 4, digits: int = 5, num_queries: int = 4,
+) -> tuple[str, str]:
+    """Training drill for niah_multikey's key look-up (a training task, not a workload): the same
+    needles in filler, then `num_queries` short look-ups "The number for K is " (keys drawn with
+    replacement), the first one ending the prompt. Every look-up's value is supervised and a
+    look-up costs 26 tokens instead of the workload's 45-token question, so a short sequence holds
+    several key-matching targets. Answer: the first value, then one "The number for K is V" line
+    per further look-up (`ANSWER_END`-separated: the first line is what exact match scores)."""
+    _check_depth(depth)
+    if not 1 <= num_keys <= len(NIAH_KEYS):
+        raise ValueError(f"num_keys must be in [1, {len(NIAH_KEYS)}], got {num_keys}")
+    if num_queries < 1:
+        raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+    keys = rng.sample(NIAH_KEYS, num_keys)
+    values = _distinct_numbers(rng, num_keys, digits)
+    asked = [rng.randrange(num_keys) for _ in range(num_queries)]
+    needles = [
+        (f"The number for {k} is {v}. ", depth if i == asked[0] else rng.random())
+        for i, (k, v) in enumerate(zip(keys, values, strict=True))
+    ]
+    tail = f"\nThe number for {keys[asked[0]]} is "
+    answer = values[asked[0]] + "".join(
+        f"{ANSWER_END}The number for {keys[i]} is {values[i]}" for i in asked[1:])
+    return assemble(NIAH_HEAD, needles, tail, context_length, filler), answer
+
+
 def kv_recall(
     rng: random.Random, *, context_length: int = 1024, depth: float = 0.5, filler: str = DEFAULT_FILLER,
     num_pairs: int = 8, num_queries: int = 3, digits: int = 3,
@@ -233,6 +261,7 @@ TaskFn = Callable[..., tuple[str, str]]
 TASKS: dict[str, TaskFn] = {
     "passkey": passkey,
     "niah_multikey": niah_multikey,
+    "niah_drill": niah_drill,
     "kv_recall": kv_recall,
     "variable_tracking": variable_tracking,
 }
@@ -252,6 +281,9 @@ def max_answer_tokens(name: str, **params) -> int:
     if name == "kv_recall":
         digits = params.get("digits", 3)
         return params.get("num_queries", 3) * (digits + 3)
+    if name == "niah_drill":
+        digits = params.get("digits", 5)
+        return digits + (params.get("num_queries", 4) - 1) * (len(ANSWER_END) + len("The number for K is ") + digits)
     if name == "niah_multikey":
         digits = params.get("digits", 5)
         extra = min(params.get("num_queries", 1), params.get("num_keys", 4)) - 1

@@ -14,7 +14,8 @@ chunk or one decode token):
 
 Everything a policy needs arrives in `Step` in row form `(n_seg, row_cap)` with segment
 `s = b * Hkv + h`; per-slot state that must survive across steps is kept in the store's `aux`
-fields named in `aux_fields` (zero for new tokens; moved with the tokens on eviction).
+fields named in `aux_fields` (zero for new tokens; moved with the tokens on eviction; float32
+unless `aux_dtypes` gives a field another dtype).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class Step:
     new_slots (n_seg, T): flat slot of each new token (-1 for padding).
     attn_sum (n_seg, row_cap) or None: attention each slot received this step, summed over the
       step's real queries and over the query heads of the KV head's GQA group (observe="sum").
-    probs (n_seg, g, T, row_cap) or None: per query head and query (observe="probs"; padding
-      queries are zero).
+    probs (n_seg, g, T, P) or None: per query head and query (observe="probs"; padding queries are
+      zero); P <= row_cap: the slots past P are unoccupied (P is the common length when every
+      segment holds the same count, else row_cap).
     type_logits (B, Hkv, T, 3) or None: NAtS scorer logits of the new tokens.
     q (n_seg, g, T, hd), k_new / v_new (n_seg, T, hd): the step's queries and new keys/values.
     n_kv_heads: KV heads per sequence (to group a sequence's segments, e.g. layer-wise scores).
@@ -77,6 +79,7 @@ class Policy:
     name: ClassVar[str] = ""
     observe: ClassVar[str] = "none"
     aux_fields: ClassVar[tuple[str, ...]] = ()
+    aux_dtypes: ClassVar[dict[str, torch.dtype]] = {}  # aux fields that are not float32
     needs_budget: ClassVar[bool] = True
     masks_attention: ClassVar[bool] = False  # True: the engine calls `visible` before attention
 

@@ -44,7 +44,11 @@ class NatsPolicy(Policy):
 
     name: ClassVar[str] = "nats"
     observe: ClassVar[str] = "none"
-    aux_fields: ClassVar[tuple[str, ...]] = ("nats_type",)
+    # nats_type: the slot's type (float); nats_order: its eviction-order key `order_key(type, pos)`,
+    # kept beside the type so that a decode step finds its cap candidate and any rule drop with two
+    # passes over the row instead of rebuilding the rule and the order from types and positions
+    aux_fields: ClassVar[tuple[str, ...]] = ("nats_type", "nats_order")
+    aux_dtypes: ClassVar[dict[str, torch.dtype]] = {"nats_order": torch.long}
     needs_budget: ClassVar[bool] = False
     masks_attention: ClassVar[bool] = True
 
@@ -181,6 +185,7 @@ class NatsPolicy(Policy):
         finished = torch.where(k < n_done[:, None], types_c.gather(1, k.clamp(0, K - 1)), GLOBAL).float()
         typ = torch.where(occupied & (k >= 0), finished, store.rows(store.aux["nats_type"]))
         store.set_rows(store.aux["nats_type"], typ)
+        store.set_rows(store.aux["nats_order"], self.order_key(typ, pos))
         out = {"typ": typ, "pos": pos, "cid": cid, "last_global": last_global, "last_global_before": last_before,
                "types_c": types_c, "abs_c": abs_c, "done": done}
         self.__dict__["_typed_step"] = (step, out)
@@ -196,12 +201,32 @@ class NatsPolicy(Policy):
         last_global = torch.where(types == GLOBAL, q_pos, last_before)
         self.__dict__["_state"][step.layer] = (last_global, partial)
         store.aux["nats_type"].index_copy_(0, step.new_slots[:, 0], types.float())
+        store.aux["nats_order"].index_copy_(0, step.new_slots[:, 0], self.order_key(types, q_pos))
         return {"decode": True, "last_global": last_global}
 
     def _select_decode(self, store: LayerStore, step: Step, ty: dict, window: int) -> torch.Tensor | None:
         """`select` after one decode token per segment (token types): the same rule and cap, on the
         occupied slots only (a slice when every segment holds the same count)."""
         n = store.common_len()
+        capped = self.budget is not None or self.budget_tokens is not None
+        if n >= 0:
+            # After the previous step a head held exactly what the rule lets the next query see, so
+            # this step's rule can only drop (a) Local tokens, when the new token is Global: their
+            # order keys are their positions, the lowest keys of the row, and <= last Global;
+            # (b) the Sliding-window token at position seen - W - 1, which leaves the window now.
+            # Without either, the cap candidate is the row's lowest order key.
+            keys = store.rows(store.aux["nats_order"])[:, :n]
+            low, candidate = keys.min(1)
+            leaving = 2 * _RANK_STEP + (step.seen - window - 1)  # the order key of (b)
+            if not bool(((low <= ty["last_global"]) | (keys == leaving[:, None]).any(1)).any()):
+                if not capped:
+                    return None
+                n_drop = store.lens - self.step_budget(step)
+                most = int(n_drop.max())
+                if most <= 0:
+                    return None
+                if most == 1:
+                    return torch.where(n_drop > 0, candidate, -1)
         typ, pos = store.rows(store.aux["nats_type"]), store.rows(store.pos, fill=-1)
         if n >= 0:
             typ, pos = typ[:, :n], pos[:, :n]
@@ -209,18 +234,10 @@ class NatsPolicy(Policy):
             | ((typ == SLIDING) & (pos >= (step.seen - window)[:, None]))
         if n < 0:
             keep &= store.valid_rows()
-        capped = self.budget is not None or self.budget_tokens is not None
-        n_keep = keep.sum(1)
-        rule_drops = bool((n_keep != store.lens).any())
-        if capped:
-            n_drop = n_keep - self.step_budget(step)
-            most = int(n_drop.max())
-            if most > 0 and not rule_drops and most == 1 and n >= 0 and bool((n_drop == 1).all()):
-                # the common capped step: every segment drops exactly its first eviction candidate
-                return self._cap_order(typ, pos, keep).argmin(dim=1)
-            if most > 0:
-                keep = self._cap(keep, typ, pos, self.step_budget(step))
-                rule_drops = True
+        rule_drops = bool((keep.sum(1) != store.lens).any())
+        if capped and int((keep.sum(1) - self.step_budget(step)).max()) > 0:
+            keep = self._cap(keep, typ, pos, self.step_budget(step))
+            rule_drops = True
         if not rule_drops:
             return None
         if n >= 0 and n < store.row_cap:  # back to full rows
@@ -228,12 +245,16 @@ class NatsPolicy(Policy):
         return keep
 
     @staticmethod
-    def _cap_order(typ: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Eviction order key (lowest first): Local, then Global but position 0, then SW, then
-        position 0, oldest first within each; slots not kept sort last."""
+    def order_key(typ: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Eviction-order key per slot (lowest goes first): Local, then Global but position 0, then
+        Sliding window, then position 0, oldest first within each (rank * 2^40 + position)."""
         rank = torch.where(typ == LOCAL, 0, torch.where(typ == GLOBAL, 1, 2))
-        rank = torch.where(pos == 0, 3, rank)
-        return (rank * _RANK_STEP + pos).masked_fill(~keep, torch.iinfo(torch.long).max)
+        return torch.where(pos == 0, 3, rank) * _RANK_STEP + pos
+
+    @staticmethod
+    def _cap_order(typ: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """`order_key`, with the slots not kept sorted last."""
+        return NatsPolicy.order_key(typ, pos).masked_fill(~keep, torch.iinfo(torch.long).max)
 
     @staticmethod
     def _cap(keep: torch.Tensor, typ: torch.Tensor, pos: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:

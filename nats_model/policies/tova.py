@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from nats_model.cache import LayerStore
 from nats_model.policies.base import Policy, Step
@@ -51,9 +52,16 @@ class TOVAPolicy(Policy):
         if not hkv or store.n_seg % hkv:
             raise ValueError(f"tova: KV head count {hkv!r} unknown or not dividing {store.n_seg} segments "
                              "(the engine gives Step.n_kv_heads; else call bind_model(model))")
-        n_seg, g, T, row_cap = step.probs.shape
+        n_seg, g, T, width = step.probs.shape
+        n = store.common_len()
+        if most == 1 and T == 1 and n >= 0 and width >= n:
+            pick = self._decode_pick(store, step, hkv, n)
+            if pick is not None:
+                return torch.where(n_drop > 0, pick, -1)
+        row_cap = store.row_cap
+        probs = F.pad(step.probs, (0, row_cap - width)) if width < row_cap else step.probs
         last = (step.q_valid.long() * torch.arange(1, T + 1, device=step.q_valid.device)).argmax(1)  # (n_seg,)
-        p = step.probs.gather(2, last[:, None, None, None].expand(n_seg, g, 1, row_cap))[:, :, 0].sum(1)
+        p = probs.gather(2, last[:, None, None, None].expand(n_seg, g, 1, row_cap))[:, :, 0].sum(1)
         occupied = store.valid_rows()
         pos = store.rows(store.pos, fill=0)  # (n_seg, row_cap)
         # mean over the layer's query heads, per (sequence, position)
@@ -77,3 +85,18 @@ class TOVAPolicy(Policy):
         place = torch.empty_like(order)
         place.scatter_(1, order, torch.arange(row_cap, device=order.device).expand_as(order))
         return occupied & ~(place < n_drop.clamp(min=0)[:, None])
+
+    @staticmethod
+    def _decode_pick(store: LayerStore, step: Step, hkv: int, n: int) -> torch.Tensor | None:
+        """One decode query, every segment holding `n` tokens: the row of each segment's lowest
+        score (later position on ties), read from the first `n` slots; None when a sequence's heads
+        hold their positions in different rows (the general path adds scores up by position)."""
+        n_seg, g = step.probs.shape[:2]
+        pos = store.rows(store.pos)[:, :n].view(-1, hkv, n)  # (B, Hkv, n)
+        if hkv > 1 and not bool((pos == pos[:, :1]).all()):
+            return None
+        # the same sums and scaling as the general path (so exact ties fall the same way)
+        total = step.probs[:, :, 0, :n].sum(1).view(-1, hkv, n).sum(1) / (hkv * g)  # (B, n)
+        low = total == total.min(1, keepdim=True).values
+        pick = torch.where(low, pos[:, 0], -1).argmax(1)  # (B,)
+        return pick.repeat_interleave(hkv)

@@ -138,6 +138,38 @@ def test_kept_positions_match_reference(prompt, model_cfg, params, chunk):
     assert any(len(kept) < int(mask[b].sum()) + 8 for (_, b, _), kept in final.items())  # tokens were dropped
 
 
+@pytest.mark.parametrize("batch, model_cfg, params", [
+    (1, (3, None, -0.5), {"budget_tokens": 6}),
+    (1, (2, None, 0.0), {}),
+    (2, (3, None, -0.3), {"budget_tokens": 5}),
+    (1, (0, None, 0.3), {"budget_tokens": 5}),
+])
+def test_decode_fast_path_matches_reference(monkeypatch, batch, model_cfg, params):
+    """Unpadded batches, so that heads often hold equal counts and decode takes the order-key path
+    (Local drops after a new Global token, the Sliding-window token leaving, the cap candidate):
+    kept positions still equal the reference at every step, and the path was really taken."""
+    from nats_model.policies.nats import NatsPolicy
+
+    window, _, bias = model_cfg
+    model = nats_gpt(window, None, bias)
+    ids = torch.randint(0, 61, (batch, 12), generator=torch.Generator().manual_seed(11))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    equal_counts = []
+    original = NatsPolicy._select_decode
+
+    def spy(self, store, step, ty, w):
+        equal_counts.append(store.common_len() >= 0)
+        return original(self, store, step, ty, w)
+
+    monkeypatch.setattr(NatsPolicy, "_select_decode", spy)
+    policy = build("nats", **params)
+    policy.bind_model(model)
+    engine = RecordingEngine(policy, batch=batch)
+    ref = NatsReference(batch, window, 1, bias, params.get("budget"), params.get("budget_tokens"))
+    assert_same_run(model, engine, ref, policy.rope_positions, ids, mask, 4, n_decode=20)
+    assert sum(equal_counts) >= 4, equal_counts
+
+
 @pytest.mark.parametrize("window, chunk_size, step", [(3, None, 1), (3, None, 6), (4, 4, 1), (3, 4, 7)])
 def test_streaming_nll_equals_the_models_own_nats_attention(window, chunk_size, step):
     """Each query sees exactly what the NAtS visibility rule allows (kept set between steps, the

@@ -88,6 +88,29 @@ def test_kept_positions_match_reference(model, prompt, params, chunk):
             assert kept == got[(layer, b, 0)]
 
 
+@pytest.mark.parametrize("batch, params", [(1, {"budget_tokens": 7}), (2, {"budget": 0.4})])
+def test_decode_fast_path_matches_reference(model, monkeypatch, batch, params):
+    """Unpadded batches: every segment holds the same count, so decode takes `_decode_pick` (scores
+    of the occupied slots only); kept positions still equal the reference at every step."""
+    from nats_model.policies.tova import TOVAPolicy
+
+    picks = []
+    original = TOVAPolicy._decode_pick
+
+    def spy(store, step, hkv, n):
+        picks.append(original(store, step, hkv, n))
+        return picks[-1]
+
+    monkeypatch.setattr(TOVAPolicy, "_decode_pick", staticmethod(spy))
+    ids = torch.randint(0, 61, (batch, 20), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    policy = build("tova", **params)
+    engine = RecordingEngine(policy, batch=batch)
+    ref = TovaReference(batch, params.get("budget"), params.get("budget_tokens"))
+    assert_same_run(model, engine, ref, policy.rope_positions, ids, mask, 6, n_decode=12)
+    assert sum(p is not None for p in picks) >= 12
+
+
 def test_decode_evicts_one_token_per_step_at_budget_and_bytes_fall(model, prompt):
     ids, mask = prompt
     full = generate(model, ids, build("full"), 10, attention_mask=mask)
