@@ -96,6 +96,7 @@ class NatsPolicy(Policy):
         # per layer: last completed Global chunk (n_seg,) and logit sum of the unfinished chunk (n_seg, 3)
         self.__dict__["_state"] = {}
         self.__dict__["_typed_step"] = (None, None)
+        self.__dict__.pop("_leaving", None)
 
     def visible(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         """(n_seg, T, row_cap): the rule of NATS_METHOD section 1 for every query of a prefill chunk,
@@ -196,13 +197,28 @@ class NatsPolicy(Policy):
         """`_typed` for one decode token per segment with token types: type it (argmax after the
         Global bias, position 0 Global), write its slot's type, move the last Global position."""
         q_pos = step.q_pos[:, 0]  # (n_seg,)
-        types = (logits + logits.new_tensor([bias, 0.0, 0.0])).argmax(-1)  # infer_types for one token
-        types = types.masked_fill(q_pos == 0, GLOBAL)
+        bias_row, key_base = self._decode_consts(bias, logits.device)
+        first = q_pos == 0
+        types = (logits + bias_row).argmax(-1).masked_fill_(first, GLOBAL)  # infer_types for one token
         last_global = torch.where(types == GLOBAL, q_pos, last_before)
         self.__dict__["_state"][step.layer] = (last_global, partial)
-        store.aux["nats_type"].index_copy_(0, step.new_slots[:, 0], types.float())
-        store.aux["nats_order"].index_copy_(0, step.new_slots[:, 0], self.order_key(types, q_pos))
+        slots = step.new_slots[:, 0]
+        store.aux["nats_type"].index_copy_(0, slots, types.float())
+        # order_key(types, q_pos) from a per-type table
+        store.aux["nats_order"].index_copy_(0, slots, (key_base[types] + q_pos).masked_fill_(first, 3 * _RANK_STEP))
         return {"decode": True, "last_global": last_global}
+
+    def _decode_consts(self, bias: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the Global bias as a logit row (3,), the order-key base per type (3,)), made once per run."""
+        cached = self.__dict__.get("_consts")
+        if cached is None or cached[0] != (bias, device):
+            base = torch.zeros(3, dtype=torch.long, device=device)
+            base[GLOBAL], base[LOCAL], base[SLIDING] = _RANK_STEP, 0, 2 * _RANK_STEP
+            row = torch.zeros(3, device=device)
+            row[GLOBAL] = bias
+            cached = ((bias, device), row, base)
+            self.__dict__["_consts"] = cached
+        return cached[1], cached[2]
 
     def _select_decode(self, store: LayerStore, step: Step, ty: dict, window: int) -> torch.Tensor | None:
         """`select` after one decode token per segment (token types): the same rule and cap, on the
@@ -217,8 +233,12 @@ class NatsPolicy(Policy):
             # Without either, the cap candidate is the row's lowest order key.
             keys = store.rows(store.aux["nats_order"])[:, :n]
             low, candidate = keys.min(1)
-            leaving = 2 * _RANK_STEP + (step.seen - window - 1)  # the order key of (b)
-            if not bool(((low <= ty["last_global"]) | (keys == leaving[:, None]).any(1)).any()):
+            cached = self.__dict__.get("_leaving")  # the order key of (b), once per step (all layers)
+            if cached is None or cached[0] is not step.seen:
+                cached = (step.seen, (2 * _RANK_STEP - window - 1 + step.seen)[:, None])
+                self.__dict__["_leaving"] = cached
+            leaving = cached[1]
+            if not bool(((low <= ty["last_global"]) | (keys == leaving).any(1)).any()):
                 if not capped:
                     return None
                 n_drop = store.lens - self.step_budget(step)
