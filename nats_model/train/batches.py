@@ -97,10 +97,10 @@ class BatchMaker:
         self.corpus = (
             TextCorpus.load(split, data.text_dir, max_bytes=data.text_max_bytes) if data.text_weight > 0 else None
         )
-        self.kinds = (["text"] if data.text_weight > 0 else []) + [n for n, t in data.tasks.items() if t.weight > 0]
-        self.weights = ([data.text_weight] if data.text_weight > 0 else []) + [
-            t.weight for t in data.tasks.values() if t.weight > 0
-        ]
+        # every listed task is a kind, weight 0 included: such a task is drawn only in the stages whose
+        # `weights` turn it on (a zero weight is never drawn and does not change the random stream)
+        self.kinds = (["text"] if data.text_weight > 0 else []) + list(data.tasks)
+        self.weights = ([data.text_weight] if data.text_weight > 0 else []) + [t.weight for t in data.tasks.values()]
 
     def text_sequence(self, rng: random.Random, seq_len: int) -> tuple[list[int], list[float], list[bool]]:
         assert self.corpus is not None

@@ -60,7 +60,8 @@ class Stage:
     """One curriculum stage: `steps` optimizer steps on sequences of `seq_len` tokens.
 
     `weights` optionally overrides the mix weights in this stage ({"text": w, task: w, ...});
-    kinds it does not name keep their data-section weight. `lam` (NAtS models) overrides the
+    kinds it does not name keep their data-section weight (a task listed there with weight 0 is
+    drawn only in the stages that give it a weight). `lam` (NAtS models) overrides the
     regulariser weight `model.lam` in this stage, e.g. 0 while the model first learns the tasks.
     """
 

@@ -41,7 +41,12 @@ def test_task_prompt_length_and_determinism(name, length):
     assert (prompt, answer) == tasks.make_example(name, random.Random(7), context_length=length, depth=0.3)
     others = {tasks.make_example(name, random.Random(s), context_length=length)[1] for s in range(8)}
     assert len(others) > 1  # the seed matters
-    values = list(tasks.parse_pairs(answer).values()) if name == "kv_recall" else [answer]
+    if name == "kv_recall":
+        values = list(tasks.parse_pairs(answer).values())
+    elif name == "niah_drill":  # one value per look-up line
+        values = [line.rsplit(" ", 1)[-1] for line in answer.split(tasks.ANSWER_END)]
+    else:
+        values = [answer]
     assert all(v in prompt for v in values)  # the answer can be read from the prompt
 
 
@@ -95,6 +100,33 @@ def test_stage_weights_override_the_mix():
     assert "text" in mixed and set(only_tasks) == {"passkey"}
     with pytest.raises(ConfigError, match=r"stages\[0\].weights"):
         parse_config(raw_config(stages=[{"seq_len": 96, "steps": 1, "weights": {"sudoku": 1.0}}]))
+
+
+def test_a_zero_weight_task_is_drawn_only_where_a_stage_turns_it_on():
+    raw = raw_config(stages=[{"seq_len": 256, "steps": 1},
+                             {"seq_len": 256, "steps": 1, "weights": {"text": 0.0, "passkey": 0.0, "niah_drill": 1.0}}])
+    raw["data"]["tasks"]["niah_drill"] = {"weight": 0.0, "params": {"num_keys": [2, 3], "num_queries": [2, 4]}}
+    cfg = parse_config(raw)
+    maker = BatchMaker(cfg.data)
+    assert "niah_drill" not in maker.batch(random.Random(0), 64, 256).kinds
+    assert set(maker.batch(random.Random(0), 8, 256, weights=cfg.stages[1].weights).kinds) == {"niah_drill"}
+    # listing a task with weight 0 leaves the other kinds' draws as they were
+    base = BatchMaker(parse_config(raw_config()).data)
+    assert base.batch(random.Random(5), 32, 256).kinds == maker.batch(random.Random(5), 32, 256).kinds
+
+
+def test_niah_drill_supervises_every_look_up():
+    prompt, answer = tasks.make_example("niah_drill", random.Random(2), context_length=200, num_keys=3, num_queries=4)
+    lines = answer.split(tasks.ANSWER_END)
+    assert len(lines) == 4 and len(answer) <= tasks.max_answer_tokens("niah_drill", num_keys=3, num_queries=4)
+    first_key = prompt.rsplit("The number for ", 1)[1][0]
+    assert prompt.endswith(f"\nThe number for {first_key} is ") and f"for {first_key} is {lines[0]}. " in prompt
+    for line in lines[1:]:  # "The number for K is V" with the needle's own value
+        assert f"{line}. " in prompt
+    ids, weights, is_answer = task_sequence(random.Random(3), "niah_drill", {"num_keys": 3, "num_queries": 4},
+                                            256, 0.5, 0.1)
+    # the first value is what exact match scores; all 4 look-ups (5 + 3 x 26 tokens) + end marker weigh 1
+    assert sum(is_answer) == 5 and weights.count(1.0) == 5 + 3 * 26 + 1
 
 
 # ---------------------------------------------------------------- config and schedule
