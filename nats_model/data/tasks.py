@@ -133,6 +133,21 @@ def passkey(
     return assemble(PASSKEY_HEAD, [(needle, depth)], tail, context_length, filler), key
 
 
+def _check_niah(depth: float, num_keys: int, num_queries: int) -> None:
+    _check_depth(depth)
+    if not 1 <= num_keys <= len(NIAH_KEYS):
+        raise ValueError(f"num_keys must be in [1, {len(NIAH_KEYS)}], got {num_keys}")
+    if num_queries < 1:
+        raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+
+
+def _niah_needles(rng: random.Random, depth: float, keys: list[str], values: list[str],
+                  asked: int) -> list[tuple[str, float]]:
+    """The needles "The number for K is V. ": the asked one at `depth`, the others at random depths."""
+    return [(f"The number for {k} is {v}. ", depth if i == asked else rng.random())
+            for i, (k, v) in enumerate(zip(keys, values, strict=True))]
+
+
 def niah_multikey(
     rng: random.Random, *, context_length: int = 1024, depth: float = 0.5, filler: str = DEFAULT_FILLER,
     num_keys: int = 4, digits: int = 5, num_queries: int = 1,
@@ -143,18 +158,11 @@ def niah_multikey(
     keys (at most `num_keys`): the answer's first line is the first asked value, each further line
     the next question and its value ("What is the number for K? The number for K is V"). The
     prompt and the first line do not depend on `num_queries`."""
-    _check_depth(depth)
-    if not 1 <= num_keys <= len(NIAH_KEYS):
-        raise ValueError(f"num_keys must be in [1, {len(NIAH_KEYS)}], got {num_keys}")
-    if num_queries < 1:
-        raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+    _check_niah(depth, num_keys, num_queries)
     keys = rng.sample(NIAH_KEYS, num_keys)
     values = _distinct_numbers(rng, num_keys, digits)
     asked = rng.randrange(num_keys)
-    needles = [
-        (f"The number for {k} is {v}. ", depth if i == asked else rng.random())
-        for i, (k, v) in enumerate(zip(keys, values, strict=True))
-    ]
+    needles = _niah_needles(rng, depth, keys, values, asked)
     tail = f"\nWhat is the number for {keys[asked]}? The number for {keys[asked]} is "
     answer = values[asked]
     if num_queries > 1:
@@ -177,18 +185,11 @@ def niah_drill(
     look-up costs 26 tokens instead of the workload's 45-token question, so a short sequence holds
     several key-matching targets. Answer: the first value, then one "The number for K is V" line
     per further look-up (`ANSWER_END`-separated: the first line is what exact match scores)."""
-    _check_depth(depth)
-    if not 1 <= num_keys <= len(NIAH_KEYS):
-        raise ValueError(f"num_keys must be in [1, {len(NIAH_KEYS)}], got {num_keys}")
-    if num_queries < 1:
-        raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+    _check_niah(depth, num_keys, num_queries)
     keys = rng.sample(NIAH_KEYS, num_keys)
     values = _distinct_numbers(rng, num_keys, digits)
     asked = [rng.randrange(num_keys) for _ in range(num_queries)]
-    needles = [
-        (f"The number for {k} is {v}. ", depth if i == asked[0] else rng.random())
-        for i, (k, v) in enumerate(zip(keys, values, strict=True))
-    ]
+    needles = _niah_needles(rng, depth, keys, values, asked[0])
     tail = f"\nThe number for {keys[asked[0]]} is "
     answer = values[asked[0]] + "".join(
         f"{ANSWER_END}The number for {keys[i]} is {values[i]}" for i in asked[1:])
