@@ -24,3 +24,12 @@ def test_tiny_base_full_solves_passkey_at_1024(capsys):
     assert code == 0 and record["status"] == "done", record["error"]
     assert record["n_examples"] == 20 and record["kept_fraction"] == pytest.approx(1.0)
     assert record["accuracy"] >= 0.9, record["accuracy"]
+
+
+def test_tiny_base_full_matches_keys_in_niah_multikey_at_512(capsys):
+    """Four needles, one asked: the model must match the key, not copy any needle (chance 0.25)."""
+    code = main(["eval", "--model", "tiny-base", "--policy", "full", "--workload", "niah_multikey",
+                 "--workload-param", "context_length=512", "--n", "20", "--seed", "0"])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and record["status"] == "done", record["error"]
+    assert record["accuracy"] >= 0.8, record["accuracy"]
