@@ -48,9 +48,7 @@ def fill_cache(engine: KVEngine, cfg: GPTConfig, context: int, kept: int, device
         store = engine.cache.layer(layer, k.view(batch, cfg.n_kv_head, kept, hd))
         store.append(k, v, pos.expand(n_seg, kept).to(device), torch.ones(n_seg, kept, dtype=torch.bool, device=device))
         for name in store.aux:
-            if name == "nats_type":  # the prompt's kept tokens: Global (they stay until the cap evicts them)
-                store.aux[name].fill_(GLOBAL)
-            elif name == "nats_order":  # and their eviction order
+            if name == "nats_order":  # the prompt's kept tokens: Global (they stay until the cap evicts them)
                 store.aux[name].copy_(NatsPolicy.order_key(torch.full_like(store.pos, GLOBAL), store.pos))
             else:
                 store.aux[name].uniform_(0, 1)

@@ -44,10 +44,10 @@ class NatsPolicy(Policy):
 
     name: ClassVar[str] = "nats"
     observe: ClassVar[str] = "none"
-    # nats_type: the slot's type (float); nats_order: its eviction-order key `order_key(type, pos)`,
-    # kept beside the type so that a decode step finds its cap candidate and any rule drop with two
-    # passes over the row instead of rebuilding the rule and the order from types and positions
-    aux_fields: ClassVar[tuple[str, ...]] = ("nats_type", "nats_order")
+    # nats_order: each slot's eviction-order key `order_key(type, pos)` (rank * 2^40 + position), which
+    # also encodes its type (`type_of`): a decode step finds its cap candidate and any rule drop with
+    # two passes over this one row instead of rebuilding the rule and the order from types and positions
+    aux_fields: ClassVar[tuple[str, ...]] = ("nats_order",)
     aux_dtypes: ClassVar[dict[str, torch.dtype]] = {"nats_order": torch.long}
     needs_budget: ClassVar[bool] = False
     masks_attention: ClassVar[bool] = True
@@ -136,7 +136,7 @@ class NatsPolicy(Policy):
 
     def _typed(self, store: LayerStore, step: Step) -> dict:
         """Types the step's tokens once per (layer, step) (visible and select share it): updates the
-        layer state and the slots' `nats_type`; returns row-form typ/pos/cid and the step's chunks."""
+        layer state and the slots' order keys; returns row-form typ/pos/cid and the step's chunks."""
         cached_step, cached = self.__dict__["_typed_step"]
         if cached_step is step:
             return cached
@@ -184,8 +184,7 @@ class NatsPolicy(Policy):
         cid = pos // C
         k = cid - first[:, None]
         finished = torch.where(k < n_done[:, None], types_c.gather(1, k.clamp(0, K - 1)), GLOBAL).float()
-        typ = torch.where(occupied & (k >= 0), finished, store.rows(store.aux["nats_type"]))
-        store.set_rows(store.aux["nats_type"], typ)
+        typ = torch.where(occupied & (k >= 0), finished, self.type_of(store.rows(store.aux["nats_order"])))
         store.set_rows(store.aux["nats_order"], self.order_key(typ, pos))
         out = {"typ": typ, "pos": pos, "cid": cid, "last_global": last_global, "last_global_before": last_before,
                "types_c": types_c, "abs_c": abs_c, "done": done}
@@ -202,10 +201,9 @@ class NatsPolicy(Policy):
         types = (logits + bias_row).argmax(-1).masked_fill_(first, GLOBAL)  # infer_types for one token
         last_global = torch.where(types == GLOBAL, q_pos, last_before)
         self.__dict__["_state"][step.layer] = (last_global, partial)
-        slots = step.new_slots[:, 0]
-        store.aux["nats_type"].index_copy_(0, slots, types.float())
         # order_key(types, q_pos) from a per-type table
-        store.aux["nats_order"].index_copy_(0, slots, (key_base[types] + q_pos).masked_fill_(first, 3 * _RANK_STEP))
+        key = (key_base[types] + q_pos).masked_fill_(first, 3 * _RANK_STEP)
+        store.aux["nats_order"].index_copy_(0, step.new_slots[:, 0], key)
         return {"decode": True, "last_global": last_global}
 
     def _decode_consts(self, bias: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,7 +245,7 @@ class NatsPolicy(Policy):
                     return None
                 if most == 1:
                     return torch.where(n_drop > 0, candidate, -1)
-        typ, pos = store.rows(store.aux["nats_type"]), store.rows(store.pos, fill=-1)
+        typ, pos = self.type_of(store.rows(store.aux["nats_order"])), store.rows(store.pos, fill=-1)
         if n >= 0:
             typ, pos = typ[:, :n], pos[:, :n]
         keep = (typ == GLOBAL) | ((typ == LOCAL) & (pos > ty["last_global"][:, None])) \
@@ -270,6 +268,13 @@ class NatsPolicy(Policy):
         Sliding window, then position 0, oldest first within each (rank * 2^40 + position)."""
         rank = torch.where(typ == LOCAL, 0, torch.where(typ == GLOBAL, 1, 2))
         return torch.where(pos == 0, 3, rank) * _RANK_STEP + pos
+
+    @staticmethod
+    def type_of(key: torch.Tensor) -> torch.Tensor:
+        """The type an `order_key` encodes (rank 0 Local, 1 Global, 2 Sliding window, 3 position 0:
+        Global); long, like `key`."""
+        table = torch.tensor([LOCAL, GLOBAL, SLIDING, GLOBAL], device=key.device)
+        return table[torch.div(key, _RANK_STEP, rounding_mode="floor").clamp_(0, 3)]
 
     @staticmethod
     def _cap_order(typ: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
