@@ -194,7 +194,7 @@ class NatsPolicy(Policy):
     def _typed_decode(self, store: LayerStore, step: Step, logits: torch.Tensor, bias: float,
                       last_before: torch.Tensor, partial: torch.Tensor) -> dict:
         """`_typed` for one decode token per segment with token types: type it (argmax after the
-        Global bias, position 0 Global), write its slot's type, move the last Global position."""
+        Global bias, position 0 Global), write its slot's order key, move the last Global position."""
         q_pos = step.q_pos[:, 0]  # (n_seg,)
         bias_row, key_base = self._decode_consts(bias, logits.device)
         first = q_pos == 0
