@@ -63,6 +63,27 @@ class ModelHandle:
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
+    def has_chat_template(self) -> bool:
+        return self.kind == "hf" and bool(getattr(self.tokenizer, "chat_template", None))
+
+    def check_chat(self, workload: str) -> None:
+        """ValueError when the workload parameter chat='on' cannot be honoured by this model."""
+        if not self.has_chat_template():
+            raise ValueError(f"workload {workload!r}: parameter 'chat'='on' needs a Hugging Face model whose "
+                             f"tokenizer has a chat template; {self.name!r} has none (use chat='off')")
+
+    def encode_instance(self, inst) -> list[int]:
+        """The token ids of an instance: its prompt, or with `meta["chat"]` the user turn through
+        the chat template (generation prompt added) followed by the assistant prefix."""
+        chat = inst.meta.get("chat")
+        if chat is None:
+            return self.encode(inst.prompt)
+        self.check_chat(inst.workload)
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": chat["user"]}],
+                                                  add_generation_prompt=True, tokenize=False)
+        # the template writes its own special tokens (BOS included); the prefix continues the text
+        return list(self.tokenizer(text + chat["assistant_prefix"], add_special_tokens=False)["input_ids"])
+
     def decode(self, ids: list[int]) -> str:
         if self.kind == "hf":
             eos = self.tokenizer.eos_token_id
@@ -315,7 +336,7 @@ def _run_generate(handle: ModelHandle, workload, instances, make_policy, metrics
     generate(handle.model, torch.tensor([first], device=device), make_policy(), max_new_tokens=2)  # warm-up
     metrics.start()
     for inst in instances:
-        ids = handle.encode(inst.prompt)
+        ids = handle.encode_instance(inst)
         result = generate(handle.model, torch.tensor([ids], device=device), make_policy(),
                           max_new_tokens=inst.max_new_tokens)
         tokens = result.tokens[0].tolist()  # (max_new_tokens,)
@@ -361,6 +382,8 @@ def run_cell(handle: ModelHandle, config: dict) -> dict:
         record["run_key"] = record["run_key"] or _run_key(cfg)
         workload = workloads.get(cfg["workload"])
         wparams = workload.validate(cfg["workload_params"])
+        if wparams.get("chat") == "on":
+            handle.check_chat(cfg["workload"])  # before any work
         build_policy(cfg["policy"], cfg["policy_params"])  # a bad name or parameter fails here, before work
 
         def make_policy():

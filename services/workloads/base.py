@@ -120,13 +120,33 @@ class Param:
                 "allowed": self.allowed(), "help": self.help}
 
 
+CHAT_MODES = ("off", "on")
+
+
+def chat_param() -> Param:
+    """The `chat` parameter of the generation workloads (kvpress's handling of instruct models)."""
+    return Param("chat", "str", "off",
+                 "on: the model's chat template wraps the prompt as one user turn (context and question) "
+                 "and the answer prefix starts the assistant turn, as kvpress does for instruct models "
+                 "(needs a Hugging Face tokenizer with a chat template; context_length counts the prompt "
+                 "text, the template adds its own tokens)", choices=CHAT_MODES)
+
+
+def chat_parts(user: str, assistant_prefix: str) -> dict:
+    """`Instance.meta["chat"]`: the user turn and the start of the assistant turn; the plain prompt
+    is the two joined by the separator between them (nothing, a space or a newline)."""
+    return {"user": user, "assistant_prefix": assistant_prefix}
+
+
 @dataclass(frozen=True)
 class Instance:
     """One example of a workload: the prompt the model reads, the reference answer, and how
     many tokens the model may generate. `kind` is "generate" (generate, then score the text)
     or "nll" (score the prompt's tokens: streaming perplexity; `answer` is empty). `meta`
     carries what the scorer needs (e.g. the queried values) and what a reader wants to see
-    (depth, task). `content_hash` is the sha256 of everything but the id.
+    (depth, task); with the workload parameter `chat="on"` it holds `chat` (`chat_parts`), which
+    the evaluator encodes through the model's chat template instead of the plain prompt.
+    `content_hash` is the sha256 of everything but the id.
     """
 
     id: str

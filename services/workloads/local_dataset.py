@@ -7,7 +7,9 @@ Columns: `context`, `question`, `answer_prefix`, `answer` (a string or a list of
 own separators). Scoring (`metric`): `auto` uses token F1 (best over the references) for QA
 tasks (a task name containing "qa", or LongBench's QA sets) and RULER's `string_match_all`
 otherwise; `string_match_part`, `token_f1` and `exact_match` can be forced.
-`context_length` (tokens) cuts the middle of a longer context, as LongBench does.
+`context_length` (tokens) cuts the middle of a longer context, as LongBench does. `chat=on` sends
+context + question as a user turn through the model's chat template and starts the assistant turn
+with `answer_prefix` (kvpress's pipeline for instruct models).
 The n instances are a seeded sample of the rows without replacement (all rows when n is larger).
 """
 
@@ -17,7 +19,7 @@ import json
 import random
 from pathlib import Path
 
-from .base import CountTokens, Instance, Param, Workload
+from .base import CountTokens, Instance, Param, Workload, chat_param, chat_parts
 from .scoring import best_token_f1, exact_match, string_match_all, string_match_part
 
 REQUIRED_COLUMNS = ("context", "question", "answer_prefix", "answer")
@@ -105,6 +107,7 @@ class LocalDataset(Workload):
               minimum=1, nullable=True),
         Param("max_new_tokens", "int", None, "tokens to generate (default: the row's column, else 32)",
               minimum=1, nullable=True),
+        chat_param(),
     )
 
     def check(self, params: dict) -> None:
@@ -139,8 +142,11 @@ class LocalDataset(Workload):
         if max_new is None:
             value = row.get("max_new_tokens")
             max_new = int(value) if value is not None and value == value else 32
-        prompt = context + str(row["question"]) + str(row["answer_prefix"] or "")
+        prefix = str(row["answer_prefix"] or "")
+        prompt = context + str(row["question"]) + prefix
         meta = {"row": row_index, "task": task, "answers": answers, "metric": resolve_metric(p["metric"], task)}
+        if p["chat"] == "on":  # kvpress: context and question in the user turn, the prefix opens the answer
+            meta["chat"] = chat_parts(context + str(row["question"]), prefix)
         return Instance(id=f"{self.name}/row{row_index}", workload=self.name, prompt=prompt,
                         answer=answers[0], max_new_tokens=max_new, meta=meta)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from .base import CountTokens, Instance, Param, Workload
+from .base import CountTokens, Instance, Param, Workload, chat_param, chat_parts
 from .scoring import exact_match
 
 FIT_ROUNDS = 6
@@ -27,7 +27,18 @@ def common_params(context_length: int) -> tuple[Param, ...]:
         Param("depth", "float", None, "where the (asked) needle sits in the filler, 0 = start, 1 = end; "
               "null draws a depth per instance uniformly in [0, 1]", minimum=0.0, maximum=1.0, nullable=True),
         Param("filler", "str", DEFAULT_FILLER, "the text repeated around the needles"),
+        chat_param(),
     )
+
+
+def split_question(prompt: str) -> dict:
+    """`chat_parts` of a task prompt: its last line is the question followed by the answer prefix
+    ("What is the pass key? The pass key is ") or the prefix alone ("Answer: ")."""
+    line_start = prompt.rfind("\n") + 1
+    q = prompt.rfind("? ", line_start)
+    if q >= 0:
+        return chat_parts(prompt[: q + 1], prompt[q + 2:])
+    return chat_parts(prompt[: max(line_start - 1, 0)], prompt[line_start:])
 
 
 def fit_prompt(task, rng: random.Random, kwargs: dict, context_length: int,
@@ -82,7 +93,7 @@ class SyntheticWorkload(Workload):
     answer_margin_tokens: int = 2
 
     def task_kwargs(self, params: dict) -> dict:
-        skip = {"context_length", "depth"}
+        skip = {"context_length", "depth", "chat"}
         return {k: v for k, v in params.items() if k not in skip}
 
     def check(self, params: dict) -> None:
@@ -106,6 +117,8 @@ class SyntheticWorkload(Workload):
                                     count_tokens)
         meta = {"depth": round(depth, 6), "prompt_tokens": count_tokens(prompt)}
         meta.update(self.extra_meta(prompt, answer, params))
+        if params["chat"] == "on":
+            meta["chat"] = split_question(prompt)
         max_new = count_tokens(answer) + self.answer_margin_tokens
         return Instance(id=self.instance_id(seed, index), workload=self.name, prompt=prompt, answer=answer,
                         max_new_tokens=max_new, meta=meta)

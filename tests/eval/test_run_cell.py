@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from services import evaluation
+from services import evaluation, workloads
 from services.evaluation import load_model, run_cell
 
 RECORD_FIELDS = {"model", "policy", "policy_params", "workload", "workload_params", "n_examples", "seed",
@@ -187,3 +187,29 @@ def test_every_registered_policy_runs_a_cell(nats_gpt, policy):
     assert 0.0 < rec["kept_fraction"] <= 1.0
     if params:  # a budget of 30% of the tokens seen keeps well under the full cache
         assert rec["kept_fraction"] <= 0.35 and rec["kv_bytes_physical"] < 0.5 * rec["kv_bytes_full"]
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s>[user] {{ m['content'] }} [/user]{% endfor %}"
+                 "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+def test_chat_on_encodes_through_the_chat_template():
+    tiny = load_model("random:tiny-llama")
+    tiny.tokenizer.chat_template = CHAT_TEMPLATE
+    inst = workloads.get("passkey").instances({"context_length": 120, "chat": "on"}, 1, seed=2)[0]
+    ids = tiny.encode_instance(inst)
+    user = inst.meta["chat"]["user"]
+    want = tiny.tokenizer(f"<s>[user] {user} [/user][assistant] The pass key is ", add_special_tokens=False)
+    assert ids == list(want["input_ids"]) and ids[0] == tiny.tokenizer.bos_token_id
+    assert tiny.encode_instance(workloads.get("passkey").instances({"context_length": 120}, 1, seed=2)[0]) \
+        == tiny.encode(inst.prompt)  # chat off: the plain prompt
+    rec = run_cell(tiny, cell(model="random:tiny-llama", workload_params={"context_length": 80, "chat": "on"},
+                              n_examples=2))
+    assert rec["status"] == "done", rec["error"]
+    assert all(e["prompt_tokens"] > 80 for e in rec["extras"]["examples"])  # the template's tokens on top
+
+
+def test_chat_on_without_a_chat_template_fails_the_cell_by_name(gpt):
+    rec = run_cell(gpt, cell(workload_params={"context_length": 80, "chat": "on"}, n_examples=1))
+    assert rec["status"] == "failed"
+    assert "parameter 'chat'='on' needs a Hugging Face model whose tokenizer has a chat template" in rec["error"]

@@ -82,3 +82,14 @@ def test_bad_files_give_clear_errors(tmp_path):
     (tmp_path / "cols.jsonl").write_text(json.dumps({"context": "c", "answer": "a"}) + "\n")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['question', 'answer_prefix'\]"):
         w.instances({"path": str(tmp_path / "cols.jsonl")}, 1, seed=0)
+
+
+def test_chat_on_puts_context_and_question_in_the_user_turn(tmp_path):
+    w = workloads.get("local_dataset")
+    path = _write(tmp_path, "jsonl")
+    insts = w.instances({"path": path, "chat": "on"}, 3, seed=0)
+    for inst in insts:
+        row = ROWS[inst.meta["row"]]
+        assert inst.meta["chat"] == {"user": row["context"] + row["question"], "assistant_prefix": row["answer_prefix"]}
+        assert inst.prompt == row["context"] + row["question"] + row["answer_prefix"]
+    assert all("chat" not in i.meta for i in w.instances({"path": path}, 3, seed=0))

@@ -120,3 +120,22 @@ def test_lm_text_reads_a_local_text_dir(tmp_path):
     assert "test-set book" in one[0].prompt
     with pytest.raises(ValueError, match="text_dir"):
         workloads.instances("lm_text", {"context_length": 64, "text_dir": str(tmp_path / "missing")}, 1, seed=0)
+
+
+@pytest.mark.parametrize("name, prefix", [("passkey", "The pass key is "), ("niah_multikey", "The number for "),
+                                          ("kv_recall", "Answer: "), ("variable_tracking", "=")])
+def test_chat_on_splits_the_prompt_into_user_turn_and_answer_prefix(name, prefix):
+    w = workloads.get(name)
+    plain = w.instances(SMALL, 3, seed=4)
+    chat = w.instances({**SMALL, "chat": "on"}, 3, seed=4)
+    for p, c in zip(plain, chat, strict=True):
+        parts = c.meta["chat"]
+        assert c.prompt == p.prompt
+        assert c.prompt in {parts["user"] + sep + parts["assistant_prefix"] for sep in ("", " ", "\n")}
+        assert prefix in parts["assistant_prefix"] and "\n" not in parts["assistant_prefix"]
+        assert parts["user"].rstrip().endswith(("?", ".")) and "chat" not in p.meta
+    # chat="off" (the default) leaves the instances and their hashes as they were
+    assert [i.content_hash for i in w.instances({**SMALL, "chat": "off"}, 3, seed=4)] == \
+        [i.content_hash for i in plain]
+    with pytest.raises(ValueError, match=r"parameter 'chat' must be one of 'off', 'on', got 'yes'"):
+        w.instances({**SMALL, "chat": "yes"}, 1, seed=0)
