@@ -142,11 +142,11 @@ class LocalDataset(Workload):
         if max_new is None:
             value = row.get("max_new_tokens")
             max_new = int(value) if value is not None and value == value else 32
-        prefix = str(row["answer_prefix"] or "")
-        prompt = context + str(row["question"]) + prefix
+        user, prefix = context + str(row["question"]), str(row["answer_prefix"] or "")
+        prompt = user + prefix
         meta = {"row": row_index, "task": task, "answers": answers, "metric": resolve_metric(p["metric"], task)}
         if p["chat"] == "on":  # kvpress: context and question in the user turn, the prefix opens the answer
-            meta["chat"] = chat_parts(context + str(row["question"]), prefix)
+            meta["chat"] = chat_parts(user, prefix)
         return Instance(id=f"{self.name}/row{row_index}", workload=self.name, prompt=prompt,
                         answer=answers[0], max_new_tokens=max_new, meta=meta)
 
