@@ -252,8 +252,9 @@ class NatsPolicy(Policy):
             | ((typ == SLIDING) & (pos >= (step.seen - window)[:, None]))
         if n < 0:
             keep &= store.valid_rows()
-        rule_drops = bool((keep.sum(1) != store.lens).any())
-        if capped and int((keep.sum(1) - self.step_budget(step)).max()) > 0:
+        n_keep = keep.sum(1)
+        rule_drops = bool((n_keep != store.lens).any())
+        if capped and int((n_keep - self.step_budget(step)).max()) > 0:
             keep = self._cap(keep, typ, pos, self.step_budget(step))
             rule_drops = True
         if not rule_drops:
