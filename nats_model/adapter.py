@@ -326,23 +326,18 @@ def load_adapter(adapter_dir: str | os.PathLike, base: Any = None) -> tuple[Adap
 
 
 def attach_adapter(model: Any, adapter_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None):
-    """Check the adapter against `model` (and `base_dir`'s weight hash when given), attach its scorers
-    with the adapter's W / chunk size / Global bias, and record those in `model.config.nats_window`,
-    `nats_chunk_size`, `nats_global_bias` (the `nats` policy's defaults, see its `bind_model`).
-    Returns the `HFNatsScorers`."""
+    """Check the adapter against `model` (and `base_dir`'s weight hash when given) and attach its
+    scorers with the adapter's W / chunk size / Global bias (`attach_nats_scorers` also records them
+    as `model.config.nats_window`, `nats_chunk_size`, `nats_global_bias`, the `nats` policy's
+    defaults). Returns `(AdapterConfig, HFNatsScorers)`; the scorers stay alive with the model's hooks."""
     from nats_model.models.hf_nats import attach_nats_scorers
 
     cfg, weights = load_adapter(adapter_dir, base_dir if base_dir is not None else model)
-    if base_dir is not None:  # the folder's config matched; the loaded model must be that folder's
+    if base_dir is not None:  # the folder's config and hash matched; the loaded model must be that folder's
         check_against_base(cfg, model, str(Path(adapter_dir) / CONFIG_FILE))
-    param = next(model.parameters())
-    weights = {i: w.to(device=param.device, dtype=param.dtype) for i, w in weights.items()}
     scorers = attach_nats_scorers(model, window=cfg.window, chunk_size=cfg.chunk_size,
                                   global_bias=cfg.global_bias, weights=weights)
-    model.config.nats_window = cfg.window
-    model.config.nats_chunk_size = cfg.chunk_size
-    model.config.nats_global_bias = cfg.global_bias
-    return scorers
+    return cfg, scorers
 
 
 # ---------------------------------------------------------------- the published Llama-3.1 scorers
