@@ -99,6 +99,22 @@ def _num(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _ints(tokens: Any) -> list[int] | None:
+    """The generated token ids of the (single) sequence: `tokens (1, max_new_tokens)`."""
+    if tokens is None or not hasattr(tokens, "tolist"):
+        return None
+    return [int(t) for t in tokens[0].tolist()]
+
+
+def _kept(result: Any) -> list[list[int]] | None:
+    """Tokens each (layer, KV head) held at the end, of the single sequence: `(n_layers, Hkv)`
+    from the engine's `kept_per_layer_head (n_layers, B=1, Hkv)`."""
+    kept = getattr(result, "kept_per_layer_head", None)
+    if kept is None or not hasattr(kept, "tolist"):
+        return None
+    return [[int(n) for n in layer] for layer in kept[:, 0].tolist()]
+
+
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.fmean(vals) if vals else None
@@ -138,6 +154,9 @@ class CellMetrics:
             "kv_bytes_full": _num(getattr(result, "kv_bytes_full", None)),
             "kept_fraction": _num(getattr(result, "kept_fraction", None)),
             "depth": instance.meta.get("depth"),
+            # exact outputs, so a change in what the engine computes is visible (tests/golden)
+            "tokens": _ints(getattr(result, "tokens", None)),
+            "kept_per_layer_head": _kept(result),
         })
 
     def add_nll(self, instance: Any, nll: Any, elapsed_s: float, stats: Any = None) -> None:
@@ -158,6 +177,7 @@ class CellMetrics:
             "kv_bytes_physical_peak": _num(getattr(stats, "kv_bytes_physical_peak", None)),
             "kv_bytes_full": _num(getattr(stats, "kv_bytes_full", None)),
             "kept_fraction": _num(getattr(stats, "kept_fraction", None)),
+            "kept_per_layer_head": _kept(stats),
         })
 
     def summary(self, kind: str = "generate") -> tuple[dict, dict]:

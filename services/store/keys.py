@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 # Bump when results of an unchanged config would change (new decode loop, metric fix, ...).
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 
 # The keys of a cell config (docs/DESIGN.md); every one must be present in a config.
 CONFIG_KEYS: tuple[str, ...] = (
