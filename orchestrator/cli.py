@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("orchestrator.commands.eval", "run one cell (model x policy x workload) and print its record", "#5"),
     "train": ("orchestrator.commands.train", "train the small GPT from scratch (full attention or NAtS)", "#3"),
     "finetune": ("orchestrator.commands.finetune", "fine-tune NAtS type scorers by distillation, base frozen", "#5"),
+    "adapter": ("orchestrator.commands.adapter", "import / check NAtS scorer adapters for Hugging Face models", "#12"),
     "workloads": ("orchestrator.commands.workloads", "list the workloads with their parameters and defaults", "#5"),
     "dashboard": ("orchestrator.commands.dashboard", "serve the Streamlit dashboard (read-only)", "#7"),
     "demo": ("orchestrator.commands.demo", "the `make demo` job: default sweep, table, dashboard", "#6"),
