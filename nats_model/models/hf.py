@@ -1,6 +1,6 @@
 """Model adapters for the generation engine: the small GPT and Hugging Face causal LMs.
 
-Hugging Face Llama / Mistral / Qwen2 (transformers 5) run through an attention function
+Hugging Face Llama / Mistral / Qwen2 / Qwen3 (transformers 5) run through an attention function
 registered with `AttentionInterface` under `ATTN_IMPLEMENTATION` (plus a mask entry returning
 None: the engine builds its own masks). During a run the model is switched to it with
 `model.set_attn_implementation` and called with explicit `position_ids` and `use_cache=False`;
@@ -21,7 +21,7 @@ import contextvars
 import torch
 
 ATTN_IMPLEMENTATION = "natsbench_kv"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _ENGINE: contextvars.ContextVar = contextvars.ContextVar("natsbench_kv_engine", default=None)
 _registered = False
 
@@ -57,7 +57,7 @@ def register_attention() -> None:
 
 
 class HFAdapter:
-    """Runs a Hugging Face Llama / Mistral / Qwen2 causal LM through a `KVEngine`."""
+    """Runs a Hugging Face Llama / Mistral / Qwen2 / Qwen3 causal LM through a `KVEngine`."""
 
     def __init__(self, model):
         mtype = getattr(model.config, "model_type", None)

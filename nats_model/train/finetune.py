@@ -56,6 +56,7 @@ class GPTDistill:
     base tensors (no copy). `model` is the student `GPT` (saved as the fine-tuned checkpoint)."""
 
     def __init__(self, base: str | Path | GPT, nats: NatsSettings):
+        nats = nats.with_defaults("gpt")
         base_model = base if isinstance(base, GPT) else GPT.from_pretrained(base)
         bcfg = base_model.config
         if bcfg.attention != "full":
@@ -181,6 +182,13 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, max_steps: int | None = N
     `base_model` replaces loading `cfg.base` (tests)."""
     from tqdm import tqdm
 
+    if base_model is None and cfg.base is None:
+        raise ValueError("no base model: give `base:` in the config (a GPT checkpoint folder) or --model DIR")
+    if cfg.local_data:
+        raise ValueError("local_data needs a Hugging Face base model (--model DIR); the byte-level GPT trains "
+                         "on the workloads mix only")
+    if cfg.gradient_checkpointing:
+        raise ValueError("gradient_checkpointing is for Hugging Face base models (--model DIR)")
     torch.set_num_threads(cfg.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

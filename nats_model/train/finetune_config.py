@@ -2,7 +2,7 @@
 
 Example (see `configs/finetune_tiny_nats.yaml`):
 
-    base: models/tiny-base                      # full-attention checkpoint folder (frozen)
+    base: models/tiny-base                      # full-attention checkpoint folder (frozen); or --model
     nats: {window: 64, lam: 1.0e-6, global_bias: 0.0, init_logits: [-2.0, -1.0, 1.0]}
     loss: logits_kl                             # hidden_mse | logits_kl | both
     data: {text_weight: 0.1, tasks: {passkey: {weight: 1.0}}}    # as in the train config
@@ -10,6 +10,10 @@ Example (see `configs/finetune_tiny_nats.yaml`):
     optim: {lr: 2.0e-3, warmup_fraction: 0.1, min_lr_ratio: 0.1}
 
 The data mix and the stages use the same dataclasses (and validation) as `natsbench train`.
+A Hugging Face base (`natsbench finetune --model DIR`) may add `local_data` (jsonl/parquet files in
+kvpress or LongBench columns, each with a mix weight) and `gradient_checkpointing: true`; window and
+lambda left out of `nats` take the model family's defaults (`NATS_DEFAULTS`: the paper's W = 256,
+lambda = 3e-7 for Hugging Face LLMs; W = 64, lambda = 1e-6 for the tiny byte-level GPT).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 from nats_model.train.config import ConfigError, DataConfig, Stage, _build, _positive, parse_config, read_yaml
 
 LOSS_KINDS = ("hidden_mse", "logits_kl", "both")
+# window / lambda when the config leaves them out, per model family
+NATS_DEFAULTS = {"gpt": {"window": 64, "lam": 1e-6}, "hf": {"window": 256, "lam": 3e-7}}
 
 
 @dataclass
@@ -35,11 +41,27 @@ class NatsSettings:
     exactly those logits). A low Global logit makes Global unlikely at first.
     """
 
-    window: int = 64
-    lam: float = 1e-6
+    window: int | None = None  # None: NATS_DEFAULTS of the model family
+    lam: float | None = None
     global_bias: float = 0.1
     chunk_size: int | None = None
     init_logits: list[float] | None = None
+
+    def with_defaults(self, family: str) -> NatsSettings:
+        """A copy with window / lam filled from `NATS_DEFAULTS[family]` ("gpt" or "hf") where unset."""
+        defaults = NATS_DEFAULTS[family]
+        return dataclasses.replace(self, window=defaults["window"] if self.window is None else self.window,
+                                   lam=defaults["lam"] if self.lam is None else self.lam)
+
+
+@dataclass
+class LocalData:
+    """A local jsonl / parquet file in the data mix (Hugging Face bases only): kvpress columns
+    (`context`, `question`, `answer_prefix`, `answer`) or LongBench columns (`context`, `input`,
+    `answers`); `weight` is its share of the rows, like a task's."""
+
+    path: str
+    weight: float = 1.0
 
 
 @dataclass
@@ -76,10 +98,12 @@ class FinetuneConfig:
     (answer tokens of task rows; every position of text rows when `text_all_positions`), data mix,
     stages, optimizer and validation."""
 
-    base: str
     nats: NatsSettings
     data: DataConfig
     stages: list[Stage]
+    base: str | None = None  # GPT checkpoint folder; a Hugging Face base comes from --model
+    local_data: list[LocalData] = field(default_factory=list)
+    gradient_checkpointing: bool = False
     loss: str = "hidden_mse"
     kl_weight: float = 1.0
     text_all_positions: bool = True
@@ -100,19 +124,25 @@ def parse_finetune_config(raw: dict[str, Any]) -> FinetuneConfig:
     """Validate a loaded YAML mapping into a `FinetuneConfig` (errors name the bad field)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"the config must be a mapping, got {type(raw).__name__}")
-    for key in ("base", "data", "stages"):
+    for key in ("data", "stages"):
         if key not in raw:
             raise ConfigError(f"missing required field {key!r}")
     raw = dict(raw)
-    base = raw.pop("base")
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"base must be a checkpoint folder path, got {base!r}")
+    base = raw.pop("base", None)
+    if base is not None and (not isinstance(base, str) or not base):
+        raise ConfigError(f"base must be a checkpoint folder path (or left out with --model), got {base!r}")
     # data + stages: validated by the from-scratch trainer's parser (the model section is a dummy)
     shared = parse_config({"model": {}, "data": raw.pop("data"), "stages": raw.pop("stages")})
     nats = _build(NatsSettings, raw.pop("nats", None) or {}, "nats")
-    if not isinstance(nats.window, int) or nats.window < 0:
-        raise ConfigError(f"nats.window must be an integer >= 0, got {nats.window!r}")
-    _positive(nats.lam, "nats.lam", allow_zero=True)
+    if nats.window is not None and (isinstance(nats.window, bool) or not isinstance(nats.window, int)
+                                    or nats.window < 0):
+        raise ConfigError(f"nats.window must be an integer >= 0 (or left out for the model's default), "
+                          f"got {nats.window!r}")
+    if nats.lam is not None:
+        _positive(nats.lam, "nats.lam", allow_zero=True)
+    if nats.chunk_size is not None and (isinstance(nats.chunk_size, bool) or not isinstance(nats.chunk_size, int)
+                                        or nats.chunk_size < 1):
+        raise ConfigError(f"nats.chunk_size must be null or an integer >= 1, got {nats.chunk_size!r}")
     if nats.init_logits is not None and (not isinstance(nats.init_logits, list | tuple) or len(nats.init_logits) != 3):
         raise ConfigError(f"nats.init_logits must be null or three numbers [G, L, S], got {nats.init_logits!r}")
     optim = _build(FinetuneOptim, raw.pop("optim", None) or {}, "optim")
@@ -124,10 +154,20 @@ def parse_finetune_config(raw: dict[str, Any]) -> FinetuneConfig:
         raise ConfigError(f"optim.min_lr_ratio must be in (0, 1], got {optim.min_lr_ratio}")
     _positive(optim.weight_decay, "optim.weight_decay", allow_zero=True)
     _positive(optim.grad_clip, "optim.grad_clip", allow_zero=True)
+    local_raw = raw.pop("local_data", None) or []
+    if not isinstance(local_raw, list):
+        raise ConfigError(f"local_data must be a list of {{path, weight}} mappings, got {type(local_raw).__name__}")
+    local = [_build(LocalData, item, f"local_data[{i}]") for i, item in enumerate(local_raw)]
+    for i, item in enumerate(local):
+        if not isinstance(item.path, str) or not item.path.lower().endswith((".jsonl", ".json", ".parquet")):
+            raise ConfigError(f"local_data[{i}].path must be a .jsonl or .parquet file, got {item.path!r}")
+        _positive(item.weight, f"local_data[{i}].weight")
+    if not isinstance(raw.get("gradient_checkpointing", False), bool):
+        raise ConfigError(f"gradient_checkpointing must be true or false, got {raw['gradient_checkpointing']!r}")
     ev = _build(FinetuneEval, raw.pop("eval", None) or {}, "eval")
     _positive(ev.interval, "eval.interval", integer=True)
     cfg = _build(FinetuneConfig, {**raw, "base": base, "nats": nats, "data": shared.data, "stages": shared.stages,
-                                  "optim": optim, "eval": ev}, "config")
+                                  "optim": optim, "eval": ev, "local_data": local}, "config")
     if cfg.loss not in LOSS_KINDS:
         raise ConfigError(f"loss must be one of {LOSS_KINDS}, got {cfg.loss!r}")
     _positive(cfg.kl_weight, "kl_weight", allow_zero=True)

@@ -1,8 +1,11 @@
-"""`natsbench finetune CONFIG --out DIR [--steps N] [--resume]`: fine-tune NAtS type scorers.
+"""`natsbench finetune CONFIG [--model DIR] --out DIR [--steps N] [--resume]`: fine-tune NAtS type scorers.
 
 The base model is frozen; only the scorers learn, by distillation from the same weights with full
-attention (see `nats_model.train.finetune`). Progress goes to stderr; the last stdout line is one
-JSON object `{steps, loss, kept_fraction, seconds}`.
+attention. Without `--model` the base is the config's `base:` GPT checkpoint and DIR gets a NAtS
+GPT checkpoint (`nats_model.train.finetune`); with `--model` pointing at a local Hugging Face
+Llama / Mistral / Qwen2 / Qwen3 folder, DIR gets an adapter folder (`adapter.safetensors` +
+`adapter_config.json`, `nats_model.train.hf_finetune`). Progress goes to stderr; the last stdout
+line is one JSON object `{steps, loss, kept_fraction, seconds}`.
 """
 
 from __future__ import annotations
@@ -14,8 +17,16 @@ import sys
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML fine-tuning config (e.g. configs/finetune_tiny_nats.yaml)")
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="a local Hugging Face model folder (llama, mistral, qwen2, qwen3) to train scorers "
+                             "for; the output is then an adapter folder (default: the config's GPT `base`)")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder: model.safetensors, config.json, metrics.jsonl, train_state/")
+                        help="output folder: model.safetensors + config.json (GPT) or adapter.safetensors + "
+                             "adapter_config.json (--model), metrics.jsonl, train_state/")
+    parser.add_argument("--device", default=None, metavar="DEV",
+                        help="--model only: cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="--model only: dtype of the frozen base (the scorers train in float32)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
                         help="stop after N optimizer steps in total (truncates the stages and the schedule)")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/train_state")
@@ -36,7 +47,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"natsbench finetune: invalid config {args.config}: {exc}", file=sys.stderr)
         return 2
     try:
-        result = finetune(cfg, args.out, max_steps=args.steps, resume=args.resume, progress=not args.no_progress)
+        if args.model is not None:
+            from nats_model.train.hf_finetune import finetune_hf
+
+            if args.device is not None and not (args.device == "cpu" or args.device.startswith("cuda")):
+                raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+            result = finetune_hf(cfg, args.model, args.out, max_steps=args.steps, resume=args.resume,
+                                 progress=not args.no_progress, device=args.device, dtype=args.dtype)
+        else:
+            if args.device is not None or args.dtype != "float32":
+                raise ValueError("--device / --dtype apply to Hugging Face models (--model DIR) only")
+            result = finetune(cfg, args.out, max_steps=args.steps, resume=args.resume,
+                              progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as exc:
         print(f"natsbench finetune: {exc}", file=sys.stderr)
         return 2

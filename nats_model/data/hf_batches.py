@@ -1,0 +1,181 @@
+"""Training batches for Hugging Face models: the workloads mix re-tokenised, plus local jsonl/parquet rows.
+
+`BatchMaker` (nats_model.train.batches) writes byte ids; a Hugging Face model has its own tokenizer.
+`TokenizedBatchMaker` draws the same kinds (real-text windows, synthetic tasks from
+`nats_model.data.tasks`) as text and encodes them with the model's tokenizer, and adds local files:
+kvpress columns (`context`, `question`, `answer_prefix`, `answer`) or LongBench columns (`context`,
+`input`, `answers`). Rows are `prompt + answer + "\\n"`, right-padded; the answer tokens are the loss
+positions (`Batch.answer_mask`, the first answer line), the prompt's targets get `prompt_loss_weight`.
+A local row longer than the sequence has the middle of its context cut (as LongBench does).
+The parsing of local rows is the pure part of services/workloads/local_dataset.py, duplicated here
+(nats_model does not import services).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from nats_model.data.tasks import ANSWER_END, DEFAULT_FILLER, make_example, max_answer_tokens
+from nats_model.data.text import TextCorpus
+from nats_model.train.batches import Batch, collate, draw_params
+from nats_model.train.config import DataConfig
+
+KVPRESS_COLUMNS = ("context", "question", "answer_prefix", "answer")
+LONGBENCH_COLUMNS = ("context", "input", "answers")
+
+
+def _answers(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if hasattr(value, "tolist"):  # numpy arrays from parquet list columns
+        value = value.tolist()
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"{where}: the answer column must be a string or a list of strings, got {value!r}")
+
+
+def read_local_rows(path: str | Path) -> list[tuple[str, str, str]]:
+    """(context, question part, answer) of every row of a .jsonl/.parquet file in kvpress or LongBench
+    columns; ValueError naming the file and what is wrong."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"local_data: {str(path)!r} is not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pandas as pd
+
+        rows = pd.read_parquet(path).to_dict(orient="records")
+    elif suffix in (".jsonl", ".json"):
+        rows = []
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{path}:{lineno}: not a JSON object per line ({exc.msg})") from None
+    else:
+        raise ValueError(f"local_data: {path.name!r} must end in .jsonl or .parquet")
+    if not rows:
+        raise ValueError(f"local_data: {path} has no rows")
+    first = rows[0]
+    if all(c in first for c in KVPRESS_COLUMNS):
+        return [(str(r["context"]), str(r["question"]) + str(r["answer_prefix"] or ""),
+                 _answers(r["answer"], str(path))[0]) for r in rows]
+    if all(c in first for c in LONGBENCH_COLUMNS):
+        return [(str(r["context"]), "\n\n" + str(r["input"]) + "\nAnswer: ", _answers(r["answers"], str(path))[0])
+                for r in rows]
+    raise ValueError(f"local_data: {path} has columns {sorted(first)}; expected kvpress "
+                     f"{list(KVPRESS_COLUMNS)} or LongBench {list(LONGBENCH_COLUMNS)}")
+
+
+class TokenizedBatchMaker:
+    """Draws batches of the configured mix (text, tasks, local files) tokenised by a Hugging Face
+    tokenizer; deterministic given the `random.Random` it is handed. `local` is a list of
+    (path, weight); each file is a kind named `local:<file name>`."""
+
+    def __init__(self, data: DataConfig, tokenizer, local: list[tuple[str, float]] = (), split: str = "train"):
+        self.data = data
+        self.tok = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token (needed to pad rows)")
+        self.corpus = (TextCorpus.load(split, data.text_dir, max_bytes=data.text_max_bytes)
+                       if data.text_weight > 0 else None)
+        self.local = {f"local:{Path(p).name}": read_local_rows(p) for p, _ in local}
+        self.kinds = (["text"] if data.text_weight > 0 else []) + list(data.tasks) + list(self.local)
+        self.weights = (([data.text_weight] if data.text_weight > 0 else [])
+                        + [t.weight for t in data.tasks.values()] + [float(w) for _, w in local])
+        # bytes per token of task filler text: converts a token budget into a context length in bytes
+        filler = DEFAULT_FILLER * 8
+        self.bytes_per_token = len(filler.encode("utf-8")) / max(1, len(self.encode(filler)))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def _row(self, p_ids: list[int], answer: str, seq_len: int) -> tuple[list[int], list[float], list[bool]]:
+        """Ids (seq_len + 1), target weights and answer flags (seq_len) of prompt + answer + end marker."""
+        a_ids = self.encode(answer + ANSWER_END)
+        n_first = len(self.encode(answer.split(ANSWER_END)[0]))
+        ids = (p_ids + a_ids)[: seq_len + 1]
+        n_real = len(ids)
+        ids = ids + [self.pad_id] * (seq_len + 1 - n_real)
+        weights, is_answer = [], []
+        for t in range(seq_len):  # target t predicts ids[t + 1]
+            j = t + 1
+            if j >= n_real:
+                weights.append(0.0)
+                is_answer.append(False)
+            elif j < len(p_ids):
+                weights.append(self.data.prompt_loss_weight)
+                is_answer.append(False)
+            else:
+                weights.append(1.0)
+                is_answer.append(j < len(p_ids) + n_first)
+        return ids, weights, is_answer
+
+    def text_sequence(self, rng: random.Random, seq_len: int):
+        assert self.corpus is not None
+        n_bytes = int((seq_len + 1) * self.bytes_per_token * 1.5) + 16
+        for _ in range(6):
+            text = bytes(self.corpus.sample(rng, n_bytes)).decode("utf-8", errors="replace")
+            ids = self.encode(text)
+            if len(ids) >= seq_len + 1:
+                return ids[: seq_len + 1], [1.0] * seq_len, [False] * seq_len
+            n_bytes *= 2
+        raise ValueError(f"could not draw {seq_len + 1} tokens of text from the corpus")
+
+    def task_sequence(self, rng: random.Random, task: str, seq_len: int):
+        params = self.data.tasks[task].params
+        maxed = {k: (max(v) if isinstance(v, list | tuple) else v) for k, v in params.items()}
+        answer_budget = int((max_answer_tokens(task, **maxed) + len(ANSWER_END)) / self.bytes_per_token) + 4
+        room = seq_len + 1 - answer_budget
+        if room < 1:
+            raise ValueError(f"{task}: the answer does not fit in {seq_len} tokens")
+        target = rng.randint(max(1, int(self.data.min_context_fraction * room)), room)  # prompt tokens
+        depth = rng.random()
+        drawn = draw_params(rng, params)
+        n_bytes = max(1, int(target * self.bytes_per_token))
+        for _ in range(8):  # shrink the context until prompt + answer fit
+            prompt, answer = make_example(task, rng, context_length=n_bytes, depth=depth, **drawn)
+            p_ids = self.encode(prompt)
+            total = len(p_ids) + len(self.encode(answer + ANSWER_END))
+            if total <= seq_len + 1:
+                return self._row(p_ids, answer, seq_len)
+            n_bytes = int(n_bytes * 0.95 * (seq_len + 1) / total)
+        raise ValueError(f"{task}: no example fits in {seq_len} tokens")
+
+    def local_sequence(self, rng: random.Random, kind: str, seq_len: int):
+        context, question, answer = rng.choice(self.local[kind])
+        q_ids, c_ids = self.encode(question), self.encode(context)
+        a_len = len(self.encode(answer + ANSWER_END))
+        room = seq_len + 1 - a_len - len(q_ids)
+        if room < 2:
+            raise ValueError(f"{kind}: question + answer ({len(q_ids) + a_len} tokens) do not fit in {seq_len}")
+        if len(c_ids) > room:  # cut the middle of the context
+            c_ids = c_ids[: room // 2] + c_ids[len(c_ids) - (room - room // 2):]
+        return self._row(c_ids + q_ids, answer, seq_len)
+
+    def sequence(self, rng: random.Random, kind: str, seq_len: int):
+        if kind == "text":
+            return self.text_sequence(rng, seq_len)
+        if kind in self.local:
+            return self.local_sequence(rng, kind, seq_len)
+        for _ in range(3):
+            try:
+                return self.task_sequence(rng, kind, seq_len)
+            except ValueError:
+                continue
+        if self.corpus is None:
+            raise ValueError(f"task {kind!r} does not fit in seq_len={seq_len}; raise seq_len or lower its params")
+        return self.text_sequence(rng, seq_len)
+
+    def batch(self, rng: random.Random, batch_size: int, seq_len: int, kinds: list[str] | None = None,
+              weights: dict[str, float] | None = None) -> Batch:
+        """A batch of `batch_size` rows of `seq_len` tokens (inputs) following the mix weights."""
+        mix = [(weights or {}).get(k, w) for k, w in zip(self.kinds, self.weights, strict=True)]
+        kinds = kinds or rng.choices(self.kinds, weights=mix, k=batch_size)
+        return collate([self.sequence(rng, k, seq_len) for k in kinds], kinds)
