@@ -10,7 +10,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install system-deps test demo lint clean
+.PHONY: install system-deps test demo lint clean bench
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ lint: install
 
 demo: install
 	$(VENV)/bin/natsbench demo
+
+# Every benchmark in benchmarks/, then the README "Results" section regenerated from
+# benchmarks/results/ (QUICK=1: the quick variants, under 15 minutes on a 2-core CPU).
+bench: install
+	$(PY) benchmarks/run_all.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache results test-artifacts

@@ -158,7 +158,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on this shared 2-core CPU a second thread measured 3-5x slower)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true",
+                    help="make bench QUICK=1: batch 1 only, 8 steps after 2 warm-up (same contexts and policies)")
     args = ap.parse_args()
+    if args.quick:
+        args.batches, args.steps, args.warmup = "1", 8, 2
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)

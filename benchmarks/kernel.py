@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cpu-max-n", type=int, default=2048, help="largest N timed on the CPU")
     ap.add_argument("--impls", default=",".join(IMPLS), help=f"subset of {IMPLS}")
+    ap.add_argument("--quick", action="store_true", help="make bench QUICK=1: sizes 1024,2048, 2 repeats")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats = "1024,2048", 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     sizes = [int(s) for s in args.sizes.split(",")]

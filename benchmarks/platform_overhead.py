@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "smoke.yaml"))
     parser.add_argument("--db", default=None, help="store URL (default: a fresh temporary SQLite file)")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--quick", action="store_true",
+                        help="accepted for make bench QUICK=1: the smoke sweep is already the quick variant")
     args = parser.parse_args(argv)
 
     from orchestrator.run import run_sweep
