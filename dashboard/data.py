@@ -30,7 +30,7 @@ HIGHER_IS_BETTER = {"accuracy": True, "perplexity": False, "tokens_per_s": True}
 
 _DICT_FIELDS = ("policy_params", "workload_params", "environment", "extras", "config")
 _COLUMNS = (
-    "run_key", "sweep", "model", "policy", "budget", "workload", "seed", "status", "error",
+    "run_key", "sweep", "model", "adapter", "policy", "budget", "workload", "seed", "status", "error",
     "attempts", "started_at", "finished_at", "updated_at", "n_examples", *METRICS, "context_length",
     *_DICT_FIELDS,
 )
@@ -47,6 +47,13 @@ def _as_dict(value: Any) -> dict:
             return {}
         return parsed if isinstance(parsed, dict) else {}
     return {}
+
+
+def model_label(model: str | None, adapter: str | None) -> str | None:
+    """The dashboard's name of a model: "base + adapter-folder-name" with an adapter, else the base."""
+    if not adapter or model is None:
+        return model
+    return f"{model} + {str(adapter).rstrip('/').rsplit('/', 1)[-1]}"
 
 
 def _number(value: Any) -> float:
@@ -73,6 +80,9 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
         for field in _DICT_FIELDS:
             row[field] = _as_dict(rec.get(field))
         extras, wparams = row["extras"], row["workload_params"]
+        # base + NAtS adapter is one model: the label names both (the base alone stays `model`)
+        row["adapter"] = row["config"].get("adapter") or rec.get("adapter")
+        row["model"] = model_label(row["model"], row["adapter"])
         if row.get("budget") is None:
             row["budget"] = row["policy_params"].get("budget")
         if row.get("perplexity") is None:
@@ -84,7 +94,7 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col].map(_number), errors="coerce").astype(float)
     for col in ("started_at", "finished_at", "updated_at"):
         df[col] = pd.to_datetime(df[col], errors="coerce", utc=True)
-    for col in ("sweep", "model", "policy", "workload", "status", "run_key"):
+    for col in ("sweep", "model", "adapter", "policy", "workload", "status", "run_key"):
         df[col] = df[col].fillna("").astype(str)
     return df
 

@@ -17,9 +17,13 @@ DONE, FAILED, PENDING, RUNNING = "done", "failed", "pending", "running"
 
 
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
-    """All cell configs of a sweep, model-major (then workload, policy, seed)."""
+    """All cell configs of a sweep, model-major (then workload, policy, seed). A model entry with an
+    `adapter` adds `adapter` and `adapter_sha256` (its content hash) to its cells' configs."""
+    from services.adapters import adapter_fields
+
     configs: list[dict[str, Any]] = []
     for m in spec.models:
+        adapter = adapter_fields(m.adapter)  # hashed once per model entry
         for w in spec.workloads:
             for w_params in grid(w.params):
                 for p in spec.policies:
@@ -38,6 +42,7 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
                                     "seed": seed,
                                     "device": m.device,
                                     "dtype": m.dtype,
+                                    **adapter,
                                 }
                             )
     return configs
@@ -52,9 +57,10 @@ class Cell:
     status: str = PENDING
 
     @property
-    def model_key(self) -> tuple[str, str, str]:
+    def model_key(self) -> tuple[str, str, str, str | None]:
+        """What a worker loads for this cell: base + adapter is another model than the base alone."""
         c = self.config
-        return (c["model"], c["device"], c["dtype"])
+        return (c["model"], c["device"], c["dtype"], c.get("adapter"))
 
 
 @dataclass
@@ -99,8 +105,9 @@ def describe(config: dict[str, Any]) -> str:
     def fmt(d: dict[str, Any]) -> str:
         return ",".join(f"{k}={v}" for k, v in d.items())
 
+    model = config["model"] + (f" + {config['adapter']}" if config.get("adapter") else "")
     return (
-        f"{config['model']} | {config['policy']}({fmt(config['policy_params'])}) | "
+        f"{model} | {config['policy']}({fmt(config['policy_params'])}) | "
         f"{config['workload']}({fmt(config['workload_params'])}) x{config['n_examples']} | "
         f"seed={config['seed']}"
     )

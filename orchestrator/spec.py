@@ -47,11 +47,14 @@ class _Strict(BaseModel):
 
 class ModelSpec(_Strict):
     """One model to load: a reference-model name (models/<name>), a folder path, or a
-    test model name such as `random:tiny-gpt`; `dtype` and `device` say how to load it."""
+    test model name such as `random:tiny-gpt`; `dtype` and `device` say how to load it;
+    `adapter`: a NAtS scorer adapter folder for a Hugging Face model (checked against the
+    base before anything runs; its cells carry its path and content hash)."""
 
     name: str = Field(min_length=1)
     dtype: str = "float32"
     device: str = "cpu"
+    adapter: str | None = Field(default=None, min_length=1)
 
 
 class PolicySpec(_Strict):
@@ -212,6 +215,16 @@ def _check_workload_params(i: int, w: WorkloadSpec, problems: list[str]) -> None
                 problems.append(msg)
 
 
+def _check_adapter(i: int, m: ModelSpec, problems: list[str]) -> None:
+    """The adapter folder exists, is well formed and was made for this model (before any cell runs)."""
+    from services.adapters import check_adapter_for_model
+
+    try:
+        check_adapter_for_model(m.name, m.adapter)
+    except ValueError as exc:
+        problems.append(f"models[{i}].adapter: {str(exc).splitlines()[0]}")
+
+
 def check_semantics(spec: SweepSpec) -> list[str]:
     """Checks pydantic cannot do: registry names, budget ranges, dtypes, devices, duplicates."""
     problems: list[str] = []
@@ -223,6 +236,8 @@ def check_semantics(spec: SweepSpec) -> list[str]:
             problems.append(
                 f"models[{i}].device: unknown device {m.device!r}; allowed: cpu, cuda, cuda:N, auto"
             )
+        if m.adapter is not None:
+            _check_adapter(i, m, problems)
     policy_names = _policy_names()
     for i, p in enumerate(spec.policies):
         if policy_names is not None and p.name not in policy_names:

@@ -54,6 +54,9 @@ class ModelHandle:
     dtype: str
     source: str
     info: dict = field(default_factory=dict)
+    # NAtS scorer adapter attached at load (`services.adapters`): its folder as given and content hash
+    adapter: str | None = None
+    adapter_sha256: str | None = None
 
     def encode(self, text: str) -> list[int]:
         if self.kind == "hf":
@@ -182,9 +185,13 @@ def _load_folder(folder: Path, torch_dtype):
     return model.eval(), tok, "hf"
 
 
-def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32") -> ModelHandle:
+def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
+               adapter: str | None = None) -> ModelHandle:
     """Load a shipped model by name, a GPT checkpoint folder, a local Hugging Face folder or a
-    `random:` test model (see the module docstring); ValueError naming what was tried."""
+    `random:` test model (see the module docstring); ValueError naming what was tried. `adapter`:
+    a NAtS scorer adapter folder for a Hugging Face model (`nats_model.adapter`), checked against the
+    base (config and weight hash) and attached; the `nats` policy then takes W / chunk size / Global
+    bias from it."""
     torch_dtype = _torch_dtype(dtype)
     device = _check_device(device)
     name = str(name_or_path)
@@ -206,8 +213,18 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32") -
         source = str(folder.resolve())
     model = model.to(device=device, dtype=torch_dtype).eval()
     info = {"kind": kind, "source": source, "n_parameters": sum(p.numel() for p in model.parameters())}
-    return ModelHandle(name=name, model=model, tokenizer=tok, kind=kind, device=device, dtype=dtype,
-                       source=source, info=info)
+    handle = ModelHandle(name=name, model=model, tokenizer=tok, kind=kind, device=device, dtype=dtype,
+                         source=source, info=info)
+    if adapter is not None:
+        from services.adapters import attach_to_model
+
+        if kind != "hf":
+            raise ValueError(f"adapter {str(adapter)!r}: NAtS adapters are for Hugging Face models; {name!r} is a "
+                             "natsbench GPT (its scorers live in its own checkpoint)")
+        attached = attach_to_model(model, adapter, None if name.startswith("random:") else folder)
+        handle.adapter, handle.adapter_sha256 = attached["adapter"], attached["adapter_sha256"]
+        info["adapter"] = {"path": attached["adapter"], "sha256": attached["adapter_sha256"], **attached["config"]}
+    return handle
 
 
 # ---------------------------------------------------------------- environment
@@ -295,7 +312,21 @@ def normalize_config(config: dict, handle: ModelHandle | None = None) -> dict:
     if handle is not None and (cfg["device"], cfg["dtype"]) != (handle.device, handle.dtype):
         raise ValueError(f"cell asks for device={cfg['device']!r} dtype={cfg['dtype']!r} but the model was "
                          f"loaded on device={handle.device!r} dtype={handle.dtype!r}")
+    if handle is not None:
+        from services.adapters import check_config_matches
+
+        check_config_matches(cfg, handle.adapter, handle.adapter_sha256)
+        if handle.adapter is not None:
+            cfg["adapter_sha256"] = handle.adapter_sha256
     return cfg
+
+
+def _config_keys(cfg: dict) -> tuple[str, ...]:
+    """The config fields a record carries and the run key hashes: the adapter's only when it has one
+    (cells without an adapter keep their keys)."""
+    from services.adapters import ADAPTER_KEYS
+
+    return RECORD_KEYS + tuple(k for k in ADAPTER_KEYS if cfg.get(k) is not None)
 
 
 def build_policy(name: str, params: dict):
@@ -313,12 +344,12 @@ def _run_key(cfg: dict) -> str | None:
         from services.store import run_key
     except ImportError:
         return None
-    return run_key({k: cfg[k] for k in RECORD_KEYS})
+    return run_key({k: cfg[k] for k in _config_keys(cfg)})
 
 
 def _new_record(config: Any) -> dict:
     base = config if isinstance(config, dict) else {}
-    record = {k: base.get(k, CONFIG_DEFAULTS.get(k)) for k in RECORD_KEYS}
+    record = {k: base.get(k, CONFIG_DEFAULTS.get(k)) for k in _config_keys(base)}
     record.update(run_key=base.get("run_key"), sweep=base.get("sweep"), status="failed", error=None,
                   attempts=base.get("attempts", 1), environment={}, accuracy=None, kv_bytes_physical=None,
                   kv_bytes_full=None, kept_fraction=None, ttft_s=None, tpot_s=None, tokens_per_s=None,
@@ -378,7 +409,7 @@ def run_cell(handle: ModelHandle, config: dict) -> dict:
     try:
         record["environment"] = environment_info(getattr(handle, "device", "cpu"))
         cfg = normalize_config(config, handle)
-        record.update({k: cfg[k] for k in RECORD_KEYS})
+        record.update({k: cfg[k] for k in _config_keys(cfg)})
         record["run_key"] = record["run_key"] or _run_key(cfg)
         workload = workloads.get(cfg["workload"])
         wparams = workload.validate(cfg["workload_params"])

@@ -39,7 +39,7 @@ class CellWorker:
     def __init__(self, runner: str = DEFAULT_RUNNER, threads: int | None = None) -> None:
         self.runner_name = runner
         self._runner: Any = None
-        self._model_key: tuple[str, str, str] | None = None
+        self._model_key: tuple[str, str, str, str | None] | None = None
         self._handle: Any = None
         self.threads = max(1, int(threads)) if threads else None
 
@@ -52,9 +52,10 @@ class CellWorker:
         """Where this worker runs and which model it holds."""
         return {"host": socket.gethostname(), "pid": os.getpid(), "model": self._model_key}
 
-    def load(self, model: str, device: str = "cpu", dtype: str = "float32") -> float:
-        """Load `model` unless it is already held; returns the seconds spent loading."""
-        key = (model, device, dtype)
+    def load(self, model: str, device: str = "cpu", dtype: str = "float32", adapter: str | None = None) -> float:
+        """Load `model` (with its NAtS `adapter`, when a cell names one) unless it is already held;
+        returns the seconds spent loading."""
+        key = (model, device, dtype, adapter)
         if key == self._model_key:
             return 0.0
         t0 = time.perf_counter()
@@ -62,7 +63,9 @@ class CellWorker:
         runner = self._ensure_runner()
         if self.threads and "torch" in sys.modules:  # only when the runner uses torch at all
             sys.modules["torch"].set_num_threads(self.threads)
-        self._handle = runner.load_model(model, device=device, dtype=dtype)
+        # a runner without adapter support still serves every cell that names none
+        extra = {"adapter": adapter} if adapter is not None else {}
+        self._handle = runner.load_model(model, device=device, dtype=dtype, **extra)
         self._model_key = key
         return time.perf_counter() - t0
 
@@ -71,7 +74,8 @@ class CellWorker:
         t0 = time.perf_counter()
         load_s = 0.0
         try:
-            load_s = self.load(config["model"], config.get("device", "cpu"), config.get("dtype", "float32"))
+            load_s = self.load(config["model"], config.get("device", "cpu"), config.get("dtype", "float32"),
+                               config.get("adapter"))
             record = self._runner.run_cell(self._handle, config)
             if not isinstance(record, dict):
                 raise TypeError(f"run_cell returned {type(record).__name__}, expected a dict record")

@@ -19,6 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="NAME_OR_PATH",
                         help="shipped model name (models/<name>), GPT checkpoint folder, local Hugging Face "
                         "folder, or a test model random:tiny-gpt | random:tiny-gpt-nats | random:tiny-llama")
+    parser.add_argument("--adapter", default=None, metavar="DIR",
+                        help="NAtS scorer adapter folder for a Hugging Face --model (natsbench finetune / "
+                        "natsbench adapter import); the nats policy takes W / chunk size from it")
     parser.add_argument("--policy", required=True, metavar="NAME", help="KV policy (full, streaming_llm, h2o, ...)")
     parser.add_argument("--policy-param", action="append", default=[], metavar="K=V",
                         help="policy parameter, repeatable (e.g. budget=0.2)")
@@ -110,8 +113,15 @@ def run(args: argparse.Namespace) -> int:
         evaluation.build_policy(args.policy, policy_params)
     except (ValueError, TypeError) as exc:
         return _fail(str(exc))
+    if args.adapter is not None:  # another base, a wrong shape, a missing file: refused before loading
+        from services.adapters import check_adapter_for_model
+
+        try:
+            check_adapter_for_model(args.model, args.adapter)
+        except ValueError as exc:
+            return _fail(str(exc).splitlines()[0])
     try:
-        handle = evaluation.load_model(args.model, device=args.device, dtype=args.dtype)
+        handle = evaluation.load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
     except (ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
     try:  # lengths are measured in the model's tokens: e.g. a context too short for the task
@@ -122,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     config = {"model": args.model, "policy": args.policy, "policy_params": policy_params,
               "workload": args.workload, "workload_params": workload_params, "n_examples": args.n,
               "seed": args.seed, "device": args.device, "dtype": args.dtype}
+    if handle.adapter is not None:
+        config.update(adapter=handle.adapter, adapter_sha256=handle.adapter_sha256)
     record = evaluation.run_cell(handle, config)
     if args.format == "table":
         print(format_table(record))
