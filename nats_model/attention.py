@@ -30,7 +30,8 @@ Sparsity regulariser (section 4), added in the backward, per query head and summ
 GQA group (i.e. times Hq/Hkv): dh_G(n) += lam (N-n)/N on Global keys, dh_L(n) += lam (e(n)-n)/N
 on Local keys (e(n) the last query that sees n), nothing on SW keys; N = number of tokens.
 
-This dense reference holds O(N^2) per head; `nats_attention` uses the Triton kernel on CUDA.
+This dense reference holds O(N^2) per head and stays the oracle; `nats_attention` uses the Triton
+kernel on CUDA and the block-wise Function of `nats_model.attention_blockwise` on the CPU.
 """
 
 from __future__ import annotations
@@ -314,9 +315,22 @@ def nats_attention(
     chunk_size: int | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """NAtS attention (see the module docstring): Triton kernel on CUDA when available, else the reference."""
+    """NAtS attention (see the module docstring): the Triton kernel on CUDA when available; on the
+    CPU the block-wise Function (`nats_model.attention_blockwise`, same gradient, O(N x block)
+    memory) for hard one-hot types; else (soft types, other devices) the dense reference."""
     if q.is_cuda:
         fn = _triton_impl()
         if fn is not None:
             return fn(q, k, v, types_onehot, window=window, lam=lam, chunk_size=chunk_size, scale=scale)
+    if q.device.type == "cpu" and _is_hard_onehot(types_onehot):
+        from nats_model.attention_blockwise import nats_attention_blockwise
+
+        return nats_attention_blockwise(q, k, v, types_onehot, window=window, lam=lam, chunk_size=chunk_size,
+                                        scale=scale)
     return nats_attention_reference(q, k, v, types_onehot, window=window, lam=lam, chunk_size=chunk_size, scale=scale)
+
+
+def _is_hard_onehot(types_onehot: torch.Tensor) -> bool:
+    """Exactly one nonzero entry per position (hard, also straight-through, whose kept entry is 1 up
+    to rounding): the mask is then the boolean visibility rule the block-wise Function builds."""
+    return types_onehot.shape[-1] == 3 and bool(((types_onehot.detach() != 0).sum(-1) == 1).all())
