@@ -14,21 +14,13 @@ import json
 import math
 from typing import Any
 
+from services.declaration import CONFIG_KEYS as _CONFIG_KEYS
+
 # Bump when results of an unchanged config would change (new decode loop, metric fix, ...).
 CODE_VERSION = "2"
 
-# The keys of a cell config (docs/DESIGN.md); every one must be present in a config.
-CONFIG_KEYS: tuple[str, ...] = (
-    "model",
-    "policy",
-    "policy_params",
-    "workload",
-    "workload_params",
-    "n_examples",
-    "seed",
-    "device",
-    "dtype",
-)
+# The keys of a cell config (services.declaration); every one must be present in a config.
+CONFIG_KEYS: tuple[str, ...] = _CONFIG_KEYS
 
 
 def _check_json_value(value: Any, path: str) -> None:

@@ -30,11 +30,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.declaration import FINISHED_STATUSES, METRIC_FIELDS, METRICS, RUN_STATUSES
+
 from .clock import db_now
 
-# The statuses a run moves through: pending -> running -> done | failed.
-RUN_STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed")
-FINISHED_STATUSES: tuple[str, ...] = ("done", "failed")
+__all__ = ["FINISHED_STATUSES", "METRIC_FIELDS", "RUN_STATUSES", "Base", "Run", "Sweep", "SweepRun"]
 
 # JSON everywhere; JSONB on PostgreSQL (indexable, compact).
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -64,7 +64,7 @@ class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
         UniqueConstraint("run_key", name="uq_runs_run_key"),
-        CheckConstraint("status IN ('pending', 'running', 'done', 'failed')", name="ck_runs_status"),
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in RUN_STATUSES)})", name="ck_runs_status"),
         Index("ix_runs_sweep_id_status", "sweep_id", "status"),
     )
 
@@ -85,6 +85,8 @@ class Run(Base):
     device: Mapped[str | None] = mapped_column(String(50), nullable=True)
     dtype: Mapped[str | None] = mapped_column(String(20), nullable=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    # The CODE_VERSION that planned (and measured) this row; part of its run key.
+    code_version: Mapped[str] = mapped_column(String(20), nullable=False)
     # Lifecycle; timestamps come from the database clock.
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -95,15 +97,11 @@ class Run(Base):
         DateTime(timezone=True), server_default=db_now(), nullable=False
     )
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
-    # Metrics.
-    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
-    kv_bytes_physical: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    kv_bytes_full: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    kept_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
-    ttft_s: Mapped[float | None] = mapped_column(Float, nullable=True)
-    tpot_s: Mapped[float | None] = mapped_column(Float, nullable=True)
-    tokens_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
-    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Metrics: one nullable column per metric of services.declaration.METRICS (ints as BIGINT),
+    # so a new metric needs its declaration and a migration, not an edit here.
+    for _metric in METRICS:
+        locals()[_metric.name] = mapped_column(BigInteger if _metric.type == "int" else Float, nullable=True)
+    del _metric
     extras: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
@@ -118,16 +116,3 @@ class SweepRun(Base):
     run_id: Mapped[int] = mapped_column(
         ForeignKey("runs.id", name="fk_sweep_runs_run_id", ondelete="CASCADE"), primary_key=True
     )
-
-
-# Metric columns a finished record may carry, in the order tables print them.
-METRIC_FIELDS: tuple[str, ...] = (
-    "accuracy",
-    "kv_bytes_physical",
-    "kv_bytes_full",
-    "kept_fraction",
-    "ttft_s",
-    "tpot_s",
-    "tokens_per_s",
-    "peak_memory_bytes",
-)

@@ -7,26 +7,28 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from services.declaration import (
+    CONFIG_KEYS,
+    FINISHED_STATUSES,
+    METRIC,
+    METRIC_FIELDS,
+    RUN_STATUSES,
+    check_config,
+)
+
+from . import keys
 from .engine import jsonable
-from .keys import CONFIG_KEYS, run_key
-from .models import FINISHED_STATUSES, METRIC_FIELDS, RUN_STATUSES
+from .keys import run_key
 
-_INT_METRICS = {"kv_bytes_physical", "kv_bytes_full", "peak_memory_bytes"}
-
-# The fields of a run dict as `Store.runs()` returns them, in this order.
+# The fields of a run dict as `Store.runs()` returns them, in this order: the key, the config
+# fields (with `budget` read from policy_params), the code version, the lifecycle, the metrics.
 RUN_FIELDS: tuple[str, ...] = (
     "run_key",
     "sweep",
-    "model",
-    "policy",
-    "policy_params",
+    *CONFIG_KEYS[:3],
     "budget",
-    "workload",
-    "workload_params",
-    "seed",
-    "n_examples",
-    "device",
-    "dtype",
+    *CONFIG_KEYS[3:],
+    "code_version",
     "status",
     "error",
     "attempts",
@@ -52,15 +54,7 @@ def _budget(policy_params: dict[str, Any]) -> float | None:
 def config_columns(config: dict[str, Any]) -> dict[str, Any]:
     """The `runs` columns a cell config fills (run_key included); validates the config."""
     key = run_key(config)  # checks the keys and that the values are JSON
-    for name in ("policy_params", "workload_params"):
-        if not isinstance(config[name], dict):
-            raise ValueError(f"cell config {name} must be a dict, got {type(config[name]).__name__}")
-    for name in ("model", "policy", "workload"):
-        if not isinstance(config[name], str) or not config[name]:
-            raise ValueError(f"cell config {name} must be a non-empty string, got {config[name]!r}")
-    for name in ("seed", "n_examples"):
-        if isinstance(config[name], bool) or not isinstance(config[name], int):
-            raise ValueError(f"cell config {name} must be an int, got {config[name]!r}")
+    check_config(config)  # types, ranges the columns hold, devices, dtypes (services.declaration)
     return {
         "run_key": key,
         "model": config["model"],
@@ -74,6 +68,7 @@ def config_columns(config: dict[str, Any]) -> dict[str, Any]:
         "device": None if config["device"] is None else str(config["device"]),
         "dtype": None if config["dtype"] is None else str(config["dtype"]),
         "config": jsonable(config),
+        "code_version": keys.CODE_VERSION,
     }
 
 
@@ -94,7 +89,7 @@ def _metric(name: str, value: Any) -> int | float | None:
         raise ValueError(f"record metric {name} = {value!r} must be a number or None")
     if not math.isfinite(value):
         return None
-    return int(round(value)) if name in _INT_METRICS else float(value)
+    return int(round(value)) if METRIC[name].type == "int" else float(value)
 
 
 def result_columns(record: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from . import schema, statements
+from . import keys, schema, statements
 from .clock import db_now
 from .engine import (
     SQLITE_BUSY_TIMEOUT_S,
@@ -180,18 +180,24 @@ class Store:
         return self._write(lambda conn: self._sweep_id(conn, name, spec))
 
     def sweeps(self) -> list[dict[str, Any]]:
-        """Every sweep: name, spec, created_at, counts per status, total, last update of its runs."""
+        """Every sweep: name, spec, created_at, counts per status and total of its runs of this
+        code version (`CODE_VERSION`), `stale` = its runs of older code versions (kept, never
+        reused: a sweep reruns those cells under new keys), last update of its runs."""
 
         def read(conn: Connection) -> list[dict[str, Any]]:
             rows = conn.execute(
-                select(SweepRun.sweep_id, Run.status, func.count(), func.max(Run.updated_at))
+                select(SweepRun.sweep_id, Run.status, Run.code_version, func.count(), func.max(Run.updated_at))
                 .join(Run, Run.id == SweepRun.run_id)
-                .group_by(SweepRun.sweep_id, Run.status)
+                .group_by(SweepRun.sweep_id, Run.status, Run.code_version)
             ).all()
             counts: dict[int, dict[str, int]] = {}
+            stale: dict[int, int] = {}
             last: dict[int, Any] = {}
-            for sweep_id, status, n, updated in rows:
-                counts.setdefault(sweep_id, dict.fromkeys(RUN_STATUSES, 0))[status] = n
+            for sweep_id, status, code_version, n, updated in rows:
+                if code_version == keys.CODE_VERSION:
+                    counts.setdefault(sweep_id, dict.fromkeys(RUN_STATUSES, 0))[status] = n
+                else:
+                    stale[sweep_id] = stale.get(sweep_id, 0) + n
                 if updated is not None and (sweep_id not in last or updated > last[sweep_id]):
                     last[sweep_id] = updated
             out = []
@@ -204,6 +210,7 @@ class Store:
                         "created_at": iso(sweep.created_at),
                         "counts": c,
                         "total": sum(c.values()),
+                        "stale": stale.get(sweep.id, 0),
                         "updated_at": iso(last.get(sweep.id)),
                     }
                 )
@@ -324,10 +331,11 @@ class Store:
         return found
 
     def status_counts(self, sweep: str | int | None = None) -> dict[str, int]:
-        """Runs per status (every status present, zeros included), of one sweep or of all runs."""
+        """Runs of this code version per status (every status present, zeros included), of one
+        sweep or of all runs; rows of older code versions are not counted (see `sweeps`)."""
 
         def read(conn: Connection) -> dict[str, int]:
-            stmt = select(Run.status, func.count()).group_by(Run.status)
+            stmt = select(Run.status, func.count()).where(Run.code_version == keys.CODE_VERSION).group_by(Run.status)
             if sweep is not None:
                 stmt = stmt.join(SweepRun, SweepRun.run_id == Run.id).where(
                     SweepRun.sweep_id == self._lookup(conn, sweep)

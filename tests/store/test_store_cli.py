@@ -11,6 +11,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.commands import results as results_command
 from services.store import RUN_FIELDS, RUN_STATUSES, Store
+from services.store.schema import HEAD_REVISION
 
 
 def _fill(url: str, make_config, make_record) -> None:
@@ -28,12 +29,13 @@ def test_db_upgrade_then_status(empty_url, capsys):
     captured = capsys.readouterr()
     assert "schema:  none" in captured.out and "natsbench db upgrade" in captured.err
     assert main(["db", "upgrade", "--db", empty_url]) == 0
-    assert "upgraded from empty to version 0001" in capsys.readouterr().out
+    head = HEAD_REVISION
+    assert f"upgraded from empty to version {head}" in capsys.readouterr().out
     assert main(["db", "upgrade", "--db", empty_url]) == 0
-    assert "already at version 0001" in capsys.readouterr().out
+    assert f"already at version {head}" in capsys.readouterr().out
     assert main(["db", "status", "--db", empty_url]) == 0
     out = capsys.readouterr().out
-    assert "0001 (this natsbench needs 0001: current)" in out
+    assert f"{head} (this natsbench needs {head}: current)" in out
     assert "sweeps 0, runs 0, sweep_runs 0" in out and "pending 0, running 0, done 0, failed 0" in out
 
 

@@ -84,6 +84,6 @@ def test_old_schema_asks_for_db_upgrade(store_url, monkeypatch):
     monkeypatch.setattr(schema, "head_revision", lambda: "9999")
     with (
         Store(store_url) as store,
-        pytest.raises(SchemaError, match=r"version 0001, this natsbench needs 9999.*db upgrade"),
+        pytest.raises(SchemaError, match=rf"version {schema.HEAD_REVISION}, this natsbench needs 9999.*db upgrade"),
     ):
         store.sweeps()
