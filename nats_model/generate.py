@@ -18,6 +18,12 @@ import torch.nn.functional as F
 
 from nats_model.cache import KVCache, LayerStore
 from nats_model.policies.base import Policy, Step
+from nats_model.prefill_attention import (
+    DEFAULT_OBSERVE_BLOCK,
+    attend_prefill,
+    check_observe_block,
+    valid_is_suffix,
+)
 
 
 class KVEngine:
@@ -26,11 +32,15 @@ class KVEngine:
     Call `begin_step(positions, valid, ...)` before each model forward; the model then calls
     `attend` once per layer. `kv_bytes_physical_peak` is the largest K/V footprint seen at any
     point, including the moment between storing a step's tokens and evicting and the copy of a
-    relayout (old and new buffers alive together).
+    relayout (old and new buffers alive together). `observe_block`: queries per block when the
+    attention statistics of an observing policy (H2O, TOVA, SnapKV) are computed in prefill;
+    a block holds `(B * Hkv, g * observe_block, kept)` float32 probabilities at a time
+    (`nats_model.prefill_attention`).
     """
 
-    def __init__(self, policy: Policy, batch: int):
+    def __init__(self, policy: Policy, batch: int, observe_block: int = DEFAULT_OBSERVE_BLOCK):
         self.policy = policy
+        self.observe_block = check_observe_block(observe_block)
         self.cache = KVCache(batch, tuple(policy.aux_fields), policy.aux_dtypes)
         self.kv_bytes_physical_peak = 0
         self._step: dict = {}
@@ -86,7 +96,8 @@ class KVEngine:
         visible = self.policy.visible(store, step) if self.policy.masks_attention else None
         out, step.attn_sum, step.probs = attend_store(
             store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"], scale, sliding_window,
-            self.policy.observe, decode=not st["prefill"], visible=visible)
+            self.policy.observe, decode=not st["prefill"], visible=visible,
+            probs_rows=self.policy.probs_rows, observe_block=self.observe_block, chunk_in_order=True)
         keep = self.policy.select(store, step)
         if keep is not None:
             dropped = store.evict_one(keep) if keep.dtype == torch.long else store.compact(keep)
@@ -98,14 +109,24 @@ class KVEngine:
 
 def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_valid: torch.Tensor,
                  all_valid: bool, scale: float, sliding_window: int | None, observe: str,
-                 decode: bool = False, visible: torch.Tensor | None = None
+                 decode: bool = False, visible: torch.Tensor | None = None, probs_rows: int | None = None,
+                 observe_block: int = DEFAULT_OBSERVE_BLOCK, chunk_in_order: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Attention of q (n_seg, g, T, hd) over every segment's kept slots, one batched call per
     group of equal-capacity segments. Key slot j is visible to query t when it is occupied, its
     original position <= the query's (and within `sliding_window`, and `visible (n_seg, T, row_cap)`
     allows it, when given; padding queries ignore `visible`). Returns out (n_seg, g, T, hd)
     and, as `observe` asks, attn_sum (n_seg, row_cap) / probs (n_seg, g, T, P <= row_cap; slots past
-    P are unoccupied)."""
+    P are unoccupied).
+
+    `chunk_in_order`: the step's real tokens were just appended in order and every other occupied
+    slot precedes them (the `KVEngine` invariant). Then a prefill step without a policy visibility
+    rule or sliding window goes to `nats_model.prefill_attention.attend_prefill`: fused kernels, no
+    dense mask, statistics in blocks of `observe_block` queries, and probs for only the last
+    `probs_rows` queries (`Policy.probs_rows`; None: all)."""
+    if (chunk_in_order and not decode and visible is None and sliding_window is None
+            and (all_valid or valid_is_suffix(q_valid))):
+        return attend_prefill(store, q, q_valid, all_valid, scale, observe, probs_rows, observe_block)
     n_seg, g, T, hd = q.shape
     want = observe != "none"
     out = q.new_empty(n_seg, g, T, hd) if not store.uniform else None
@@ -293,10 +314,11 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int 
 def generate(model, input_ids: torch.Tensor, policy: Policy, max_new_tokens: int,
              attention_mask: torch.Tensor | None = None, prefill_chunk_size: int | None = 512,
              do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-             seed: int | None = None) -> GenerationResult:
+             seed: int | None = None, observe_block: int = DEFAULT_OBSERVE_BLOCK) -> GenerationResult:
     """Generate `max_new_tokens` per sequence with `policy` managing the KV cache.
     Greedy unless `do_sample`; left padding via `attention_mask`; `prefill_chunk_size=None`
-    prefills the whole prompt in one step."""
+    prefills the whole prompt in one step. `observe_block`: queries per block of an observing
+    policy's prefill attention statistics (`KVEngine`; memory, not results)."""
     from nats_model.models.hf import adapt
 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -311,7 +333,7 @@ def generate(model, input_ids: torch.Tensor, policy: Policy, max_new_tokens: int
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     _bind(policy, adapter)
     policy.reset()
-    engine = KVEngine(policy, input_ids.shape[0])
+    engine = KVEngine(policy, input_ids.shape[0], observe_block=observe_block)
     out = []
     with adapter.session(engine):
         _sync(device)
@@ -346,14 +368,15 @@ class ScoreResult(CacheStats):
 
 @torch.no_grad()
 def score_run(model, input_ids: torch.Tensor, policy: Policy, attention_mask: torch.Tensor | None = None,
-              prefill_chunk_size: int = 1, prompt_len: int = 0, prompt_chunk_size: int = 512) -> ScoreResult:
+              prefill_chunk_size: int = 1, prompt_len: int = 0, prompt_chunk_size: int = 512,
+              observe_block: int = DEFAULT_OBSERVE_BLOCK) -> ScoreResult:
     """Streaming NLL with the policy active, plus the cache's KV statistics at the end.
 
     The first `prompt_len` tokens are a prompt: fed in chunks of `prompt_chunk_size`, the last one
     flagged as the end of prefill (so prompt-compressing policies such as SnapKV compress there, as
     in generation); the remaining tokens are fed `prefill_chunk_size` per step (1 = token by
     token, as StreamingLLM evaluates). `prompt_len=0` streams everything. Every fed token's next-
-    token NLL is scored, prompt included."""
+    token NLL is scored, prompt included. `observe_block` as in `generate`."""
     from nats_model.models.hf import adapt
 
     mask = _check_inputs(input_ids, attention_mask, prefill_chunk_size)
@@ -364,7 +387,7 @@ def score_run(model, input_ids: torch.Tensor, policy: Policy, attention_mask: to
     adapter = adapt(model)
     _bind(policy, adapter)
     policy.reset()
-    engine = KVEngine(policy, input_ids.shape[0])
+    engine = KVEngine(policy, input_ids.shape[0], observe_block=observe_block)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     T = input_ids.shape[1]
     n_prompt = min(prompt_len, T - 1)

@@ -39,9 +39,10 @@ class Step:
     new_slots (n_seg, T): flat slot of each new token (-1 for padding).
     attn_sum (n_seg, row_cap) or None: attention each slot received this step, summed over the
       step's real queries and over the query heads of the KV head's GQA group (observe="sum").
-    probs (n_seg, g, T, P) or None: per query head and query (observe="probs"; padding queries are
-      zero); P <= row_cap: the slots past P are unoccupied (P is the common length when every
-      segment holds the same count, else row_cap).
+    probs (n_seg, g, R, P) or None: per query head and query (observe="probs"; padding queries are
+      zero) for the step's last R = min(T, policy.probs_rows or T) queries; P <= row_cap: the slots
+      past P are unoccupied (P is the common length when every segment holds the same count, else
+      row_cap).
     type_logits (B, Hkv, T, 3) or None: NAtS scorer logits of the new tokens.
     q (n_seg, g, T, hd), k_new / v_new (n_seg, T, hd): the step's queries and new keys/values.
     n_kv_heads: KV heads per sequence (to group a sequence's segments, e.g. layer-wise scores).
@@ -82,6 +83,9 @@ class Policy:
     aux_dtypes: ClassVar[dict[str, torch.dtype]] = {}  # aux fields that are not float32
     needs_budget: ClassVar[bool] = True
     masks_attention: ClassVar[bool] = False  # True: the engine calls `visible` before attention
+    # observe="probs": how many of a step's last queries the policy reads (None: all); the engine
+    # computes only those rows, so a prefill chunk never needs a (chunk x cache) probability tensor
+    probs_rows: ClassVar[int | None] = None
 
     def __post_init__(self) -> None:
         if self.budget is not None and self.budget_tokens is not None:

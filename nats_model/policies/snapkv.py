@@ -53,6 +53,10 @@ class SnapKVPolicy(Policy):
                              f"({self.window_size})")
         self.reset()
 
+    @property
+    def probs_rows(self) -> int:  # the observation window is all it reads of a step's probs
+        return self.window_size
+
     def reset(self) -> None:
         super().reset()
         # per layer: (n_seg, <= window_size, row_cap) attention rows of the latest prompt queries

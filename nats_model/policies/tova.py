@@ -28,6 +28,7 @@ class TOVAPolicy(Policy):
 
     name: ClassVar[str] = "tova"
     observe: ClassVar[str] = "probs"
+    probs_rows: ClassVar[int | None] = 1  # the step's last query is all it reads
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,7 +61,8 @@ class TOVAPolicy(Policy):
                 return torch.where(n_drop > 0, pick, -1)
         row_cap = store.row_cap
         probs = F.pad(step.probs, (0, row_cap - width)) if width < row_cap else step.probs
-        last = (step.q_valid.long() * torch.arange(1, T + 1, device=step.q_valid.device)).argmax(1)  # (n_seg,)
+        valid = step.q_valid[:, -T:]  # probs hold the step's last T queries
+        last = (valid.long() * torch.arange(1, T + 1, device=valid.device)).argmax(1)  # (n_seg,)
         p = probs.gather(2, last[:, None, None, None].expand(n_seg, g, 1, row_cap))[:, :, 0].sum(1)
         occupied = store.valid_rows()
         pos = store.rows(store.pos, fill=0)  # (n_seg, row_cap)
