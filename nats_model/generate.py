@@ -288,7 +288,7 @@ def _prefill(adapter, engine: KVEngine, input_ids, mask, chunk: int | None) -> t
         pos, val = positions[:, s:e], mask[:, s:e]
         rope = engine.policy.rope_positions(pos, engine.kept_per_seq().to(pos.device), val)
         engine.begin_step(pos, val, prefill=True, last_prefill=e == P)
-        logits = adapter.forward(input_ids[:, s:e], rope, engine)
+        logits = adapter.forward(input_ids[:, s:e], rope, engine, logits_to_keep=1)  # (B, 1, V): the last only
     return logits[:, -1]
 
 

@@ -178,8 +178,13 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_engine=None,
-                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) int64 -> (logits (B, T, V), mean cross-entropy over targets != -1, or None)."""
+                positions: torch.Tensor | None = None,
+                logits_to_keep: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) int64 -> (logits (B, T, V), mean cross-entropy over targets != -1, or None).
+        `logits_to_keep` k > 0: logits of the last k positions only, (B, k, V) (a prefill chunk needs
+        its last position's alone); not with `targets`."""
+        if logits_to_keep and targets is not None:
+            raise ValueError("logits_to_keep needs targets=None (the loss uses every position's logits)")
         B, T = idx.shape
         if positions is None:
             positions = torch.arange(T, device=idx.device).expand(B, T)  # (B, T)
@@ -192,7 +197,9 @@ class GPT(nn.Module):
         x = self.embed(idx)  # (B, T, d)
         for block in self.blocks:
             x = block(x, cos, sin, positions, kv_engine)
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # (B, k, d)
+        logits = self.lm_head(self.norm(x))  # (B, T or k, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -81,9 +81,12 @@ class HFAdapter:
             _ENGINE.reset(token)
             self.model.set_attn_implementation(previous)
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, engine) -> torch.Tensor:
-        """ids, positions (B, T) -> logits (B, T, V)."""
-        return self.model(input_ids=ids, position_ids=positions, use_cache=False).logits
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, engine, logits_to_keep: int = 0) -> torch.Tensor:
+        """ids, positions (B, T) -> logits (B, T, V), or (B, k, V) for the last k = `logits_to_keep`
+        positions only (0: all). A prefill chunk needs only its last position's logits: with a 128k
+        vocabulary every position costs 512 KB in float32, a 512-token chunk 256 MB per sequence."""
+        return self.model(input_ids=ids, position_ids=positions, use_cache=False,
+                          logits_to_keep=logits_to_keep).logits
 
 
 class GPTAdapter:
@@ -97,8 +100,9 @@ class GPTAdapter:
     def session(self, engine):
         yield self
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, engine) -> torch.Tensor:
-        logits, _ = self.model(ids, kv_engine=engine, positions=positions)
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, engine, logits_to_keep: int = 0) -> torch.Tensor:
+        """ids, positions (B, T) -> logits (B, T, V), or of the last `logits_to_keep` positions (0: all)."""
+        logits, _ = self.model(ids, kv_engine=engine, positions=positions, logits_to_keep=logits_to_keep)
         return logits
 
 
