@@ -139,8 +139,15 @@ class TokenizedBatchMaker:
         depth = rng.random()
         drawn = draw_params(rng, params)
         n_bytes = max(1, int(target * self.bytes_per_token))
+        room_bytes = max(1, int(room * self.bytes_per_token))
         for _ in range(8):  # shrink the context until prompt + answer fit
-            prompt, answer = make_example(task, rng, context_length=n_bytes, depth=depth, **drawn)
+            try:
+                prompt, answer = make_example(task, rng, context_length=n_bytes, depth=depth, **drawn)
+            except ValueError:  # too short for the drawn params: use all the room the sequence leaves
+                if n_bytes >= room_bytes:
+                    raise
+                n_bytes = room_bytes
+                continue
             p_ids = self.encode(prompt)
             total = len(p_ids) + len(self.encode(answer + ANSWER_END))
             if total <= seq_len + 1:

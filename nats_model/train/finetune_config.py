@@ -120,6 +120,17 @@ class FinetuneConfig:
         return sum(s.steps for s in self.stages)
 
 
+def _mix_is_empty(data_raw: Any) -> bool:
+    """True when a raw `data` section gives text and every task weight 0 (anything malformed: False,
+    the shared parser then names the field)."""
+    if not isinstance(data_raw, dict) or not isinstance(data_raw.get("tasks") or {}, dict):
+        return False
+    weights = [data_raw.get("text_weight", 0.2)]
+    weights += [(spec or {}).get("weight", 1.0) if isinstance(spec, dict | None) else 1.0
+                for spec in (data_raw.get("tasks") or {}).values()]
+    return all(isinstance(w, int | float) and not isinstance(w, bool) and w == 0 for w in weights)
+
+
 def parse_finetune_config(raw: dict[str, Any]) -> FinetuneConfig:
     """Validate a loaded YAML mapping into a `FinetuneConfig` (errors name the bad field)."""
     if not isinstance(raw, dict):
@@ -132,7 +143,13 @@ def parse_finetune_config(raw: dict[str, Any]) -> FinetuneConfig:
     if base is not None and (not isinstance(base, str) or not base):
         raise ConfigError(f"base must be a checkpoint folder path (or left out with --model), got {base!r}")
     # data + stages: validated by the from-scratch trainer's parser (the model section is a dummy)
-    shared = parse_config({"model": {}, "data": raw.pop("data"), "stages": raw.pop("stages")})
+    data_raw = raw.pop("data")
+    only_local = bool(raw.get("local_data")) and _mix_is_empty(data_raw)
+    if only_local:  # the mix is the local files alone: the shared parser wants some weight, text's is restored
+        data_raw = {**data_raw, "text_weight": 1.0}
+    shared = parse_config({"model": {}, "data": data_raw, "stages": raw.pop("stages")})
+    if only_local:
+        shared.data.text_weight = 0.0
     nats = _build(NatsSettings, raw.pop("nats", None) or {}, "nats")
     if nats.window is not None and (isinstance(nats.window, bool) or not isinstance(nats.window, int)
                                     or nats.window < 0):

@@ -53,7 +53,11 @@ class HFDistill:
         self.need_logits = need_logits
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}  # reentrant checkpoints pass no gradient when no layer input needs one
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             model.train()  # transformers checkpoints only in training mode (Llama-like models have no dropout
             # but attention_dropout, which must be 0 for a distillation against the same weights)
             if float(getattr(model.config, "attention_dropout", 0.0) or 0.0) != 0.0:
@@ -124,7 +128,8 @@ class HFDistill:
         """Restore the base's attention implementation and take the scorers off the model."""
         self._select(self.original_implementation)
         if self.gradient_checkpointing:
-            self.model.gradient_checkpointing_disable()
+            off = getattr(self.model, "activation_checkpointing_disable", None) or self.model.gradient_checkpointing_disable
+            off()
         self.model.eval()
         self.scorers.remove()
 
