@@ -129,6 +129,11 @@ class TokenizedBatchMaker:
         raise ValueError(f"could not draw {seq_len + 1} tokens of text from the corpus")
 
     def task_sequence(self, rng: random.Random, task: str, seq_len: int):
+        return self._row(*self.task_example(rng, task, seq_len), seq_len)
+
+    def task_example(self, rng: random.Random, task: str, seq_len: int) -> tuple[list[int], str]:
+        """(prompt ids, answer text) of one `task` example whose prompt + answer + end marker fit in
+        `seq_len + 1` tokens; the prompt length is drawn as in `BatchMaker` (in tokens)."""
         params = self.data.tasks[task].params
         maxed = {k: (max(v) if isinstance(v, list | tuple) else v) for k, v in params.items()}
         answer_budget = int((max_answer_tokens(task, **maxed) + len(ANSWER_END)) / self.bytes_per_token) + 4
@@ -151,7 +156,7 @@ class TokenizedBatchMaker:
             p_ids = self.encode(prompt)
             total = len(p_ids) + len(self.encode(answer + ANSWER_END))
             if total <= seq_len + 1:
-                return self._row(p_ids, answer, seq_len)
+                return p_ids, answer
             n_bytes = int(n_bytes * 0.95 * (seq_len + 1) / total)
         raise ValueError(f"{task}: no example fits in {seq_len} tokens")
 

@@ -9,6 +9,8 @@ The student's implementation stays selected until the backward is done, because 
 checkpointing (`gradient_checkpointing: true`) recomputes the layers during the backward; the base's
 own implementation is restored at the end.
 
+Validation (every `eval.interval` steps and at the end) answers held-out task examples greedily through
+the KV engine with the `nats` policy, i.e. the inference cache the adapter will get in `natsbench eval`.
 Loss, schedule and data follow `nats_model.train.finetune` (shared `distill_loss`, `lr_factor`,
 `loss_positions`); the batches come from `nats_model.data.hf_batches.TokenizedBatchMaker` (the
 workloads mix in the model's tokenizer plus `local_data` files). Output folder: the adapter
@@ -134,6 +136,59 @@ class HFDistill:
         self.scorers.remove()
 
 
+class HFValidator:
+    """Fixed validation examples (a held-out seed) of every task with a weight: each is answered
+    greedily through the KV engine with the `nats` policy (the inference cache: argmax types plus the
+    Global bias, the model's W and C), scored by exact match of the first answer line's tokens (what
+    the GPT's teacher-forced validation scores); also the mean
+    kept fraction. `run` returns {"<task>_accuracy": ..., "kept_fraction": ...} ({} without tasks)."""
+
+    def __init__(self, cfg: FinetuneConfig, maker, tokenizer):
+        self.seq_len = cfg.eval.seq_len or cfg.stages[-1].seq_len
+        self.batch_size = cfg.eval.batch_size
+        self.tok = tokenizer
+        self.pad_id = maker.pad_id
+        rng = random.Random(cfg.seed + 7919)  # not a training stream (those are seed * 1_000_003 + step)
+        self.examples = {task: [maker.task_example(rng, task, self.seq_len) for _ in range(cfg.eval.examples_per_task)]
+                         for task, mix in cfg.data.tasks.items() if mix.weight > 0}
+
+    @torch.no_grad()
+    def run(self, model) -> dict:
+        from nats_model.data.tasks import ANSWER_END
+        from nats_model.generate import generate
+        from nats_model.policies import build
+
+        if not self.examples:
+            return {}
+        was_training = model.training
+        model.eval()
+        dev = next(model.parameters()).device
+        out, kept = {}, []
+        try:
+            for task, examples in self.examples.items():
+                hits = []
+                for i in range(0, len(examples), self.batch_size):
+                    part = examples[i:i + self.batch_size]
+                    wants = [answer.split(ANSWER_END)[0] for _, answer in part]
+                    want_ids = [self.tok(w, add_special_tokens=False)["input_ids"] for w in wants]
+                    n_new = max(len(w) for w in want_ids)
+                    width = max(len(p) for p, _ in part)
+                    ids = torch.full((len(part), width), self.pad_id, dtype=torch.long)
+                    mask = torch.zeros_like(ids)
+                    for r, (p_ids, _) in enumerate(part):  # left padding
+                        ids[r, width - len(p_ids):] = torch.tensor(p_ids)
+                        mask[r, width - len(p_ids):] = 1
+                    res = generate(model, ids.to(dev), build("nats"), n_new, attention_mask=mask.to(dev))
+                    for r, want in enumerate(want_ids):  # the answer's tokens, as teacher-forced exact match
+                        hits.append(res.tokens[r, :len(want)].tolist() == list(want))
+                    kept.append(res.kept_fraction)
+                out[f"{task}_accuracy"] = sum(hits) / len(hits)
+        finally:
+            model.train(was_training)
+        out["kept_fraction"] = sum(kept) / len(kept)
+        return out
+
+
 def save_train_state(out: Path, scorers: HFNatsScorers, opt: torch.optim.Optimizer, step: int) -> None:
     """Scorer weights, AdamW moments and the step under `out/train_state` (safetensors + JSON, no pickle)."""
     from safetensors.torch import save_file
@@ -234,6 +289,7 @@ def finetune_hf(cfg: FinetuneConfig, model_dir: str | Path | None, out_dir: str 
         (out / "finetune_config.json").write_text(
             json.dumps(finetune_config_to_dict(cfg), indent=2, default=list) + "\n")
         base_dir = Path(model_dir) if model_dir is not None else None
+        validator = HFValidator(cfg, maker, tokenizer)
 
         def save(steps_done: int) -> None:
             save_train_state(out, dm.scorers, opt, steps_done)
@@ -241,7 +297,7 @@ def finetune_hf(cfg: FinetuneConfig, model_dir: str | Path | None, out_dir: str 
                                                                             steps_done))
 
         t0 = time.time()
-        loss_value, kept, ema = None, None, None
+        loss_value, kept, ema, last_val = None, None, None, None
         with contextlib.ExitStack() as stack:
             metrics = stack.enter_context(open(out / "metrics.jsonl", "a"))
             bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, file=sys.stderr,
@@ -275,6 +331,12 @@ def finetune_hf(cfg: FinetuneConfig, model_dir: str | Path | None, out_dir: str 
                                               "seconds": round(time.time() - t0, 2)}) + "\n")
                     metrics.flush()
                 timed_out = cfg.time_limit_s is not None and time.time() - t0 > cfg.time_limit_s
+                if validator.examples and (done % cfg.eval.interval == 0 or done == total or timed_out):
+                    last_val = validator.run(model)
+                    metrics.write(json.dumps({"step": done, "seconds": round(time.time() - t0, 2), **last_val}) + "\n")
+                    metrics.flush()
+                    bar.write(f"step {done}: " + " ".join(f"{k}={v:.4g}" for k, v in last_val.items()),
+                              file=sys.stderr)
                 if done % cfg.checkpoint_interval == 0 or done == total or timed_out:
                     save(done)
                 if timed_out:
@@ -283,6 +345,9 @@ def finetune_hf(cfg: FinetuneConfig, model_dir: str | Path | None, out_dir: str 
             bar.close()
         if done == start:  # nothing left to do (resumed at the end): still write the adapter
             save(done)
-        return FinetuneResult(steps=done, loss=loss_value, kept_fraction=kept, seconds=time.time() - t0)
+        if last_val is None and validator.examples:  # resumed at the end: still report a validation
+            last_val = validator.run(model)
+        kept_out = last_val["kept_fraction"] if last_val else kept
+        return FinetuneResult(steps=done, loss=loss_value, kept_fraction=kept_out, seconds=time.time() - t0)
     finally:
         dm.close()

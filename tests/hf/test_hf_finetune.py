@@ -38,7 +38,8 @@ def run(tmp_path, kind="llama", **over) -> list[dict]:
     cfg = parse_finetune_config(raw_config(**over))
     out = tmp_path / f"out-{kind}"
     finetune_hf(cfg, None, out, progress=False, model=tiny_model(kind), tokenizer=byte_tokenizer())
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if "loss" in r]  # training records (validation records have no loss)
 
 
 def mean(values) -> float:
@@ -103,7 +104,9 @@ def test_cli_writes_an_adapter_folder_and_resumes(tmp_path, capsys):
     # --resume continues from the saved step, appending to the metrics
     assert cli_main([*args, "--steps", "6", "--resume"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 6
-    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in records if "passkey_accuracy" in r] == [4, 6]  # validation at each run's end
     assert json.loads((out / A.CONFIG_FILE).read_text())["steps"] == 6
     # the GPT path is unchanged: no --model and no base is refused with one line
     del_base = tmp_path / "nobase.yaml"
@@ -180,3 +183,41 @@ def test_local_files_in_kvpress_and_longbench_columns(tmp_path):
                                                stages=[{"seq_len": 160, "steps": 2, "batch_size": 1}]))
     res = finetune_hf(run_cfg, None, out, progress=False, model=tiny_model("mistral"), tokenizer=tok)
     assert res.steps == 2 and (out / A.WEIGHTS_FILE).is_file()
+
+
+def test_validation_answers_through_the_engine_with_the_nats_policy():
+    """The validator's greedy answers go through the KV engine: with Global-only scorers `nats` is
+    `full`, so answers set to what `full` generates score (and one that differs does not) at kept 1."""
+    from nats_model.data.tasks import ANSWER_END
+    from nats_model.generate import generate
+    from nats_model.models.hf_nats import attach_nats_scorers
+    from nats_model.policies import build
+    from nats_model.train.hf_finetune import HFValidator
+
+    cfg = parse_finetune_config(raw_config(eval={"examples_per_task": 3, "batch_size": 2, "seq_len": 128}))
+    tok = byte_tokenizer()
+    maker = TokenizedBatchMaker(cfg.data, tok)
+    validator = HFValidator(cfg, maker, tok)
+    assert [len(v) for v in validator.examples.values()] == [3]
+    model = tiny_model("qwen2")
+    with torch.no_grad():  # the random model writes lower-case letters only (clean text to compare)
+        letters = torch.zeros(model.lm_head.weight.shape[0], dtype=torch.bool)
+        letters[ord("a"):ord("z") + 1] = True
+        model.lm_head.weight[~letters] = 0.0
+        model.lm_head.weight[letters] *= 50.0
+    examples = []
+    for p_ids, _ in validator.examples["passkey"]:
+        assert len(p_ids) <= 128
+        got = generate(model, torch.tensor([p_ids]), build("full"), 4).tokens[0].tolist()
+        examples.append((p_ids, tok.decode(got)[:3] + ANSWER_END))
+    examples[1] = (examples[1][0], "0000" + ANSWER_END)  # digits: never written by this model
+    validator.examples["passkey"] = examples
+    scorers = attach_nats_scorers(model, window=4)
+    with torch.no_grad():
+        for proj in scorers.proj.values():
+            proj.weight.zero_()  # logits 0 + Global bias 0.1: every token Global
+    assert validator.run(model) == {"passkey_accuracy": 2 / 3, "kept_fraction": 1.0}
+    with torch.no_grad():
+        for proj in scorers.proj.values():
+            proj.weight.normal_(0, 5.0)
+    assert validator.run(model)["kept_fraction"] < 0.9
