@@ -8,6 +8,7 @@ model-first, so a worker that holds a model finds its next cell next to it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +17,43 @@ from orchestrator.spec import SweepSpec, grid
 DONE, FAILED, PENDING, RUNNING = "done", "failed", "pending", "running"
 
 
+def normalize_workload_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The given workload parameters as the workload's `validate` types them (`"128"`, `128.0`
+    and `128` are one int), so equal cells hash to one run key; defaults are not added (the keys
+    stay what the sweep file wrote). ValueError naming the parameter for a bad value."""
+    from services import workloads
+
+    validated = workloads.get(name).validate(dict(params))
+    return {k: validated[k] for k in params}
+
+
+def normalize_policy_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The given policy parameters typed by the policy dataclass's field annotations: an int
+    for a float field becomes a float (`budget: 1` is `1.0`), an integral float for an int field
+    an int; a non-integral number for an int field is a ValueError naming the parameter."""
+    from nats_model import policies
+
+    kinds = {f.name: {part.strip() for part in str(f.type).split("|")}
+             for f in dataclasses.fields(policies.policy_class(name))}
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        kind = kinds.get(key, set())
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            out[key] = value
+        elif "float" in kind and "int" not in kind:
+            out[key] = float(value)
+        elif "int" in kind and "float" not in kind and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"policy {name!r}: parameter {key!r} must be an integer, got {value!r}")
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out
+
+
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
-    """All cell configs of a sweep, model-major (then workload, policy, seed). A model entry with an
+    """All cell configs of a sweep, model-major (then workload, policy, seed); parameter values are
+    normalised by their declared types, so one cell has one run key. A model entry with an
     `adapter` adds `adapter` and `adapter_sha256` (its content hash) to its cells' configs."""
     from services.adapters import adapter_fields
 
@@ -26,10 +62,12 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
         adapter = adapter_fields(m.adapter)  # hashed once per model entry
         for w in spec.workloads:
             for w_params in grid(w.params):
+                w_params = normalize_workload_params(w.name, w_params)
                 for p in spec.policies:
                     if p.models is not None and m.name not in p.models:
                         continue
                     for p_params in grid(p.params):
+                        p_params = normalize_policy_params(p.name, p_params)
                         for seed in spec.seeds:
                             configs.append(
                                 {
@@ -74,7 +112,8 @@ class Plan:
 
 
 def build_cells(spec: SweepSpec) -> list[Cell]:
-    """Cells with run keys; duplicate configs (e.g. the same grid listed twice) collapse."""
+    """Cells with run keys; duplicate configs (the same grid listed twice, or `128` and
+    `"128"` for one int parameter) collapse."""
     try:
         from services.store import run_key
     except ImportError:  # the package re-exports it; keys is where it lives

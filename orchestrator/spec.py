@@ -28,8 +28,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-DTYPES = ("float32", "bfloat16", "float16")
-DEVICES = ("cpu", "cuda", "auto")
+from services.declaration import DEVICES, DTYPES, check_config_field, check_device
+
+__all__ = ["DEVICES", "DTYPES", "SpecError", "SweepSpec", "grid", "load_spec", "parse_spec"]
 
 
 class SpecError(ValueError):
@@ -185,11 +186,12 @@ def grid(params: dict[str, Any]) -> list[dict[str, Any]]:
 def _check_policy_params(i: int, p: PolicySpec, problems: list[str]) -> None:
     """Build the policy once per grid combination: its own validator names bad fields/values."""
     from nats_model import policies
+    from orchestrator.plan import normalize_policy_params
 
     seen: set[str] = set()
     for combo in grid(p.params):
         try:
-            policies.build(p.name, **combo)
+            policies.build(p.name, **normalize_policy_params(p.name, combo))
         except (ValueError, TypeError) as exc:
             msg = f"policies[{i}].params: {exc}"
             if msg not in seen:
@@ -225,17 +227,24 @@ def _check_adapter(i: int, m: ModelSpec, problems: list[str]) -> None:
         problems.append(f"models[{i}].adapter: {str(exc).splitlines()[0]}")
 
 
+def _check_declared(field: str, value: Any, where: str, problems: list[str]) -> None:
+    """A cell config field against services.declaration (e.g. the range its column holds)."""
+    try:
+        check_config_field(field, value, where)
+    except ValueError as exc:
+        problems.append(str(exc))
+
+
 def check_semantics(spec: SweepSpec) -> list[str]:
     """Checks pydantic cannot do: registry names, budget ranges, dtypes, devices, duplicates."""
     problems: list[str] = []
     for i, m in enumerate(spec.models):
         if m.dtype not in DTYPES:
             problems.append(f"models[{i}].dtype: unknown dtype {m.dtype!r}; allowed: {', '.join(DTYPES)}")
-        dev = m.device.split(":")[0]
-        if dev not in DEVICES or (":" in m.device and not m.device.split(":", 1)[1].isdigit()):
-            problems.append(
-                f"models[{i}].device: unknown device {m.device!r}; allowed: cpu, cuda, cuda:N, auto"
-            )
+        try:
+            check_device(m.device, f"models[{i}].device")
+        except ValueError as exc:
+            problems.append(str(exc))
         if m.adapter is not None:
             _check_adapter(i, m, problems)
     policy_names = _policy_names()
@@ -263,6 +272,10 @@ def check_semantics(spec: SweepSpec) -> list[str]:
         _check_grid(f"workloads[{i}].params", w.params, problems)
         if workload_names is not None and w.name in workload_names:
             _check_workload_params(i, w, problems)
+    for i, w in enumerate(spec.workloads):
+        _check_declared("n_examples", w.examples, f"workloads[{i}].examples", problems)
+    for i, seed in enumerate(spec.seeds):
+        _check_declared("seed", seed, f"seeds[{i}]", problems)
     if len(set(spec.seeds)) != len(spec.seeds):
         problems.append(f"seeds: duplicate seeds {spec.seeds}; give each seed once")
     return problems

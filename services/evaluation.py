@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.declaration import CONFIG_KEYS, DTYPES, check_config_field, check_device, resolve_device
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
-DTYPES = ("float32", "bfloat16", "float16")
 RANDOM_MODELS = ("random:tiny-gpt", "random:tiny-gpt-nats", "random:tiny-llama")
 CONFIG_DEFAULTS: dict[str, Any] = {"policy_params": {}, "workload_params": {}, "n_examples": 1, "seed": 0}
-RECORD_KEYS = ("model", "policy", "policy_params", "workload", "workload_params", "n_examples", "seed",
-               "device", "dtype")
+RECORD_KEYS = CONFIG_KEYS
 WARMUP_PROMPT_TOKENS = 64
 
 
@@ -107,10 +107,11 @@ def _torch_dtype(dtype: str):
 
 
 def _check_device(device: str) -> str:
+    """The device to load on: "auto" resolved (cuda if torch sees a GPU, else cpu); ValueError
+    for an unknown name or a CUDA device on a machine without one."""
     import torch
 
-    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    device = resolve_device(check_device(device))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA device is available (use --device cpu)")
     return device
@@ -296,20 +297,10 @@ def normalize_config(config: dict, handle: ModelHandle | None = None) -> dict:
         cfg.setdefault("model", handle.name)
         cfg.setdefault("device", handle.device)
         cfg.setdefault("dtype", handle.dtype)
-    for key in ("model", "policy", "workload", "device", "dtype"):
-        if not isinstance(cfg.get(key), str) or not cfg[key]:
-            raise ValueError(f"cell config field {key!r} must be a non-empty string, got {cfg.get(key)!r}")
-    for key in ("policy_params", "workload_params"):
-        if cfg[key] is None:
-            cfg[key] = {}
-        if not isinstance(cfg[key], dict):
-            raise ValueError(f"cell config field {key!r} must be a dict, got {cfg[key]!r}")
-    for key, low in (("n_examples", 1), ("seed", 0)):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < low:
-            raise ValueError(f"cell config field {key!r} must be an integer >= {low}, got {cfg[key]!r}")
-    if cfg["dtype"] not in DTYPES:
-        raise ValueError(f"cell config field 'dtype' must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
-    if handle is not None and (cfg["device"], cfg["dtype"]) != (handle.device, handle.dtype):
+    for key in CONFIG_KEYS:  # types, ranges, devices, dtypes: services.declaration
+        cfg[key] = check_config_field(key, cfg.get(key), f"cell config field {key!r}")
+    # "auto" is kept in the config (and its run key); the model was loaded on what it resolved to
+    if handle is not None and (resolve_device(cfg["device"]), cfg["dtype"]) != (handle.device, handle.dtype):
         raise ValueError(f"cell asks for device={cfg['device']!r} dtype={cfg['dtype']!r} but the model was "
                          f"loaded on device={handle.device!r} dtype={handle.dtype!r}")
     if handle is not None:

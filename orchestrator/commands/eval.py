@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="workload parameter, repeatable (e.g. context_length=1024)")
     parser.add_argument("--n", type=int, default=5, metavar="N", help="number of examples (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the instances (default 0)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda if available, else cpu; default cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="model dtype (default float32)")
     parser.add_argument("--format", default="json", choices=["json", "table"],

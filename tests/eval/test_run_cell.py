@@ -128,7 +128,7 @@ def test_load_model_errors_name_the_input():
         load_model("random:huge")
     with pytest.raises(ValueError, match=r"dtype must be one of"):
         load_model("random:tiny-gpt", dtype="int8")
-    with pytest.raises(ValueError, match=r"device must be 'cpu', 'cuda' or 'cuda:N'"):
+    with pytest.raises(ValueError, match=r"device: unknown device 'tpu'; allowed: cpu, cuda, cuda:N, auto"):
         load_model("random:tiny-gpt", device="tpu")
 
 
