@@ -68,7 +68,6 @@ def _sha(folder) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-@pytest.mark.slow
 def test_cli_writes_an_adapter_folder_and_resumes(tmp_path, capsys):
     base = save_tiny_model(tmp_path / "tiny-llama", "llama")
     base_files = _sha(base)
