@@ -220,3 +220,16 @@ def test_validation_answers_through_the_engine_with_the_nats_policy():
         for proj in scorers.proj.values():
             proj.weight.normal_(0, 5.0)
     assert validator.run(model)["kept_fraction"] < 0.9
+
+
+@pytest.mark.parametrize("loss", ["logits_kl", "both"])
+def test_answer_logit_kl_losses_train_the_scorers(tmp_path, loss):
+    model = tiny_model("llama")
+    before = model.model.layers[0].self_attn.q_proj.weight.clone()
+    cfg = parse_finetune_config(raw_config(loss=loss, stages=[{"seq_len": 96, "steps": 3, "batch_size": 2}]))
+    res = finetune_hf(cfg, None, tmp_path / "o", progress=False, model=model, tokenizer=byte_tokenizer())
+    assert res.steps == 3 and res.loss > 0 and torch.isfinite(torch.tensor(res.loss))
+    _, weights = A.load_adapter(tmp_path / "o", model)
+    assert all(w.abs().sum() > 0 for w in weights.values())
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, before)
+    assert model.config._attn_implementation == "sdpa" and not hasattr(model.config, "nats_window")  # detached
