@@ -52,8 +52,12 @@ def sidebar_filters(df):
             budget_range = side.slider("Budget (kept fraction asked for)", lo, hi, (lo, hi), key="f_budget",
                                         format="%.3f")
         include_none = side.checkbox("Include runs without a budget (full cache)", value=True, key="f_nobudget")
+    n_stale = int(df["stale"].sum())
+    include_stale = n_stale > 0 and side.checkbox(
+        f"Include {n_stale} runs of older code versions", value=False, key="f_stale",
+        help=f"Measured by code older than version {data.CODE_VERSION}: marked OLD, never compared by default.")
     return data.filter_runs(df, sweeps=sweeps, models=models, workloads=workloads, policies=policies,
-                            budget_range=budget_range, include_unbudgeted=include_none)
+                            budget_range=budget_range, include_unbudgeted=include_none, include_stale=include_stale)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from dashboard import paper_reference
 from dashboard.data import DONE, HIGHER_IS_BETTER, latency_by_context, pareto_mask
+from services.declaration import METRICS as DECLARED_METRICS
 
 # Ten distinguishable colours (Tableau 10); NAtS gets the first one when present.
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2",
@@ -26,7 +27,7 @@ AXIS_TITLES = {
     "tpot_ms": "time per output token (ms)", "ttft_ms": "time to first token (ms)",
     "context_length": "context length (tokens)",
 }
-_BYTES = {"kv_bytes_physical", "kv_bytes_full", "peak_memory_bytes"}
+_BYTES = {m.name for m in DECLARED_METRICS if m.unit == "bytes"}  # formatted as 1.2M etc.
 _TOOLTIP = ("policy", "budget", "model", "workload", "seed", "sweep", "run_key")
 
 

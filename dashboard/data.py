@@ -14,23 +14,27 @@ from typing import Any
 
 import pandas as pd
 
-# Run statuses. `done` and `failed` are final; everything else counts as pending.
-DONE, FAILED = "done", "failed"
-PENDING_STATUSES = ("pending", "running")
+from services.declaration import FINISHED_STATUSES, METRIC_FIELDS, RUN_STATUSES
+from services.declaration import METRICS as DECLARED_METRICS
+from services.store.keys import CODE_VERSION
 
-# Metric columns of a run record, in the order the views show them.
-METRICS = (
-    "accuracy", "perplexity", "kept_fraction", "kv_bytes_physical", "kv_bytes_full",
-    "ttft_s", "tpot_s", "tokens_per_s", "peak_memory_bytes",
-)
+# Run statuses (services.declaration). `done` and `failed` are final; the others count as pending.
+DONE, FAILED = FINISHED_STATUSES
+PENDING_STATUSES = tuple(s for s in RUN_STATUSES if s not in FINISHED_STATUSES)
+
+# Metric columns of a run record, in the order the views show them: the declared metrics, with
+# the perplexity of lm_text (derived from extras) after accuracy.
+METRICS = (METRIC_FIELDS[0], "perplexity", *METRIC_FIELDS[1:])
 # Where a record keeps its perplexity (lm_text: `extras.ppl`; `perplexity` also accepted).
 PERPLEXITY_KEYS = ("ppl", "perplexity")
-# Which direction is better, per metric a chart may put on its y axis.
-HIGHER_IS_BETTER = {"accuracy": True, "perplexity": False, "tokens_per_s": True}
+# Which direction is better, per metric a chart may put on its y axis (from the declaration).
+HIGHER_IS_BETTER = {"perplexity": False,
+                    **{m.name: m.higher_is_better for m in DECLARED_METRICS if m.higher_is_better is not None}}
 
 _DICT_FIELDS = ("policy_params", "workload_params", "environment", "extras", "config")
 _COLUMNS = (
-    "run_key", "sweep", "model", "adapter", "policy", "budget", "workload", "seed", "status", "error",
+    "run_key", "sweep", "model", "adapter", "policy", "budget", "workload", "seed", "code_version", "stale",
+    "status", "error",
     "attempts", "started_at", "finished_at", "updated_at", "n_examples", *METRICS, "context_length",
     *_DICT_FIELDS,
 )
@@ -88,6 +92,9 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
         if row.get("perplexity") is None:
             row["perplexity"] = next((extras[k] for k in PERPLEXITY_KEYS if extras.get(k) is not None), None)
         row["context_length"] = wparams.get("context_length")
+        # a run of an older code version: its numbers are not what this code computes (marked,
+        # left out of comparisons; a sweep reruns the cell under a new key)
+        row["stale"] = row["code_version"] is not None and row["code_version"] != CODE_VERSION
         rows.append(row)
     df = pd.DataFrame(rows, columns=list(_COLUMNS))
     for col in (*METRICS, "budget", "context_length", "seed", "attempts", "n_examples"):
@@ -96,6 +103,7 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
         df[col] = pd.to_datetime(df[col], errors="coerce", utc=True)
     for col in ("sweep", "model", "adapter", "policy", "workload", "status", "run_key"):
         df[col] = df[col].fillna("").astype(str)
+    df["stale"] = df["stale"].fillna(False).astype(bool)
     return df
 
 
@@ -113,13 +121,15 @@ def filter_runs(
     policies: Sequence[str] | None = None,
     budget_range: tuple[float, float] | None = None,
     include_unbudgeted: bool = True,
+    include_stale: bool = False,
 ) -> pd.DataFrame:
     """The rows matching every given filter (None = no filter on that column).
 
     `budget_range` is inclusive; runs without a budget (e.g. the full cache) stay in
-    when `include_unbudgeted` is true.
+    when `include_unbudgeted` is true. Runs of older code versions (`stale`) are left out
+    unless `include_stale`: their numbers are not what this code computes.
     """
-    keep = pd.Series(True, index=df.index)
+    keep = pd.Series(True, index=df.index) if include_stale else ~df["stale"]
     for col, allowed in (("sweep", sweeps), ("model", models), ("workload", workloads), ("policy", policies)):
         if allowed is not None:
             keep &= df[col].isin(list(allowed))
@@ -131,14 +141,15 @@ def filter_runs(
 
 
 def sweep_overview(df: pd.DataFrame, sweeps: Iterable[str | dict] = ()) -> pd.DataFrame:
-    """Per sweep: total, done, failed, pending run counts, progress and the last update time.
+    """Per sweep: total, done, failed, pending run counts, progress and the last update time of
+    its runs of this code version, and `stale`: its runs of older code versions.
 
     `sweeps` lists the store's sweeps, as names or as the dicts `Store.sweeps()` returns
     (`name`, `counts` per status, `updated_at`); a dict's counts are used as they are (they
     count runs shared with other sweeps too), other sweeps are counted from `df`. Sweeps
     without runs get zeros. Sorted by last update, newest first.
     """
-    cols = ["sweep", "runs", "done", "failed", "pending", "progress", "last_update"]
+    cols = ["sweep", "runs", "done", "failed", "pending", "progress", "last_update", "stale"]
     given: dict[str, dict] = {}
     for item in sweeps:
         entry = item if isinstance(item, dict) else {"name": item}
@@ -154,15 +165,18 @@ def sweep_overview(df: pd.DataFrame, sweeps: Iterable[str | dict] = ()) -> pd.Da
         if isinstance(counts, dict):
             n_done, n_failed = int(counts.get(DONE, 0)), int(counts.get(FAILED, 0))
             n = int(sum(counts.values()))
+            n_stale = int(entry.get("stale") or 0)
             updated = pd.to_datetime(entry.get("updated_at"), utc=True, errors="coerce")
         else:
+            n_stale = int(part["stale"].sum())
+            part = part[~part["stale"]]  # older code versions: reported apart, not as this sweep's progress
             n_done = int((part["status"] == DONE).sum())
             n_failed = int((part["status"] == FAILED).sum())
             n = len(part)
             updated = part["_last"].max() if n else pd.NaT
         rows.append({
             "sweep": name, "runs": n, "done": n_done, "failed": n_failed, "pending": n - n_done - n_failed,
-            "progress": (n_done + n_failed) / n if n else 0.0, "last_update": updated,
+            "progress": (n_done + n_failed) / n if n else 0.0, "last_update": updated, "stale": n_stale,
         })
     out = pd.DataFrame(rows, columns=cols)
     out["last_update"] = pd.to_datetime(out["last_update"], utc=True)
@@ -270,6 +284,8 @@ def run_label(row: pd.Series) -> str:
     """A one-line name of a run for pickers: status, model, workload, policy, budget, seed."""
     seed = "" if pd.isna(row["seed"]) else f" seed {int(row['seed'])}"
     mark = {"failed": "FAILED ", DONE: ""}.get(row["status"], f"{row['status'].upper()} ")
+    if row.get("stale", False):
+        mark = f"OLD CODE v{row['code_version']} {mark}"
     return (f"{mark}{row['policy']} @ {budget_label(row['budget'])} | {row['workload']} | "
             f"{row['model']}{seed} [{row['run_key'][:8]}]")
 

@@ -67,6 +67,7 @@ def overview(ctx: Context) -> None:
         st.dataframe(table, hide_index=True, width="stretch", column_config={
             "pending": st.column_config.NumberColumn("pending / running"),
             "progress": st.column_config.ProgressColumn("finished", format="percent", min_value=0, max_value=1),
+            "stale": st.column_config.NumberColumn("older code", help="runs of older code versions (not counted)"),
             "last_update": st.column_config.DatetimeColumn("last update (UTC)", format="YYYY-MM-DD HH:mm:ss"),
         })
         st.altair_chart(charts.overview_chart(table), width="stretch")
@@ -203,7 +204,13 @@ def run_detail(ctx: Context) -> None:
     row = df[df["run_key"] == chosen].iloc[0]
     status = row["status"]
     badge = {data.DONE: ":green-badge[done]", data.FAILED: ":red-badge[failed]"}.get(status, f":gray-badge[{status}]")
+    if row["stale"]:
+        badge += f" :orange-badge[old code version {row['code_version']}]"
     st.markdown(f"{badge} `{row['run_key']}` in sweep **{row['sweep']}**, attempts: {row['attempts']:g}")
+    if row["stale"]:
+        st.warning(f"This run was measured by code version {row['code_version']}, not by this code "
+                   f"({data.CODE_VERSION}): its numbers may differ from what this code computes. A sweep reruns "
+                   "the cell under a new key.")
     if status == data.FAILED:
         st.error(row["error"] or "failed without an error message")
         if row["extras"].get("traceback"):

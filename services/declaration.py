@@ -80,11 +80,11 @@ CONFIG_FIELD: dict[str, ConfigField] = {f.name: f for f in CONFIG_FIELDS}
 
 METRICS: tuple[Metric, ...] = (
     Metric("accuracy", "float", "fraction", "mean workload score (None for lm_text)", "acc", True),
+    Metric("kept_fraction", "float", "fraction", "kept / seen tokens, mean over layers, heads, examples",
+           "kept", False),
     Metric("kv_bytes_physical", "int", "bytes", "K+V bytes the cache held at the end (mean over examples)",
            "kv_bytes", False),
     Metric("kv_bytes_full", "int", "bytes", "K+V bytes a full cache would hold for the same tokens"),
-    Metric("kept_fraction", "float", "fraction", "kept / seen tokens, mean over layers, heads, examples",
-           "kept", False),
     Metric("ttft_s", "float", "s", "time to first token, mean over examples", "ttft_s", False),
     Metric("tpot_s", "float", "s", "time per output token after the first, mean", "tpot_s", False),
     Metric("tokens_per_s", "float", "tokens/s", "decode throughput (lm_text: scored tokens per second)",

@@ -28,9 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RECORD_METRIC_FIELDS = ("accuracy", "kv_bytes_physical", "kv_bytes_full", "kept_fraction", "ttft_s", "tpot_s",
-                        "tokens_per_s", "peak_memory_bytes", "n_examples")
-
 
 def device_sync(device: Any) -> None:
     """Wait for queued work on `device` (CUDA); a no-op on the CPU."""

@@ -10,11 +10,11 @@ import sys
 from typing import Any
 
 from orchestrator.commands.common import add_db_argument, resolve_db_url
+from services.declaration import METRICS, RUN_STATUSES  # import-light: no SQLAlchemy, no torch
 
-# Kept here (not imported) so that configure() stays import-light; equal to services.store.RUN_STATUSES.
-RUN_STATUSES = ("pending", "running", "done", "failed")
 FORMATS = ("table", "json", "csv")
-# Columns of the table format: (field, header).
+# Columns of the table format: (field, header); the metric columns are the declared metrics
+# that have a table header (services.declaration).
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_key", "key"),
     ("sweep", "sweep"),
@@ -23,16 +23,14 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("budget", "budget"),
     ("workload", "workload"),
     ("seed", "seed"),
+    ("code_version", "code"),
     ("status", "status"),
-    ("accuracy", "acc"),
-    ("kv_bytes_physical", "kv_bytes"),
-    ("kept_fraction", "kept"),
-    ("ttft_s", "ttft_s"),
-    ("tpot_s", "tpot_s"),
-    ("tokens_per_s", "tok/s"),
+    *((m.name, m.header) for m in METRICS if m.header),
     ("attempts", "tries"),
     ("error", "error"),
 )
+# Marks a run of an older code version in the table: its numbers are not what this code computes.
+OLD_MARK = " (old)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,9 +46,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _cell(field: str, value: Any) -> str:
+def _cell(field: str, value: Any, current: str | None = None) -> str:
     if value is None:
         return "-"
+    if field == "code_version":
+        return str(value) + (OLD_MARK if current is not None and value != current else "")
     if field == "run_key":
         return str(value)[:12]
     if field == "error":
@@ -61,10 +61,11 @@ def _cell(field: str, value: Any) -> str:
     return str(value)
 
 
-def format_table(runs: list[dict[str, Any]]) -> str:
-    """A fixed-width text table of the main fields of each run."""
+def format_table(runs: list[dict[str, Any]], current: str | None = None) -> str:
+    """A fixed-width text table of the main fields of each run; with `current` (this code's
+    CODE_VERSION) runs of another code version are marked "(old)"."""
     rows = [[header for _, header in TABLE_COLUMNS]]
-    rows += [[_cell(field, run.get(field)) for field, _ in TABLE_COLUMNS] for run in runs]
+    rows += [[_cell(field, run.get(field), current) for field, _ in TABLE_COLUMNS] for run in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -86,7 +87,7 @@ def write_csv(runs: list[dict[str, Any]], fields: tuple[str, ...], out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.store import RUN_FIELDS, SchemaError, Store, StoreError
+    from services.store import CODE_VERSION, RUN_FIELDS, SchemaError, Store, StoreError
 
     try:
         with Store(resolve_db_url(args.db)) as store:
@@ -103,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
         elif args.format == "csv":
             write_csv(runs, RUN_FIELDS, sys.stdout)
         else:
-            print(format_table(runs))
-            print(f"({len(runs)} runs)")
+            print(format_table(runs, CODE_VERSION))
+            old = sum(run.get("code_version") != CODE_VERSION for run in runs)
+            note = (f"; {old} of an older code version, marked (old): their numbers are not what code "
+                    f"version {CODE_VERSION} computes, and a sweep reruns those cells") if old else ""
+            print(f"({len(runs)} runs{note})")
         sys.stdout.flush()
     except BrokenPipeError:  # `natsbench results | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -3,6 +3,8 @@ an older version are kept, marked and never counted as this version's results.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import text
 
@@ -67,3 +69,26 @@ def test_store_refuses_a_config_the_columns_cannot_hold(store, make_config, fiel
     with pytest.raises(ValueError, match="cell config field " + message.replace("[", r"\[").replace("]", r"\]")):
         store.ensure_runs("grid", [make_config(**{field: value})])
     assert store.row_counts()["runs"] == 0
+
+
+def test_results_table_marks_rows_of_older_code_versions(store_url, make_config, make_record, monkeypatch,
+                                                          capsys):
+    from orchestrator.cli import main
+
+    with Store(store_url) as store:
+        monkeypatch.setattr(keys, "CODE_VERSION", "1")
+        store.record(make_record(make_config(seed=0), sweep="grid", accuracy=0.25))
+        monkeypatch.setattr(keys, "CODE_VERSION", "2")
+        store.record(make_record(make_config(seed=0), sweep="grid", accuracy=0.75))
+    monkeypatch.setattr("services.store.CODE_VERSION", "2")
+    assert main(["results", "--db", store_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert "code" in header
+    rows = lines[2:-1]
+    old = [line for line in rows if "1 (old)" in line]
+    assert len(rows) == 2 and len(old) == 1 and "0.25" in old[0]
+    assert [line for line in rows if line not in old][0].split()[header.index("code")] == "2"
+    assert lines[-1].startswith("(2 runs; 1 of an older code version, marked (old)")
+    assert main(["results", "--db", store_url, "--format", "json"]) == 0
+    assert sorted(r["code_version"] for r in json.loads(capsys.readouterr().out)) == ["1", "2"]
