@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.declaration import CONFIG_KEYS, DTYPES, check_config_field, check_device, resolve_device
+from services.declaration import (
+    CONFIG_KEYS,
+    DTYPES,
+    METRIC_FIELDS,
+    check_config_field,
+    check_device,
+    resolve_device,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
@@ -342,9 +349,8 @@ def _new_record(config: Any) -> dict:
     base = config if isinstance(config, dict) else {}
     record = {k: base.get(k, CONFIG_DEFAULTS.get(k)) for k in _config_keys(base)}
     record.update(run_key=base.get("run_key"), sweep=base.get("sweep"), status="failed", error=None,
-                  attempts=base.get("attempts", 1), environment={}, accuracy=None, kv_bytes_physical=None,
-                  kv_bytes_full=None, kept_fraction=None, ttft_s=None, tpot_s=None, tokens_per_s=None,
-                  peak_memory_bytes=None, n_examples=base.get("n_examples"), extras={})
+                  attempts=base.get("attempts", 1), environment={}, **dict.fromkeys(METRIC_FIELDS),
+                  n_examples=base.get("n_examples"), extras={})
     return record
 
 
