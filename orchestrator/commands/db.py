@@ -39,7 +39,7 @@ def _upgrade(url: str) -> int:
 
 
 def _status(url: str) -> int:
-    from services.store import SchemaError, Store
+    from services.store import CODE_VERSION, SchemaError, Store
     from services.store.schema import head_revision
 
     with Store(url) as store:
@@ -54,8 +54,10 @@ def _status(url: str) -> int:
             print(f"natsbench db status: {exc}", file=sys.stderr)
             return 2
         print("rows:    " + ", ".join(f"{table} {n}" for table, n in counts.items()))
-        by_status = store.status_counts()
-        print("runs:    " + ", ".join(f"{status} {n}" for status, n in by_status.items()))
+        by_status = store.status_counts()  # rows of this CODE_VERSION
+        older = counts.get("runs", 0) - sum(by_status.values())
+        print("runs:    " + ", ".join(f"{status} {n}" for status, n in by_status.items())
+              + (f" (code version {CODE_VERSION}); {older} of older code versions" if older else ""))
     return 0
 
 

@@ -92,3 +92,17 @@ def test_results_table_marks_rows_of_older_code_versions(store_url, make_config,
     assert lines[-1].startswith("(2 runs; 1 of an older code version, marked (old)")
     assert main(["results", "--db", store_url, "--format", "json"]) == 0
     assert sorted(r["code_version"] for r in json.loads(capsys.readouterr().out)) == ["1", "2"]
+
+
+def test_db_status_counts_older_code_versions_apart(store_url, make_config, make_record, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    with Store(store_url) as store:
+        monkeypatch.setattr(keys, "CODE_VERSION", "1")
+        store.record(make_record(make_config(seed=0), sweep="grid"))
+        monkeypatch.setattr(keys, "CODE_VERSION", "2")
+        store.ensure_runs("grid", [make_config(seed=0)])
+    monkeypatch.setattr("services.store.CODE_VERSION", "2")
+    assert main(["db", "status", "--db", store_url]) == 0
+    runs_line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("runs:")][0]
+    assert runs_line == "runs:    pending 1, running 0, done 0, failed 0 (code version 2); 1 of older code versions"
