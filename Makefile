@@ -24,11 +24,15 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed: ' + torch.__version__"
 	@touch $(STAMP)
 
-# Debian packages the tests drive: docker-compose (validates docker-compose.yml without an engine),
+# Debian packages the tests drive: docker-compose (validates docker-compose.yml and runs the stack in
+# tests/docker: Debian has no `docker compose` v2 plugin), docker.io (the engine: dockerd; the test
+# starts it when none answers), mmdebstrap (the local Debian base image, as no registry is reachable),
 # chromium + chromium-driver (real-browser dashboard test).
 system-deps:
 	@missing=""; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v dockerd >/dev/null || test -x /usr/sbin/dockerd || missing="$$missing docker.io"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
