@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.spec import SweepSpec, grid
+from services.declaration import RUN_STATUSES
 
-DONE, FAILED, PENDING, RUNNING = "done", "failed", "pending", "running"
+PENDING, RUNNING, DONE, FAILED = RUN_STATUSES  # services.declaration
 
 
 def normalize_workload_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
