@@ -155,7 +155,7 @@ def _weight_files(base_dir: Path) -> list[Path]:
     return sorted(p for p in base_dir.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
 
 
-_file_hash_cache: dict[tuple[str, int, int], str] = {}
+_file_hash_cache: dict[tuple[str, int, int, int], str] = {}
 _cache_lock = threading.Lock()
 
 
@@ -185,23 +185,29 @@ def _write_disk_cache(entries: dict[str, str]) -> None:
         pass
 
 
+def _stream_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file's content, streamed in 1 MiB blocks; cached in memory and on disk
     (`$NATSBENCH_CACHE_DIR` or `~/.cache/natsbench/weights_sha256.json`) under its resolved path,
-    mtime and size, so a 16 GB base is hashed once, not once per benchmark cell."""
+    inode, mtime and size, so a 16 GB base is hashed once, not once per benchmark cell. (Base
+    weights are written once; small files that change in place, such as adapters, are hashed
+    without the cache: a rewrite within the file system's timestamp granularity keeps the mtime.)"""
     st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    disk_key = f"{key[0]}|{key[1]}|{key[2]}"
+    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
+    disk_key = "|".join(str(x) for x in key)
     with _cache_lock:
         if key in _file_hash_cache:
             return _file_hash_cache[key]
     cached = _read_disk_cache().get(disk_key)
     if cached is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(_HASH_BLOCK):
-                h.update(block)
-        cached = h.hexdigest()
+        cached = _stream_sha256(path)
         _write_disk_cache({disk_key: cached})
     with _cache_lock:
         _file_hash_cache[key] = cached
@@ -234,7 +240,7 @@ def adapter_hash(adapter_dir: str | os.PathLike) -> str:
         path = folder / name
         if not path.is_file():
             raise ValueError(f"adapter {str(folder)!r}: missing {name}")
-        h.update(f"{name}\0{file_sha256(path)}\n".encode())
+        h.update(f"{name}\0{_stream_sha256(path)}\n".encode())
     return h.hexdigest()
 
 

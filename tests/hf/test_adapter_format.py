@@ -129,3 +129,6 @@ def test_adapter_hash_follows_content_not_path(tmp_path, base_dir):
     A.save_adapter(tmp_path / "b", scorer_weights(seed=1), cfg)
     A.save_adapter(tmp_path / "c", scorer_weights(seed=2), cfg)
     assert A.adapter_hash(tmp_path / "a") == A.adapter_hash(tmp_path / "b") != A.adapter_hash(tmp_path / "c")
+    before = A.adapter_hash(tmp_path / "a")
+    A.save_adapter(tmp_path / "a", scorer_weights(seed=3), cfg)  # rewritten in place at once: same size
+    assert A.adapter_hash(tmp_path / "a") != before
