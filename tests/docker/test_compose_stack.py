@@ -1,0 +1,391 @@
+"""`docker compose up` for real: build the images offline, bring the stack up, run the smoke sweep.
+
+What runs (every step reuses what exists: the base image, the wheels, docker's build cache):
+1. a docker engine: Debian's `docker.io` (+ `docker-compose` v1, `mmdebstrap`) installed when missing
+   and `dockerd` started in the background as root when none answers (stopped again at the end);
+2. the base image `natsbench-base:bookworm`: Debian bookworm with python3 from `mmdebstrap` (no
+   image registry is reachable); the wheelhouse docker/wheelhouse/ (scripts/docker_wheelhouse.py:
+   the CPU torch from the local wheel cache + every dependency); the images `natsbench:compose-test`
+   (docker/Dockerfile, OFFLINE=1, built with `--network none`) and `natsbench-postgres:test`
+   (docker/postgres.Dockerfile: Debian's postgresql, apt through host networking during the build);
+3. the stack: `docker-compose -f docker-compose.yml -f docker-compose.cpu.yml -f
+   tests/docker/compose.test.yml -p PROJECT up -d --no-build [--scale ray-worker-cpu=2]` (the
+   v1 binary: Debian bookworm has no `docker compose` v2 plugin; the files are the ones
+   `docker compose` reads), three times: one worker, two workers, two workers with the one running
+   the sweep's actor killed mid-sweep. Each time: PostgreSQL healthy, the Ray head up with every
+   worker joined, the sweep service ran `natsbench db upgrade` and the smoke sweep as a Ray Job
+   that SUCCEEDED, every cell `done` exactly once in PostgreSQL (`natsbench results` in a container
+   on the compose network), the dashboard healthy (and, once, its page in headless Chromium lists
+   the sweep), every published port on 127.0.0.1; `down -v` leaves no container, network or volume.
+
+A missing docker (or one that cannot be installed) skips, except with NATSBENCH_REQUIRE_SYSTEM_DEPS=1
+(CI), where it fails. Heavy: image builds and stacks run under /tmp/natsbench-heavy.lock only when
+the caller takes it; the test itself does not lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_OVERRIDE = "tests/docker/compose.test.yml"
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.cpu.yml", TEST_OVERRIDE)
+BASE_IMAGE = "natsbench-base:bookworm"
+APP_IMAGE = "natsbench:compose-test"
+PG_IMAGE = "natsbench-postgres:test"
+WHEELHOUSE = REPO / "docker" / "wheelhouse"
+SWEEP = "smoke"  # configs/smoke.yaml: 2 workloads x 3 policies on random:tiny-gpt = 6 cells
+SMOKE_CELLS = 6
+REQUIRED = os.environ.get("NATSBENCH_REQUIRE_SYSTEM_DEPS") == "1"
+# Stay on the compose network and the loopback: Ray processes listen on the container's address.
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                "--window-size=1400,900")
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason}; NATSBENCH_REQUIRE_SYSTEM_DEPS=1")
+    pytest.skip(reason)
+
+
+def run(cmd: list[str], *, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a command; on failure the assertion carries its output (the only clue in a CI log)."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def _docker_answers() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True, timeout=60).returncode == 0
+
+
+def _apt_install(packages: list[str]) -> None:
+    if os.geteuid() != 0:
+        _unavailable(f"{' '.join(packages)} missing and not root (apt-get install -y {' '.join(packages)})")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-qq"], env=env, timeout=300)
+    run(["apt-get", "install", "-y", "-qq", *packages], env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def docker_engine():
+    """A docker daemon that answers (started here when none does) and the docker-compose binary."""
+    missing = [pkg for pkg, binary in (("docker.io", "dockerd"), ("docker-compose", "docker-compose"),
+                                       ("mmdebstrap", "mmdebstrap"))
+               if shutil.which(binary) is None and not os.access(f"/usr/sbin/{binary}", os.X_OK)]
+    if missing:
+        _apt_install(missing)
+    started = None
+    if not _docker_answers():
+        dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
+        if os.geteuid() != 0:
+            _unavailable("no docker daemon answers and dockerd needs root")
+        log = open(tempfile.mktemp(prefix="natsbench-dockerd-", suffix=".log"), "w")  # noqa: SIM115
+        started = subprocess.Popen([dockerd], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not _docker_answers():
+            if started.poll() is not None or time.monotonic() > deadline:
+                _unavailable(f"dockerd did not start (exit {started.poll()}); see {log.name}")
+            time.sleep(1)
+    yield
+    if started is not None:
+        started.terminate()  # stops its containers and containerd with it
+        try:
+            started.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            started.kill()
+            started.wait()
+
+
+def _image_exists(name: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def images(docker_engine):
+    """The base (mmdebstrap, once), the wheelhouse and the two images (docker's build cache)."""
+    t0 = time.monotonic()
+    if not _image_exists(BASE_IMAGE):
+        # minbase + python3 and its venv module: what docker/Dockerfile needs from a base.
+        mm = subprocess.Popen(["mmdebstrap", "--quiet", "--variant=minbase",
+                               "--include=python3,python3-venv,python3-pip,ca-certificates", "bookworm", "-"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        imp = run(["docker", "import", "-", BASE_IMAGE], stdin=mm.stdout, timeout=900, check=False)
+        mm.stdout.close()
+        err = mm.stderr.read().decode(errors="replace")
+        assert mm.wait() == 0 and imp.returncode == 0, f"base image: {err[-3000:]}\n{imp.stderr}"
+    if not list(WHEELHOUSE.glob("torch-2.13.0*.whl")) or _wheelhouse_stale():
+        run([sys.executable, str(REPO / "scripts" / "docker_wheelhouse.py"), str(WHEELHOUSE)], timeout=900)
+        (WHEELHOUSE / ".pyproject.stamp").write_text(_deps_fingerprint())
+    # PostgreSQL from Debian's package: apt-get inside the build needs the mirror (host network).
+    run(["docker", "build", "-q", "--network", "host", "-f", "docker/postgres.Dockerfile",
+         "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", PG_IMAGE, "."], cwd=REPO, timeout=900)
+    # The project image needs no network at all: every wheel comes from the wheelhouse.
+    run(["docker", "build", "-q", "--network", "none", "-f", "docker/Dockerfile",
+         "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "OFFLINE=1", "-t", APP_IMAGE, "."],
+        cwd=REPO, timeout=1200)
+    print(f"images ready in {time.monotonic() - t0:.0f} s")
+
+
+def _deps_fingerprint() -> str:
+    import hashlib
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return hashlib.sha256(json.dumps(project["dependencies"]).encode()).hexdigest()
+
+
+def _wheelhouse_stale() -> bool:
+    stamp = WHEELHOUSE / ".pyproject.stamp"
+    return not stamp.exists() or stamp.read_text() != _deps_fingerprint()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """One compose project (a random name, free host ports) and the commands the test runs on it."""
+
+    def __init__(self, workers: int, sweep_workers: int) -> None:
+        self.project = f"nbtest{secrets.token_hex(4)}"
+        self.workers = workers
+        self.ports = {"NATSBENCH_PG_PORT": _free_port(), "NATSBENCH_RAY_DASHBOARD_PORT": _free_port(),
+                      "NATSBENCH_DASHBOARD_PORT": _free_port()}
+        self.env = {**os.environ, **{k: str(v) for k, v in self.ports.items()},
+                    "NATSBENCH_SWEEP_WORKERS": str(sweep_workers), "COMPOSE_PROJECT_NAME": self.project}
+        self.t0 = time.monotonic()
+
+    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        files = [a for f in COMPOSE_FILES for a in ("-f", f)]
+        return run(["docker-compose", *files, "-p", self.project, *args], cwd=REPO, env=self.env,
+                   timeout=timeout, check=check)
+
+    def up(self) -> None:
+        # The README's command, plus the test override, the built images and the worker count.
+        self.compose("up", "-d", "--no-build", "--scale", f"ray-worker-cpu={self.workers}", timeout=900)
+
+    def container(self, service: str) -> list[str]:
+        out = run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}",
+                   "--filter", f"label=com.docker.compose.service={service}"])
+        return out.stdout.split()
+
+    def leftovers(self) -> dict[str, list[str]]:
+        label = f"label=com.docker.compose.project={self.project}"
+        return {kind: run(cmd + ["--filter", label]).stdout.split()
+                for kind, cmd in (("containers", ["docker", "ps", "-aq"]),
+                                  ("networks", ["docker", "network", "ls", "-q"]),
+                                  ("volumes", ["docker", "volume", "ls", "-q"]))}
+
+    def down(self) -> None:
+        self.compose("down", "-v", "--remove-orphans", "--timeout", "10", timeout=300, check=False)
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail", "60", check=False, timeout=120).stdout
+
+    def wait_sweep(self, timeout_s: float = 480) -> int:
+        (cid,) = self.container("sweep")
+        return int(run(["docker", "wait", cid], timeout=timeout_s).stdout.strip())
+
+    def ray_nodes(self) -> list[dict]:
+        """The alive Ray nodes (from a driver inside the head container): CPUs and whether head."""
+        code = ("import json, ray; ray.init(address='auto', log_to_driver=False); "
+                "print(json.dumps([{'cpus': n['Resources'].get('CPU', 0), 'ip': n['NodeManagerAddress']} "
+                "for n in ray.nodes() if n['Alive']]))")
+        out = self.compose("exec", "-T", "ray-head", "python", "-c", code, timeout=180)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def results(self) -> list[dict]:
+        """`natsbench results` in a one-off container on the compose network (the DB URL of the file)."""
+        out = self.compose("run", "--rm", "--no-deps", "-T", "sweep",
+                           "natsbench", "results", "--sweep", SWEEP, "--format", "json", timeout=300)
+        return json.loads(out.stdout[out.stdout.index("["):])
+
+    def ray_jobs(self) -> list[dict]:
+        url = f"http://127.0.0.1:{self.ports['NATSBENCH_RAY_DASHBOARD_PORT']}/api/jobs/"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def dashboard_health(self, timeout_s: float = 120) -> str:
+        url = f"http://127.0.0.1:{self.ports['NATSBENCH_DASHBOARD_PORT']}/_stcore/health"
+        deadline, last = time.monotonic() + timeout_s, None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=3) as resp:
+                    return resp.read().decode().strip()
+            except OSError as exc:
+                last = exc
+                time.sleep(1)
+        raise AssertionError(f"dashboard at {url} did not answer in {timeout_s} s: {last}")
+
+
+def _assert_ports_loopback(stack: Stack) -> None:
+    label = f"label=com.docker.compose.project={stack.project}"
+    ids = run(["docker", "ps", "-q", "--filter", label]).stdout.split()
+    info = json.loads(run(["docker", "inspect", *ids]).stdout)
+    published = 0
+    for c in info:
+        name = c["Name"]
+        assert c["HostConfig"]["NetworkMode"] not in ("host", "none"), f"{name} is not on the compose network"
+        assert set(c["NetworkSettings"]["Networks"]) == {f"{stack.project}_default"}, name
+        for bindings in (c["NetworkSettings"]["Ports"] or {}).values():
+            for b in bindings or []:
+                published += 1
+                assert b["HostIp"] == "127.0.0.1", f"{name} publishes {b} beyond loopback"
+    assert published == 3  # postgres, the Ray dashboard, the natsbench dashboard
+
+
+def _assert_sweep_done(stack: Stack, code: int) -> list[dict]:
+    sweep_logs = run(["docker", "logs", stack.container("sweep")[0]], check=False)
+    text = sweep_logs.stdout + sweep_logs.stderr
+    assert code == 0, f"sweep service exited {code}\n{text[-4000:]}\n{stack.logs()}"
+    assert "schema upgraded" in text or "schema already at version" in text, text[-2000:]  # natsbench db upgrade
+    jobs = [j for j in stack.ray_jobs() if (j.get("submission_id") or "").startswith(f"natsbench-{SWEEP}-")]
+    assert len(jobs) == 1 and jobs[0]["status"] == "SUCCEEDED", jobs
+    assert "sweep configs/smoke.yaml" in jobs[0]["entrypoint"] and "postgres:5432" in jobs[0]["entrypoint"]
+    rows = stack.results()
+    keys = Counter(r["run_key"] for r in rows)
+    assert len(rows) == SMOKE_CELLS and set(keys.values()) == {1}, keys  # every cell exactly once
+    assert {r["status"] for r in rows} == {"done"}, [(r["policy"], r["status"], r.get("error")) for r in rows]
+    assert {r["policy"] for r in rows} == {"full", "streaming_llm", "h2o"}
+    return rows
+
+
+def _hosts(rows: list[dict]) -> set[str]:
+    return {((r.get("extras") or {}).get("worker") or {}).get("host") for r in rows}
+
+
+def _assert_gone(stack: Stack) -> None:
+    stack.down()
+    left = stack.leftovers()
+    assert left == {"containers": [], "networks": [], "volumes": []}, left
+
+
+def _assert_head_and_workers(stack: Stack) -> None:
+    deadline = time.monotonic() + 120
+    while True:  # a worker registers a few seconds after its container starts
+        nodes = stack.ray_nodes()
+        workers = [n for n in nodes if n["cpus"] > 0]
+        if len(workers) == stack.workers or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert len(nodes) == stack.workers + 1, nodes  # the head (num-cpus 0) + each worker container
+    assert sorted(n["cpus"] for n in workers) == [1.0] * stack.workers, nodes
+
+
+def _page_lists_sweep(stack: Stack) -> None:
+    """Headless Chromium on the dashboard's Overview: the sweep table has a row named `smoke`."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        _unavailable("chromium / chromedriver not installed (make system-deps)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='natsbench-chrome-')}")
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        driver.get(f"http://127.0.0.1:{stack.ports['NATSBENCH_DASHBOARD_PORT']}/?view=Overview")
+
+        def sweep_row(d):
+            cells = d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"] td[role="gridcell"]')
+            return SWEEP in {c.get_attribute("textContent") for c in cells}
+
+        WebDriverWait(driver, 120, poll_frequency=0.5).until(sweep_row)
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def stack_factory(images):
+    stacks: list[Stack] = []
+
+    def make(workers: int, sweep_workers: int) -> Stack:
+        stack = Stack(workers, sweep_workers)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:  # also after a failed assertion: never leave a stack running
+        stack.down()
+
+
+def test_compose_up_one_worker(stack_factory):
+    stack = stack_factory(workers=1, sweep_workers=1)
+    stack.up()
+    (pg,) = stack.container("postgres")
+    assert run(["docker", "inspect", "-f", "{{.State.Health.Status}}", pg]).stdout.strip() == "healthy"
+    _assert_ports_loopback(stack)
+    _assert_head_and_workers(stack)
+    _assert_sweep_done(stack, stack.wait_sweep())
+    assert stack.dashboard_health() == "ok"
+    _page_lists_sweep(stack)
+    _assert_gone(stack)
+    print(f"one worker: {time.monotonic() - stack.t0:.0f} s")
+
+
+def test_compose_up_two_workers(stack_factory):
+    stack = stack_factory(workers=2, sweep_workers=2)
+    stack.up()
+    _assert_head_and_workers(stack)
+    rows = _assert_sweep_done(stack, stack.wait_sweep())
+    # both worker containers ran cells: each record names the host (container) it ran on
+    assert _hosts(rows) == {cid[:12] for cid in stack.container("ray-worker-cpu")}
+    assert stack.dashboard_health() == "ok"
+    _assert_gone(stack)
+    print(f"two workers: {time.monotonic() - stack.t0:.0f} s, {len(rows)} cells")
+
+
+def _actor_container(stack: Stack, timeout_s: float = 240) -> str:
+    """The worker container whose processes include the sweep's PolicyWorker actor."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for cid in stack.container("ray-worker-cpu"):
+            top = run(["docker", "top", cid, "-eo", "args"], check=False)
+            if "PolicyWorker" in top.stdout:
+                return cid
+        time.sleep(0.5)
+    raise AssertionError(f"no PolicyWorker actor appeared in {timeout_s} s\n{stack.logs()}")
+
+
+def test_compose_worker_killed_mid_sweep(stack_factory):
+    # Two worker containers, one Ray worker for the sweep: killing the container that holds it
+    # makes the driver replace the actor, which lands on the other container, and retry the cell.
+    stack = stack_factory(workers=2, sweep_workers=1)
+    stack.up()
+    _assert_head_and_workers(stack)
+    victim = _actor_container(stack)
+    run(["docker", "kill", victim])
+    rows = _assert_sweep_done(stack, stack.wait_sweep())
+    attempts = Counter(int(r["attempts"]) for r in rows)
+    assert attempts[2] >= 1, attempts  # the cell in flight on the killed worker ran again, once stored
+    survivor = {cid[:12] for cid in stack.container("ray-worker-cpu")} - {victim[:12]}
+    assert _hosts(rows) == survivor  # every stored cell ran on the container that was not killed
+    _assert_gone(stack)
+    print(f"worker killed: {time.monotonic() - stack.t0:.0f} s, attempts {dict(attempts)}")
