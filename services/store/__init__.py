@@ -5,7 +5,7 @@ database (`postgresql+psycopg://user@host:5432/db`); `run_key(config)` is the st
 of a cell. See docs/DESIGN.md for the record format.
 """
 
-from .errors import SchemaError, StoreError
+from .errors import SchemaError, StoreError, StoreURLError
 from .keys import CODE_VERSION, CONFIG_KEYS, canonical_json, run_key
 from .models import RUN_STATUSES
 from .records import RUN_FIELDS
@@ -19,6 +19,7 @@ __all__ = [
     "SchemaError",
     "Store",
     "StoreError",
+    "StoreURLError",
     "canonical_json",
     "run_key",
 ]

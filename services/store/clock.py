@@ -34,3 +34,33 @@ def _db_now_postgresql(element, compiler, **kw) -> str:
 @compiles(db_now, "sqlite")
 def _db_now_sqlite(element, compiler, **kw) -> str:
     return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+class db_later(FunctionElement):  # noqa: N801 - reads like a SQL function
+    """The database clock `seconds` from now (a lease expiry): same format as `db_now`, so the
+    two compare correctly on SQLite (text) and PostgreSQL (timestamptz)."""
+
+    type = DateTime(timezone=True)
+    # The seconds are rendered into the SQL text, so the compiled form must not be cached
+    # across different values.
+    inherit_cache = False
+    name = "db_later"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = float(seconds)
+
+
+@compiles(db_later)
+def _db_later_default(element, compiler, **kw) -> str:
+    return f"CURRENT_TIMESTAMP + INTERVAL '{element.seconds:.3f} seconds'"
+
+
+@compiles(db_later, "postgresql")
+def _db_later_postgresql(element, compiler, **kw) -> str:
+    return f"(statement_timestamp() + make_interval(secs => {element.seconds:.3f}))"
+
+
+@compiles(db_later, "sqlite")
+def _db_later_sqlite(element, compiler, **kw) -> str:
+    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', '{element.seconds:+.3f} seconds')"

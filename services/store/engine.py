@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
-from .errors import StoreError
+from .errors import StoreError, StoreURLError
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 PG_CONNECT_TIMEOUT_S = 3
@@ -42,23 +42,23 @@ def mask_url(url: str | URL) -> str:
 def parse_url(url: str) -> URL:
     """Parse and normalise a store URL; `postgresql://` and `postgres://` mean psycopg 3."""
     if not isinstance(url, str) or not url.strip():
-        raise StoreError(f"empty database URL {url!r}; {URL_HELP}")
+        raise StoreURLError(f"empty database URL {url!r}; {URL_HELP}")
     try:
         parsed = make_url(url.strip())
         parsed.port  # noqa: B018 - a non-numeric port raises only when read
     except (ArgumentError, ValueError) as exc:
-        raise StoreError(f"malformed database URL {mask_url(url)!r}: {exc}; {URL_HELP}") from None
+        raise StoreURLError(f"malformed database URL {mask_url(url)!r}: {exc}; {URL_HELP}") from None
     if parsed.drivername in _PG_DRIVERS:
         parsed = parsed.set(drivername="postgresql+psycopg")
         if not parsed.host and "host" not in parsed.query:
-            raise StoreError(f"database URL {mask_url(parsed)!r} names no host; {URL_HELP}")
+            raise StoreURLError(f"database URL {mask_url(parsed)!r} names no host; {URL_HELP}")
     elif parsed.drivername not in _SQLITE_DRIVERS:
-        raise StoreError(
+        raise StoreURLError(
             f"unsupported database {parsed.drivername!r} in URL {mask_url(parsed)!r}; "
             f"allowed: sqlite, postgresql (psycopg); {URL_HELP}"
         )
     elif not parsed.database:
-        raise StoreError(f"database URL {mask_url(parsed)!r} names no file; {URL_HELP}")
+        raise StoreURLError(f"database URL {mask_url(parsed)!r} names no file; {URL_HELP}")
     return parsed
 
 
@@ -107,8 +107,10 @@ def _sqlite_engine(url: URL) -> Engine:
         # Let SQLAlchemy's "begin" event (below) issue BEGIN, not the sqlite3 module.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # Per-connection settings only: nothing here writes to the file. WAL (a setting stored in
+        # the file) is switched on by `enable_wal` when natsbench creates or upgrades its store,
+        # never by merely opening a file, which may be another application's.
         if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -129,6 +131,19 @@ def _postgresql_engine(url: URL) -> Engine:
     # No pool_pre_ping (a round trip per checkout): Store._write retries on a connection the
     # server dropped, and pool_recycle retires idle connections before servers time them out.
     return create_engine(url, connect_args=connect_args, pool_recycle=1800, json_serializer=_json_serializer)
+
+
+def enable_wal(engine: Engine) -> None:
+    """Put a SQLite store file in WAL mode (persistent; readers never block the writer). Runs
+    outside any transaction (SQLite refuses to switch inside one); no-op for other databases."""
+    database = engine.url.database or ""
+    if engine.url.get_backend_name() != "sqlite" or database == ":memory:" or database.startswith("file:"):
+        return
+    raw = engine.raw_connection()
+    try:
+        raw.driver_connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        raw.close()
 
 
 def build_engine(url: URL) -> Engine:

@@ -10,6 +10,11 @@ class StoreError(RuntimeError):
     """
 
 
+class StoreURLError(StoreError):
+    """The store URL itself is malformed or names a database natsbench does not support (a bad
+    input, exit code 2 in the CLI, unlike a server that is down)."""
+
+
 class SchemaError(StoreError):
     """The database holds no natsbench schema, an older one, or a foreign one.
 

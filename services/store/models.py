@@ -66,6 +66,7 @@ class Run(Base):
         UniqueConstraint("run_key", name="uq_runs_run_key"),
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in RUN_STATUSES)})", name="ck_runs_status"),
         Index("ix_runs_sweep_id_status", "sweep_id", "status"),
+        Index("ix_runs_lease_owner", "lease_owner"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -96,6 +97,11 @@ class Run(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=db_now(), nullable=False
     )
+    # The lease of a running run: the driver that claimed it and until when (database clock)
+    # the claim holds unless that driver renews it. Another driver takes over a running run
+    # only once its lease has expired (the driver died); both are NULL when not running.
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     # Metrics: one nullable column per metric of services.declaration.METRICS (ints as BIGINT),
     # so a new metric needs its declaration and a migration, not an edit here.

@@ -24,7 +24,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
 # The newest revision under migrations/versions: what this code reads and writes. A test
 # checks it against Alembic's head, so a new migration cannot forget to bump it.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 def alembic_config() -> Config:
@@ -106,6 +106,14 @@ def upgrade(conn: Connection, display_url: str) -> tuple[str | None, str]:
     before = current_revision(conn)
     if before is not None and before not in known_revisions():
         check(conn, display_url)  # raises the foreign-schema message
+    if before is None:
+        tables = sorted(inspect(conn).get_table_names())
+        if tables:  # another application's database: add nothing to it
+            raise SchemaError(
+                f"the database at {display_url} is not a natsbench store and not empty (it holds tables "
+                f"{tables[:8]} and no natsbench schema version); nothing was written to it: point --db "
+                "at a natsbench store or an empty database"
+            )
     if conn.dialect.name == "postgresql":
         # Two processes upgrading the same database at once: the second waits, then finds head.
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.natsbench_schema'))"))

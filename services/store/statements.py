@@ -25,7 +25,8 @@ RECORD_COLUMNS: tuple[str, ...] = tuple(
     c.name for c in RUNS.columns if c.name != "id" and c.name not in _TIMESTAMPS
 )
 # Columns a late (or retried) record updates on an existing row that is not done yet.
-_RESULT_UPDATES = ("status", "error", "environment", "extras", "n_examples", *METRIC_FIELDS)
+_RESULT_UPDATES = ("status", "error", "environment", "extras", "n_examples", "lease_owner", "lease_expires_at",
+                   *METRIC_FIELDS)
 
 
 def record_upsert(insert: Callable[..., Any]) -> Insert:

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from . import keys, schema, statements
-from .clock import db_now
+from .clock import db_later, db_now
 from .engine import (
     SQLITE_BUSY_TIMEOUT_S,
     WRITE_OPTION,
     build_engine,
     connect_error_reason,
+    enable_wal,
     mask_url,
     parse_url,
 )
@@ -28,6 +32,9 @@ from .models import RUN_STATUSES, Run, Sweep, SweepRun
 from .records import check_status, config_columns, iso, record_config, result_columns, run_to_dict
 
 T = TypeVar("T")
+# Seconds a claim holds without renewal: long enough to ride out a stalled write on a busy
+# machine, short enough that a killed driver's cells are taken over within a minute.
+DEFAULT_LEASE_S = 60.0
 _CHUNK = 500  # rows per multi-row INSERT (well under SQLite's bound-parameter limit)
 _WRITE_RETRIES = 8
 
@@ -40,6 +47,17 @@ def _transient(exc: DBAPIError) -> bool:
     code = getattr(exc.orig, "sqlstate", None)
     text = str(exc.orig).lower()
     return code in ("40001", "40P01") or "database is locked" in text or "database table is locked" in text
+
+
+def _check_lease(lease_s: float) -> float:
+    if isinstance(lease_s, bool) or not isinstance(lease_s, int | float) or not 0 < lease_s <= 86400:
+        raise ValueError(f"lease_s must be a number of seconds in (0, 86400], got {lease_s!r}")
+    return float(lease_s)
+
+
+def new_owner_id() -> str:
+    """A driver id for leases: host, process id and a random part (pids are reused)."""
+    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Store:
@@ -64,6 +82,7 @@ class Store:
         self._sweep_ids: dict[str, int] = {}  # sweep name -> id, filled after commits
         self._record_upsert = statements.record_upsert(self._insert)
         self._membership_insert = statements.membership_insert(self._insert)
+        self.owner_id: str = new_owner_id()  # the default lease owner of this Store's claims
 
     def __repr__(self) -> str:
         return f"Store({self.display_url!r})"
@@ -124,6 +143,7 @@ class Store:
         """Create or upgrade the schema to the newest version; returns (before, after)."""
         with self._connect(write=True) as conn, conn.begin():
             result = schema.upgrade(conn, self.display_url)
+        enable_wal(self._engine)  # natsbench's own store now: safe to switch its journal mode
         self._schema_ok = True
         return result
 
@@ -252,15 +272,31 @@ class Store:
 
         return self._write(write) if ordered else {}
 
-    def claim(self, run_key: str, *, retry_failed: bool = False) -> bool:
+    def claim(
+        self,
+        run_key: str,
+        *,
+        retry_failed: bool = False,
+        owner: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> bool:
         """Move a run pending -> running (compare-and-set), attempts + 1; True if this caller won.
 
-        With `retry_failed` a failed run can be claimed too.
+        The winner holds a lease: `owner` (default: this Store's `owner_id`) and an expiry
+        `lease_s` seconds ahead on the database clock, which it keeps alive with
+        `renew_leases`. A running run whose lease has expired (its driver died) is claimed
+        like a pending one; a live lease is never taken. With `retry_failed` a failed run can
+        be claimed too.
         """
+        lease_s = _check_lease(lease_s)
         allowed = ["pending", "failed"] if retry_failed else ["pending"]
+        expired = and_(
+            Run.status == "running",
+            or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < db_now()),
+        )
         stmt = (
             update(Run)
-            .where(Run.run_key == run_key, Run.status.in_(allowed))
+            .where(Run.run_key == run_key, or_(Run.status.in_(allowed), expired))
             .values(
                 status="running",
                 attempts=Run.attempts + 1,
@@ -268,9 +304,44 @@ class Store:
                 finished_at=None,
                 updated_at=db_now(),
                 error=None,
+                lease_owner=owner or self.owner_id,
+                lease_expires_at=db_later(lease_s),
             )
         )
         return self._write(lambda conn: conn.execute(stmt).rowcount == 1)
+
+    def renew_leases(self, owner: str | None = None, lease_s: float = DEFAULT_LEASE_S) -> int:
+        """Push the expiry of every running run `owner` holds `lease_s` seconds ahead; returns how
+        many it still holds (fewer than it thinks: another driver took an expired one over)."""
+        lease_s = _check_lease(lease_s)
+        stmt = (
+            update(Run)
+            .where(Run.lease_owner == (owner or self.owner_id), Run.status == "running")
+            .values(lease_expires_at=db_later(lease_s))
+        )
+        return self._write(lambda conn: conn.execute(stmt).rowcount)
+
+    def leases(self, run_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """{run_key: {"status", "lease_owner", "lease_live"}} of the given runs (missing keys are
+        left out); `lease_live` is True for a running run whose lease has not expired yet
+        (database clock)."""
+        keys = sorted(set(run_keys))
+        live = and_(Run.lease_expires_at.is_not(None), Run.lease_expires_at >= db_now())
+
+        def read(conn: Connection) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for start in range(0, len(keys), _CHUNK):
+                rows = conn.execute(
+                    select(Run.run_key, Run.status, Run.lease_owner, live.label("live")).where(
+                        Run.run_key.in_(keys[start : start + _CHUNK])
+                    )
+                ).all()
+                for key, status, owner, is_live in rows:
+                    out[key] = {"status": status, "lease_owner": owner,
+                                "lease_live": bool(status == "running" and is_live)}
+            return out
+
+        return self._read(read) if keys else {}
 
     def record(self, record: dict[str, Any]) -> bool:
         """Store a finished record (status done or failed); True if it was written.
@@ -289,6 +360,7 @@ class Store:
 
         params = {f"p_{name}": value for name, value in columns.items()}
         params.update({f"p_{name}": value for name, value in results.items()}, p_attempts=attempts)
+        params.update(p_lease_owner=None, p_lease_expires_at=None)  # a finished run holds no lease
 
         def write(conn: Connection) -> tuple[bool, int | None]:
             sweep_id = None
@@ -308,11 +380,18 @@ class Store:
             self._sweep_ids[sweep] = sweep_id  # committed: safe to reuse
         return written
 
-    def release_running(self, sweep: str | int | None = None) -> int:
-        """Move running runs (of one sweep, or all) back to pending, e.g. after Ctrl-C; returns how many."""
+    def release_running(self, sweep: str | int | None = None, owner: str | None = None) -> int:
+        """Move running runs (of one sweep, or all; of one lease owner, or any) back to pending,
+        e.g. a driver's own runs after Ctrl-C; returns how many."""
 
         def write(conn: Connection) -> int:
-            stmt = update(Run).where(Run.status == "running").values(status="pending", updated_at=db_now())
+            stmt = (
+                update(Run)
+                .where(Run.status == "running")
+                .values(status="pending", updated_at=db_now(), lease_owner=None, lease_expires_at=None)
+            )
+            if owner is not None:
+                stmt = stmt.where(Run.lease_owner == owner)
             if sweep is not None:
                 stmt = stmt.where(
                     Run.id.in_(select(SweepRun.run_id).where(SweepRun.sweep_id == self._lookup(conn, sweep)))
