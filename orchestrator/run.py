@@ -5,8 +5,15 @@ that model, switching to the model with the most cells left per worker only when
 out. A worker that dies is replaced and its cell goes back to the front of the queue, up to
 `resources.max_attempts` attempts, then the cell is recorded failed. The driver is the only
 writer of the store, for SQLite and PostgreSQL alike (one code path; a write is a few ms, and
-workers on GPU hosts need no database access). Ctrl-C (or SIGTERM) puts the cells in flight
-back to pending, kills the workers and returns with `interrupted=True`.
+workers on GPU hosts need no database access). Ctrl-C (or SIGTERM) puts this driver's cells
+in flight back to pending, kills the workers and returns with `interrupted=True`.
+
+Several drivers may run one sweep at once. Each claim carries a lease (this driver's id and an
+expiry on the database clock) that a background thread renews every third of its length. A
+cell another driver holds is left alone while its lease is live; once this driver has nothing
+else to do it waits for such cells, and takes over any whose lease expires (that driver died)
+or that went back to pending. With `wait_elsewhere=False` it returns instead and the caller
+reports them as still running elsewhere.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.plan import DONE, FAILED, Cell, Plan, build_cells, decide
+from orchestrator.plan import DONE, FAILED, PENDING, RUNNING, Cell, Plan, build_cells, decide
 from orchestrator.spec import SweepSpec
 
 # raylet_start_wait_time_s: the default 60 s is too short on a busy 2-core machine.
@@ -30,6 +37,7 @@ RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
 # Only for the in-process Ray: single-node mode, every Ray process on 127.0.0.1. Never when
 # joining a cluster (it would refuse other nodes).
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LEASE_ENV = "NATSBENCH_LEASE_S"
 
 
 @dataclass
@@ -42,6 +50,8 @@ class SweepResult:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    running_elsewhere: int = 0  # running under other drivers' leases when this call returned
+    pending: int = 0  # neither run nor held when this call returned (interrupted, or released elsewhere)
     interrupted: bool = False
     records: list[dict[str, Any]] = field(default_factory=list)  # executed in this call
     plan_keys: list[str] = field(default_factory=list)  # every cell of the sweep file
@@ -50,7 +60,8 @@ class SweepResult:
 
     def summary(self) -> dict[str, Any]:
         return {"sweep": self.sweep, "cells": self.cells, "executed": self.executed,
-                "done": self.done, "failed": self.failed, "skipped": self.skipped}
+                "done": self.done, "failed": self.failed, "skipped": self.skipped,
+                "running_elsewhere": self.running_elsewhere, "pending": self.pending}
 
 
 def open_store(db_url: str) -> Any:
@@ -78,21 +89,67 @@ def init_ray(address: str | None, num_cpus: float | None = None) -> None:
                  _node_ip_address="127.0.0.1")
 
 
-def _counts(store: Any, plan: Plan) -> tuple[int, int]:
+def _counts(store: Any, plan: Plan) -> dict[str, int]:
+    """Cells of the plan per status, as the store has them now."""
     keys = {c.run_key for c in plan.cells}
-    done = failed = 0
+    counts = dict.fromkeys((DONE, FAILED, RUNNING, PENDING), 0)
     for row in store.runs(plan.sweep):
         if row["run_key"] in keys:
-            done += row["status"] == DONE
-            failed += row["status"] == FAILED
-    return done, failed
+            counts[row["status"]] += 1
+    return counts
+
+
+def lease_seconds(value: float | None = None) -> float:
+    """The lease length: `value`, else $NATSBENCH_LEASE_S, else the store's default (60 s)."""
+    from services.store.store import DEFAULT_LEASE_S
+
+    if value is None:
+        raw = os.environ.get(LEASE_ENV)
+        if not raw:
+            return DEFAULT_LEASE_S
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"${LEASE_ENV} must be a number of seconds in (0, 86400], got {raw!r}") from None
+    if not 0 < value <= 86400:
+        raise ValueError(f"the lease must be a number of seconds in (0, 86400], got {value!r}")
+    return float(value)
+
+
+class _LeaseRenewer:
+    """A daemon thread that renews this driver's leases every third of the lease length.
+
+    A thread (not the `ray.wait` loop) so that a long `ray.get` or store write in the loop can
+    never let a live driver's lease lapse; it dies with the driver, which is the point.
+    """
+
+    def __init__(self, store: Any, owner: str, lease_s: float) -> None:
+        self.store, self.owner, self.lease_s = store, owner, lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="natsbench-lease-renewer", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.store.renew_leases(self.owner, self.lease_s)
+            except Exception as exc:  # noqa: BLE001 - keep trying; the next renewal may work
+                print(f"warning: could not renew the leases of driver {self.owner}: {exc}", file=sys.stderr)
+
+    def __enter__(self) -> _LeaseRenewer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 class _Dispatcher:
     """The `ray.wait` loop over a fixed number of worker slots."""
 
     def __init__(self, spec: SweepSpec, store: Any, plan: Plan, n_workers: int, runner: str,
-                 result: SweepResult, progress: Any, rerun_failed: bool = False) -> None:
+                 result: SweepResult, progress: Any, rerun_failed: bool = False, *, owner: str,
+                 lease_s: float, wait_elsewhere: bool = True) -> None:
         import ray
 
         from services.worker import PolicyWorker
@@ -121,6 +178,10 @@ class _Dispatcher:
         self.deaths: dict[str, int] = {}
         self.claimed: set[str] = set()  # claimed by this driver (a retried cell is not claimed twice)
         self.rerun_failed = rerun_failed
+        self.owner, self.lease_s, self.wait_elsewhere = owner, lease_s, wait_elsewhere
+        # Cells whose claim failed: done, or held by another driver. Watched once the queues run dry.
+        self.elsewhere: dict[str, Cell] = {}
+        self.poll_s = min(2.0, lease_s / 3)
 
     def _next_cell(self, slot: dict[str, Any]) -> Cell | None:
         own = self.queues.get(slot["model"])
@@ -136,8 +197,10 @@ class _Dispatcher:
     def _dispatch(self, slot: dict[str, Any]) -> None:
         while (cell := self._next_cell(slot)) is not None:
             if cell.run_key not in self.claimed:
-                if not self.store.claim(cell.run_key, retry_failed=self.rerun_failed):
-                    continue  # another driver holds or finished it
+                if not self.store.claim(cell.run_key, retry_failed=self.rerun_failed, owner=self.owner,
+                                        lease_s=self.lease_s):
+                    self.elsewhere[cell.run_key] = cell  # done, or another driver holds it
+                    continue
                 self.claimed.add(cell.run_key)
             ref = slot["actor"].run.remote(cell.config)
             self.inflight[ref] = (slot, cell, time.perf_counter())
@@ -158,13 +221,38 @@ class _Dispatcher:
             self.progress.update(1)
             self.progress.set_postfix_str(f"failed={sum(r['status'] != DONE for r in self.result.records)}")
 
+    def _take_over(self) -> None:
+        """Requeue the cells held elsewhere that are free again (pending, or their lease expired:
+        that driver died); forget those another driver finished. Idle slots pick them up."""
+        if not self.elsewhere:
+            return
+        for key, state in self.store.leases(self.elsewhere).items():
+            if state["status"] in (DONE, FAILED):
+                del self.elsewhere[key]  # finished by whoever held it; not rerun in this call
+            elif not state["lease_live"]:
+                cell = self.elsewhere.pop(key)
+                self.queues.setdefault(cell.model_key, deque()).appendleft(cell)
+        busy = {id(slot) for slot, _, _ in self.inflight.values()}
+        for slot in self.slots:
+            if id(slot) not in busy:
+                self._dispatch(slot)
+
     def run(self) -> None:
         from services.worker import failed_record
 
         for slot in self.slots:
             self._dispatch(slot)
-        while self.inflight:
-            ready, _ = self.ray.wait(list(self.inflight), num_returns=1)
+        last_poll = time.monotonic()
+        while self.inflight or (self.wait_elsewhere and self.elsewhere):
+            if time.monotonic() - last_poll >= self.poll_s:
+                self._take_over()
+                last_poll = time.monotonic()
+            if not self.inflight:
+                time.sleep(self.poll_s / 2)
+                continue
+            # A timeout only while cells are held elsewhere, so the loop can watch their leases.
+            timeout = self.poll_s if self.elsewhere else None
+            ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
             for ref in ready:
                 slot, cell, t_sent = self.inflight.pop(ref)
                 record: dict[str, Any] | None = None
@@ -214,14 +302,23 @@ def _warn_if_unschedulable(spec: SweepSpec, n_workers: int) -> None:
 
 def run_sweep(spec: SweepSpec, db_url: str, *, address: str | None = None, workers: int | None = None,
               rerun_failed: bool = False, runner: str | None = None, progress: bool = True,
-              store: Any = None) -> SweepResult:
-    """Plan `spec` against the store at `db_url`, execute what is not done, return the counts."""
+              store: Any = None, lease_s: float | None = None, wait_elsewhere: bool = True) -> SweepResult:
+    """Plan `spec` against the store at `db_url`, execute what is not done, return the counts.
+
+    `lease_s` (default $NATSBENCH_LEASE_S, else 60 s) is how long a claim holds unless renewed;
+    `wait_elsewhere` waits for cells other drivers hold (taking over those whose lease expires)
+    instead of returning with them counted in `running_elsewhere`.
+    """
+    from services.store.store import new_owner_id
     from services.worker import DEFAULT_RUNNER, RUNNER_ENV
 
+    lease_s = lease_seconds(lease_s)
     store = store if store is not None else open_store(db_url)
     cells = build_cells(spec)
     store.ensure_sweep(spec.name, spec.model_dump(mode="json"))
-    store.release_running(spec.name)  # left over by a driver that was killed
+    # No release of `running` cells here: a live driver may hold them. Claims take over only
+    # the cells whose lease expired (their driver was killed).
+    owner = new_owner_id()
     statuses = store.ensure_runs(spec.name, [c.config for c in cells])
     plan = decide(spec.name, cells, statuses, rerun_failed)
     result = SweepResult(sweep=spec.name, cells=len(cells), skipped=len(plan.skipped),
@@ -237,19 +334,24 @@ def run_sweep(spec: SweepSpec, db_url: str, *, address: str | None = None, worke
                        mininterval=0.5, dynamic_ncols=True)
         _warn_if_unschedulable(spec, n_workers)
         runner = runner or os.environ.get(RUNNER_ENV) or DEFAULT_RUNNER
-        dispatcher = _Dispatcher(spec, store, plan, n_workers, runner, result, bar, rerun_failed)
+        dispatcher = _Dispatcher(spec, store, plan, n_workers, runner, result, bar, rerun_failed,
+                                 owner=owner, lease_s=lease_s, wait_elsewhere=wait_elsewhere)
         main_thread = threading.current_thread() is threading.main_thread()
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
         try:
-            dispatcher.run()
+            with _LeaseRenewer(store, owner, lease_s):
+                dispatcher.run()
         except KeyboardInterrupt:
             result.interrupted = True
             dispatcher.abort()
-            store.release_running(spec.name)
+            store.release_running(spec.name, owner=owner)  # only this driver's cells
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, old_term)
             if bar is not None:
                 bar.close()
-    result.done, result.failed = _counts(store, plan)
+    counts = _counts(store, plan)
+    # This driver's cells are finished or released by now: a running cell is another driver's.
+    result.done, result.failed = counts[DONE], counts[FAILED]
+    result.running_elsewhere, result.pending = counts[RUNNING], counts[PENDING]
     return result

@@ -19,7 +19,6 @@ parameters give the ValueError's message), with the traceback in `extras.traceba
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
 import socket
@@ -38,6 +37,7 @@ from services.declaration import (
     check_device,
     resolve_device,
 )
+from services.model_files import check_model_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
@@ -173,11 +173,8 @@ def _random_model(name: str):
 
 
 def _load_folder(folder: Path, torch_dtype):
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise ValueError(f"model folder {str(folder)!r} has no config.json (a GPT checkpoint or a Hugging Face "
-                         "model folder needs one)")
-    model_type = json.loads(cfg_path.read_text()).get("model_type")
+    # Config, safetensors headers and restricted .bin unpickling first: one line naming a bad file.
+    model_type = check_model_folder(folder).get("model_type")
     if model_type in (None, "natsbench-gpt"):
         from nats_model.models.gpt import GPT
         from nats_model.tokenizer import ByteTokenizer
@@ -193,6 +190,33 @@ def _load_folder(folder: Path, torch_dtype):
     return model.eval(), tok, "hf"
 
 
+def resolve_model(name_or_path: str) -> Path | None:
+    """The folder a model name stands for (None for a `random:` test model); ValueError naming
+    the name and what is allowed when it resolves to nothing."""
+    name = str(name_or_path)
+    if name.startswith("random:"):
+        if name not in RANDOM_MODELS:
+            raise ValueError(f"unknown random test model {name!r}; allowed: {', '.join(RANDOM_MODELS)}")
+        return None
+    folder = Path(name).expanduser()
+    if not folder.is_dir() and (MODELS_DIR / name).is_dir():
+        folder = MODELS_DIR / name
+    if not folder.is_dir():
+        raise ValueError(
+            f"model {name!r} not found: not a folder and not a shipped model (shipped: "
+            f"{', '.join(shipped_models()) or 'none yet'}); test models: {', '.join(RANDOM_MODELS)}"
+        )
+    return folder
+
+
+def check_model(name_or_path: str) -> None:
+    """Resolve a model name and check its files without loading the weights (the sweep driver
+    calls this before Ray starts); ValueError with one line naming the name or the bad file."""
+    folder = resolve_model(name_or_path)
+    if folder is not None:
+        check_model_folder(folder)
+
+
 def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
                adapter: str | None = None) -> ModelHandle:
     """Load a shipped model by name, a GPT checkpoint folder, a local Hugging Face folder or a
@@ -203,20 +227,11 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
     torch_dtype = _torch_dtype(dtype)
     device = _check_device(device)
     name = str(name_or_path)
-    if name.startswith("random:"):
-        if name not in RANDOM_MODELS:
-            raise ValueError(f"unknown random test model {name!r}; allowed: {', '.join(RANDOM_MODELS)}")
+    folder = resolve_model(name)
+    if folder is None:
         model, tok, kind = _random_model(name)
         source = name
     else:
-        folder = Path(name).expanduser()
-        if not folder.is_dir() and (MODELS_DIR / name).is_dir():
-            folder = MODELS_DIR / name
-        if not folder.is_dir():
-            raise ValueError(
-                f"model {name!r} not found: not a folder and not a shipped model (shipped: "
-                f"{', '.join(shipped_models()) or 'none yet'}); test models: {', '.join(RANDOM_MODELS)}"
-            )
         model, tok, kind = _load_folder(folder, torch_dtype)
         source = str(folder.resolve())
     model = model.to(device=device, dtype=torch_dtype).eval()

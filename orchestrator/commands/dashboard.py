@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.commands.common import DB_URL_ENV, add_db_argument, resolve_db_url
+from orchestrator.commands.common import DB_URL_ENV, add_db_argument, checked_db_url
 
 APP_PATH = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 
@@ -92,4 +92,7 @@ def serve(db_url: str, host: str = "127.0.0.1", port: int = 8501) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return serve(resolve_db_url(args.db), args.host, args.port)
+    url = checked_db_url(args.db, "dashboard")
+    if url is None:
+        return 2
+    return serve(url, args.host, args.port)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.commands.common import add_db_argument, resolve_db_url
+from orchestrator.commands.common import add_db_argument, checked_db_url
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.db_command is None:
         print("natsbench db: name a subcommand: upgrade or status (natsbench db --help)", file=sys.stderr)
         return 2
-    url = resolve_db_url(args.db)
+    url = checked_db_url(args.db, f"db {args.db_command}")
+    if url is None:
+        return 2
     try:
         return _upgrade(url) if args.db_command == "upgrade" else _status(url)
     except SchemaError as exc:

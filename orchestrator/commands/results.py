@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from orchestrator.commands.common import add_db_argument, resolve_db_url
+from orchestrator.commands.common import add_db_argument, checked_db_url
 from services.declaration import METRICS, RUN_STATUSES  # import-light: no SQLAlchemy, no torch
 
 FORMATS = ("table", "json", "csv")
@@ -89,8 +89,11 @@ def write_csv(runs: list[dict[str, Any]], fields: tuple[str, ...], out) -> None:
 def run(args: argparse.Namespace) -> int:
     from services.store import CODE_VERSION, RUN_FIELDS, SchemaError, Store, StoreError
 
+    url = checked_db_url(args.db, "results")
+    if url is None:
+        return 2
     try:
-        with Store(resolve_db_url(args.db)) as store:
+        with Store(url) as store:
             runs = store.runs(sweep=args.sweep, status=args.status)
     except SchemaError as exc:
         print(f"natsbench results: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator.commands.common import add_db_argument, resolve_db_url
+from orchestrator.commands.common import add_db_argument, checked_db_url
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 
@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.config:
             print("natsbench submit: give CONFIG, or --status JOB / --logs JOB", file=sys.stderr)
             return 2
+        db_url = checked_db_url(args.db, "submit")
+        if db_url is None:
+            return 2
         from orchestrator.spec import SpecError, load_spec
 
         try:
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         except (SpecError, ValueError) as exc:
             print(f"natsbench submit: {exc}", file=sys.stderr)
             return 2
-        job_id, new = submit.submit(args.config, spec, address, resolve_db_url(args.db),
+        job_id, new = submit.submit(args.config, spec, address, db_url,
                                     python=args.python, workers=args.workers)
         if not new:
             print(f"job {job_id} for sweep {spec.name} is already pending/running; not submitting twice",

@@ -1,7 +1,9 @@
 """`natsbench sweep CONFIG`: validate, plan, run on Ray, print a table and a JSON last line.
 
-Exit codes: 0 every cell done, 1 some cell failed, 2 a bad sweep file (nothing ran), 130
-interrupted (the cells in flight went back to pending; rerun to resume).
+Before the store is touched or Ray starts, the sweep file, `--db`, `--address`, the GPUs the
+local Ray can give and every model are checked; a bad one is one line on stderr and exit 2.
+Several drivers may run the same sweep at once (each claim is a renewed lease; see
+orchestrator/run.py). Exit codes are in EXIT_CODES (printed by `--help`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ import json
 import sys
 from typing import Any
 
-from orchestrator.commands.common import add_db_argument, resolve_db_url
+from orchestrator.commands.common import add_db_argument, checked_db_url
+
+EXIT_CODES = (
+    "exit codes: 0 every cell of the sweep is done; "
+    "1 some cell failed (rerun with --rerun-failed) or the store failed mid-sweep; "
+    "2 bad input (sweep file, --db, --address, GPUs, models): nothing written, Ray not started; "
+    "3 no cell failed but some are still running under other drivers' live leases (--no-wait) or "
+    "pending; "
+    "130 interrupted: this driver's cells in flight went back to pending, rerun to resume"
+)
 
 TABLE_COLUMNS = [
     ("model", 16), ("policy", 13), ("budget", 6), ("workload", 12), ("workload_params", 22),
@@ -31,6 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan (cells, keys, run/skip) and exit")
     parser.add_argument("--rerun-failed", action="store_true", help="run cells that failed before again")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--lease", type=float, default=None, metavar="SECONDS",
+                        help="how long a claimed cell stays this driver's without renewal; renewed every "
+                        "third of it, taken over by another driver once it expires (default: "
+                        "$NATSBENCH_LEASE_S, else 60)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="do not wait for cells other drivers are running: exit 3 and say how many")
+    parser.epilog = EXIT_CODES
 
 
 def _cell_value(rec: dict[str, Any], name: str) -> str:
@@ -76,7 +94,15 @@ def _dry_run(spec: Any, db_url: str) -> int:
     return 0
 
 
+def _refuse(message: str) -> int:
+    print(f"natsbench sweep: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from orchestrator import preflight
     from orchestrator.spec import SpecError, load_spec
 
     try:
@@ -84,19 +110,37 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"natsbench sweep: {exc}", file=sys.stderr)
         return 2
-    db_url = resolve_db_url(args.db)
-    if args.workers is not None and args.workers < 1:
-        print(f"natsbench sweep: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+    db_url = checked_db_url(args.db, "sweep")
+    if db_url is None:
         return 2
+    if args.workers is not None and args.workers < 1:
+        return _refuse(f"--workers must be >= 1, got {args.workers}")
+    from orchestrator.run import lease_seconds
+
+    try:
+        lease_s = lease_seconds(args.lease)
+    except ValueError as exc:
+        return _refuse(f"--lease: {exc}")
     if args.dry_run:
         return _dry_run(spec, db_url)
+    from services.worker import DEFAULT_RUNNER, RUNNER_ENV
+
+    runner = os.environ.get(RUNNER_ENV) or DEFAULT_RUNNER
+    for problem in (preflight.check_address(args.address), preflight.check_gpus(spec, args.address),
+                    preflight.check_models(spec, runner)):
+        if problem:
+            return _refuse(problem)
     from orchestrator.run import open_store, run_sweep
     from services.store import StoreError
 
     try:
         store = open_store(db_url)
+    except StoreError as exc:  # not natsbench's database, unreachable server: nothing was written
+        return _refuse(f"--db: {exc}")
+    try:
         result = run_sweep(spec, db_url, address=args.address, workers=args.workers,
-                           rerun_failed=args.rerun_failed, progress=not args.no_progress, store=store)
+                           rerun_failed=args.rerun_failed, progress=not args.no_progress, store=store,
+                           runner=runner, lease_s=lease_s, wait_elsewhere=not args.no_wait)
     except StoreError as exc:
         print(f"natsbench sweep: {exc}", file=sys.stderr)
         return 1
@@ -106,10 +150,19 @@ def run(args: argparse.Namespace) -> int:
     keys = set(result.plan_keys)
     print(format_table([r for r in store.runs(spec.name) if r["run_key"] in keys]))
     if result.interrupted:
-        print("interrupted: cells in flight are pending again; rerun the same command to resume",
+        print("interrupted: this driver's cells in flight are pending again; rerun the same command to resume",
+              file=sys.stderr)
+    elif result.running_elsewhere or result.pending:
+        print(f"not finished: {result.running_elsewhere} cells still running under other drivers, "
+              f"{result.pending} pending, {result.failed} failed, {result.done} of {result.cells} done; "
+              "rerun the same command to wait for them", file=sys.stderr)
+    elif result.failed:
+        print(f"{result.failed} of {result.cells} cells failed; rerun with --rerun-failed to retry them",
               file=sys.stderr)
     print(json.dumps(result.summary()))
     sys.stdout.flush()
     if result.interrupted:
         return 130
-    return 1 if result.failed else 0
+    if result.failed:
+        return 1
+    return 3 if result.running_elsewhere or result.pending else 0

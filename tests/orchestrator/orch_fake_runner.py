@@ -18,6 +18,12 @@ import zlib
 from typing import Any
 
 
+def check_model(name_or_path: str) -> None:
+    """What the driver calls for every model before Ray starts: only `fake:*` names exist here."""
+    if not name_or_path.startswith("fake:"):
+        raise ValueError(f"fake runner loads only 'fake:*' models, got {name_or_path!r}")
+
+
 def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
     if not name_or_path.startswith("fake:"):
         raise ValueError(f"fake runner loads only 'fake:*' models, got {name_or_path!r}")

@@ -83,7 +83,9 @@ def test_killing_a_worker_actor_mid_sweep_still_completes_one_row_per_cell(fake_
 
 
 def _start_driver(cfg, url, address):
-    env = dict(os.environ, NATSBENCH_CELL_RUNNER=FAKE_RUNNER, PYTHONPATH=f"{HERE}{os.pathsep}{REPO}")
+    # A short lease, so the driver after the SIGKILL below takes the killed one's cells over soon.
+    env = dict(os.environ, NATSBENCH_CELL_RUNNER=FAKE_RUNNER, PYTHONPATH=f"{HERE}{os.pathsep}{REPO}",
+               NATSBENCH_LEASE_S="2")
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "sweep", str(cfg), "--db", url, "--address", address,
          "--no-progress"],
@@ -107,7 +109,8 @@ def _wait_done(proc, store, sweep, at_least):
 @pytest.mark.slow
 def test_stopped_then_killed_driver_and_rerun_complete_without_duplicates(fake_runner, tmp_path):
     """SIGTERM (as Ctrl-C): exit 130, running cells back to pending. SIGKILL: cells stay
-    `running`; the next run puts them back and finishes; done cells never run again."""
+    `running`; the next run takes them over once their lease expires and finishes; done cells
+    never run again."""
     url = f"sqlite:///{tmp_path / 'driver.sqlite'}"
     model = "fake:sleep=0.5,tag=killdriver"
     cfg = tmp_path / "driver.yaml"
@@ -151,7 +154,7 @@ def test_cli_sweep_records_raising_and_crashing_cells_failed_and_reruns_only_the
     assert main(["sweep", str(cfg), "--db", url, "--no-progress"]) == 1  # 1: some cell failed
     out = capsys.readouterr().out.strip().splitlines()
     assert json.loads(out[-1]) == {"sweep": "clisweep", "cells": 5, "executed": 5, "done": 3, "failed": 2,
-                                   "skipped": 0}
+                                   "skipped": 0, "running_elsewhere": 0, "pending": 0}
     # (Ray's own worker-died notices may precede the table on stdout)
     assert any(line.split()[:3] == ["model", "policy", "budget"] for line in out)
     assert sum(line.startswith(model[:16]) for line in out) == 5
