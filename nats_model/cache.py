@@ -75,6 +75,8 @@ class LayerStore:
             start += (j - i) * caps[order[i]]
             i = j
         self.caps_list = caps
+        self._by_common: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # see _common_consts
+        self._decode_new: tuple | None = None  # see append / evict_one
         self.capacity = start
         self.row_cap = max(caps, default=0)
         self.uniform = len(set(caps)) <= 1 and order == list(range(self.n_seg))
@@ -112,6 +114,7 @@ class LayerStore:
 
     @lens.setter
     def lens(self, value: torch.Tensor) -> None:
+        self._decode_new = None
         self._set_lens(value)
 
     def _set_lens(self, value: torch.Tensor, kept_total: int | None = None, free_min: int | None = None,
@@ -125,6 +128,17 @@ class LayerStore:
         if free_min is None:
             free_min = int((self.caps - value).min()) if value.numel() else 0
         self.free_min = free_min
+
+    def _common_consts(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lens, offsets + c) for every segment holding c tokens, cached per layout: decode steps move
+        between the same two lengths (append, then evict one), so this saves two tensor ops a step."""
+        hit = self._by_common.get(c)
+        if hit is None:
+            if len(self._by_common) >= 8:
+                self._by_common.clear()
+            hit = (torch.full((self.n_seg,), c, dtype=torch.long, device=self.device), self.offsets + c)
+            self._by_common[c] = hit
+        return hit
 
     def common_len(self) -> int:
         """The length all segments share, or -1 when they differ (cached until `lens` changes)."""
@@ -173,15 +187,22 @@ class LayerStore:
                 self.lens = self._lens  # free_min may be a stale lower bound: recompute it
                 if self.free_min < 1:
                     self.relayout((self._lens + 1).tolist())
-            dst = self.offsets + self._lens  # (n_seg,)
+            common = self._common
+            if common is not None and common >= 0:  # equal lengths: cached tensors
+                new_lens, dst = self._common_consts(common + 1)[0], self._common_consts(common)[1]
+                common += 1
+            else:
+                new_lens, dst, common = self._lens + 1, self.offsets + self._lens, None  # dst (n_seg,)
             self.k.index_copy_(0, dst, k[:, 0])
             self.v.index_copy_(0, dst, v[:, 0])
             self.pos.index_copy_(0, dst, pos[:, 0])
             for a in self.aux.values():
                 a.index_fill_(0, dst, 0)
-            common = self._common + 1 if self._common is not None and self._common >= 0 else None
-            self._set_lens(self._lens + 1, self.kept_total + n_seg, self.free_min - 1, common)
+            self._set_lens(new_lens, self.kept_total + n_seg, self.free_min - 1, common)
+            # what slot dst now holds, for an eviction in the same step (evict_one copies from these)
+            self._decode_new = (dst, k[:, 0], v[:, 0], pos[:, 0])
             return dst[:, None]
+        self._decode_new = None
         n_new = valid.sum(1)
         rank = valid.long().cumsum(1) - 1
         new_lens = self._lens + n_new
@@ -221,25 +242,39 @@ class LayerStore:
     def evict_one(self, row_slot: torch.Tensor) -> int:
         """Drop at most one token per segment: `row_slot (n_seg,)` is its slot in row form, -1 for
         none (the decode-step fast path of `compact`). Returns how many were dropped."""
-        drop = row_slot >= 0
-        n_drop = int(drop.sum())
-        if n_drop == 0:
-            return 0
+        if int(row_slot.min()) >= 0:  # one op for the usual case: every segment drops one
+            drop, n_drop = None, self.n_seg
+        else:
+            drop = row_slot >= 0
+            n_drop = int(drop.sum())
+            if n_drop == 0:
+                return 0
         common = self._common if self._common is not None and self._common > 0 else None
         # (n_seg,) flat slot of each segment's last token (an empty segment, e.g. a sequence still in
         # its left padding, points at its first slot and copies nothing: it has no drop)
-        last = self.offsets + (common - 1) if common is not None else self.offsets + (self._lens - 1).clamp(min=0)
+        last = self._common_consts(common - 1)[1] if common is not None \
+            else self.offsets + (self._lens - 1).clamp(min=0)
         if n_drop == self.n_seg:
             hole = self.offsets + row_slot
         else:
             hole = torch.where(drop, self.offsets + row_slot, last)  # rows without a drop copy onto themselves
-        for t in (self.k, self.v, self.pos, *self.aux.values()):
-            t.index_copy_(0, hole, t.index_select(0, last))
+        new, self._decode_new = self._decode_new, None
+        if new is not None and new[0] is last:
+            # every segment's last slot holds the token this step's append wrote there (same length
+            # tensor object => no other change since): copy K, V, position from the append's inputs;
+            # aux from the store (the policy may have set the new token's fields)
+            for t, src in zip((self.k, self.v, self.pos), new[1:], strict=True):
+                t.index_copy_(0, hole, src)
+            for t in self.aux.values():
+                t.index_copy_(0, hole, t.index_select(0, last))
+        else:
+            for t in (self.k, self.v, self.pos, *self.aux.values()):
+                t.index_copy_(0, hole, t.index_select(0, last))
         # evicting only frees slots, so the old free_min stays a valid lower bound; one token from
         # every segment keeps equal lengths equal
         if n_drop == self.n_seg:
-            self._set_lens(self._lens - 1, self.kept_total - n_drop, self.free_min,
-                           None if common is None else common - 1)
+            self._set_lens(self._lens - 1 if common is None else self._common_consts(common - 1)[0],
+                           self.kept_total - n_drop, self.free_min, None if common is None else common - 1)
         else:
             self._set_lens(self._lens - drop.long(), self.kept_total - n_drop, self.free_min)
         self._maybe_shrink()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from nats_model.cache import KVCache, LayerStore
+from nats_model.decode_attention import attend_uniform_decode, uniform_decode_ready
 from nats_model.policies.base import Policy, Step
 from nats_model.prefill_attention import (
     DEFAULT_OBSERVE_BLOCK,
@@ -85,25 +86,33 @@ class KVEngine:
             st["seen_seg"] = self.cache.seen_per_segment(Hkv)
         store = self.cache.layer(layer_idx, k)
         k_new, v_new = k.reshape(n_seg, T, hd), v.reshape(n_seg, T, hd)
+        capacity = store.capacity
         new_slots = store.append(k_new, v_new, st["pos_seg"], st["valid_seg"], st["all_valid"])
-        self._track_peak(store)
+        if store.capacity != capacity or store.relayout_old_bytes:  # K/V bytes change only by a relayout
+            self._track_peak(store)
         qs = q.reshape(n_seg, g, T, hd)
         scale = hd ** -0.5 if scale is None else scale
         step = Step(layer=layer_idx, prefill=st["prefill"], last_prefill=st["last"],
                     seen=st["seen_seg"], q_pos=st["pos_seg"], q_valid=st["valid_seg"],
                     new_slots=new_slots, attn_sum=None, probs=None, type_logits=type_logits,
                     q=qs, k_new=k_new, v_new=v_new, n_kv_heads=Hkv)
-        visible = self.policy.visible(store, step) if self.policy.masks_attention else None
-        out, step.attn_sum, step.probs = attend_store(
-            store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"], scale, sliding_window,
-            self.policy.observe, decode=not st["prefill"], visible=visible,
-            probs_rows=self.policy.probs_rows, observe_block=self.observe_block, chunk_in_order=True)
+        if uniform_decode_ready(store, T, st["prefill"], st["all_valid"], sliding_window,
+                                self.policy.masks_attention):  # the usual decode step: no masks at all
+            out, step.attn_sum, step.probs = attend_uniform_decode(store, qs, scale, self.policy.observe)
+        else:
+            visible = self.policy.visible(store, step) if self.policy.masks_attention else None
+            out, step.attn_sum, step.probs = attend_store(
+                store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"], scale, sliding_window,
+                self.policy.observe, decode=not st["prefill"], visible=visible,
+                probs_rows=self.policy.probs_rows, observe_block=self.observe_block, chunk_in_order=True)
         keep = self.policy.select(store, step)
         if keep is not None:
+            capacity = store.capacity
             dropped = store.evict_one(keep) if keep.dtype == torch.long else store.compact(keep)
             if dropped:
                 self.policy.after_compact(store, step)
-                self._track_peak(store)
+                if store.capacity != capacity or store.relayout_old_bytes:
+                    self._track_peak(store)
         return out.view(B, Hq, T, hd)
 
 

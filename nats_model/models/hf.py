@@ -20,10 +20,13 @@ import contextvars
 
 import torch
 
+from nats_model.models.hf_decode import lean_decode_problem, lean_llama_forward
+
 ATTN_IMPLEMENTATION = "natsbench_kv"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _ENGINE: contextvars.ContextVar = contextvars.ContextVar("natsbench_kv_engine", default=None)
 _registered = False
+_MASK_BUILT_BY_ENGINE = torch.ones(1, 1, 1, 1, dtype=torch.bool)  # see HFAdapter.forward
 
 
 def _engine_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -68,6 +71,7 @@ class HFAdapter:
         rope_type = rope.get("rope_type", "default")
         # re-rotating cached keys by a position delta is exact only for plain RoPE
         self.rope_theta = rope.get("rope_theta") if rope_type == "default" else None
+        self.lean_decode = False  # set per session (hooks may be attached after the adapter is made)
 
     @contextlib.contextmanager
     def session(self, engine):
@@ -75,6 +79,8 @@ class HFAdapter:
         previous = self.model.config._attn_implementation
         self.model.set_attn_implementation(ATTN_IMPLEMENTATION)
         token = _ENGINE.set(engine)
+        # one-token steps skip transformers' module machinery where that is known to be exact
+        self.lean_decode = lean_decode_problem(self.model) is None
         try:
             yield self
         finally:
@@ -85,8 +91,13 @@ class HFAdapter:
         """ids, positions (B, T) -> logits (B, T, V), or (B, k, V) for the last k = `logits_to_keep`
         positions only (0: all). A prefill chunk needs only its last position's logits: with a 128k
         vocabulary every position costs 512 KB in float32, a 512-token chunk 256 MB per sequence."""
-        return self.model(input_ids=ids, position_ids=positions, use_cache=False,
-                          logits_to_keep=logits_to_keep).logits
+        if self.lean_decode and ids.shape[1] == 1:
+            return lean_llama_forward(self.model, ids, positions, engine)
+        # A 4-D attention_mask is final for transformers' mask construction, which then returns at
+        # once: without it, every call (each decode step) scans position_ids for packed sequences,
+        # ~8 tensor ops. The engine's attention function ignores the mask and builds its own.
+        return self.model(input_ids=ids, position_ids=positions, attention_mask=_MASK_BUILT_BY_ENGINE,
+                          use_cache=False, logits_to_keep=logits_to_keep).logits
 
 
 class GPTAdapter:

@@ -58,8 +58,8 @@ class StreamingLLMPolicy(Policy):
 
     def _split(self, seen: torch.Tensor) -> tuple:
         """Once per step (all layers share `seen`): sinks, recent, their sum (the kept count), the
-        position that leaves the recent window when one more token arrives, min(recent), and the
-        kept count when all segments share it (else -1)."""
+        position that leaves the recent window when one more token arrives (n_seg, 1), min(recent),
+        and the kept count when all segments share it (else -1)."""
         cached = self.__dict__.get("_split_cache")
         if cached is None or cached[0] is not seen:
             keep = self.budget_for(seen).minimum(seen)
@@ -67,7 +67,8 @@ class StreamingLLMPolicy(Policy):
             recent = keep - sinks
             lo, hi = (int(x) for x in keep.aminmax()) if keep.numel() else (0, 0)
             common = lo if lo == hi else -1  # the kept count when every segment has the same
-            cached = (seen, sinks, recent, keep, seen - recent - 1, int(recent.min()) if recent.numel() else 0, common)
+            cached = (seen, sinks, recent, keep, (seen - recent - 1)[:, None], int(recent.min()) if recent.numel() else 0,
+                      common)
             self.__dict__["_split_cache"] = cached
         return cached[1:]
 
@@ -90,7 +91,7 @@ class StreamingLLMPolicy(Policy):
         if most == 1 and min_recent > 0:
             # Decode fast path: at most one token over per segment, and it can only be the one that
             # just left the recent window (position seen - recent - 1): name its slot directly.
-            hit = pos == leaving[:, None]  # (n_seg, row_cap)
+            hit = pos == leaving  # (n_seg, row_cap)
             if over is None:  # all segments drop one
                 found = hit.nonzero()  # (hits, 2) in row order; positions are unique within a segment
                 if found.shape[0] == hit.shape[0]:  # so one hit in every row

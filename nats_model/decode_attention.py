@@ -1,0 +1,62 @@
+"""The engine's one-token decode attention, without the general path's preamble.
+
+At a small kept budget a decode step reads few keys, so what it costs is per-call overhead (a few
+microseconds per tensor op on a CPU, plus the Python around it), not arithmetic. The general
+`nats_model.generate.attend_store` handles padding, sliding windows, policy visibility masks and
+segments of different capacities; in the usual decode state none of that applies: every sequence
+adds one real token, and the layer's store is uniform with every segment holding the same count
+(StreamingLLM, SnapKV after the prompt, full cache, and H2O / TOVA / NAtS while their heads keep
+equal counts). Then the occupied slots are exactly the first `common_len` of every row and the
+attention is one call over a strided view of the store, with no mask.
+
+The arithmetic is the general path's, op for op (the same SDPA call on the same views, or the same
+baddbmm / softmax / bmm when the policy observes attention), so outputs are bitwise the same.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nats_model.cache import LayerStore
+
+
+def uniform_decode_ready(store: LayerStore, T: int, prefill: bool, all_valid: bool,
+                         sliding_window: int | None, masks_attention: bool) -> bool:
+    """True when `attend_uniform_decode` computes what `attend_store` would for this step (called
+    after the step's tokens are appended)."""
+    return (T == 1 and not prefill and all_valid and sliding_window is None and not masks_attention
+            and store.uniform and store.common_len() > 0)
+
+
+def _row_views(store: LayerStore) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v as (n_seg, 1, row_cap, hd) views, kept on the store until a relayout replaces its buffers."""
+    cached = store.__dict__.get("_decode_row_views")
+    if cached is None or cached[0] is not store.k or cached[1] is not store.v:
+        shape = (store.n_seg, 1, store.row_cap, store.head_dim)
+        cached = (store.k, store.v, store.k.view(shape), store.v.view(shape))
+        store.__dict__["_decode_row_views"] = cached
+    return cached[2], cached[3]
+
+
+def attend_uniform_decode(store: LayerStore, q: torch.Tensor, scale: float, observe: str
+                          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """q (n_seg, g, 1, hd) over the first `common_len` slots of every row -> out (n_seg, g, 1, hd),
+    attn_sum (n_seg, row_cap) when observe == "sum", probs (n_seg, g, 1, common_len) when "probs"
+    (slots past common_len are unoccupied: the `Step.probs` contract)."""
+    n_seg, g, _, hd = q.shape
+    used = store.common_len()
+    K4, V4 = _row_views(store)
+    if observe == "none":
+        # the group's query heads become query rows: q (n_seg, 1, g, hd) over K (n_seg, 1, used, hd)
+        o = F.scaled_dot_product_attention(q.view(n_seg, 1, g, hd), K4[:, :, :used], V4[:, :, :used], scale=scale)
+        return o.view(n_seg, g, 1, hd), None, None  # o (n_seg, 1, g, hd)
+    K, V = K4[:, 0, :used], V4[:, 0, :used]  # (n_seg, used, hd): strided views, no copy
+    qg = q.view(n_seg, g, hd)
+    s = torch.baddbmm(qg.new_empty(()), qg, K.transpose(1, 2), beta=0.0, alpha=scale).float()  # (n_seg, g, used)
+    p = torch.softmax(s, dim=-1)
+    o = torch.bmm(p.to(V.dtype), V)  # (n_seg, g, hd)
+    p4 = p.view(n_seg, g, 1, used)
+    if observe == "sum":
+        return o.view(n_seg, g, 1, hd), F.pad(p4.sum(dim=(1, 2)), (0, store.row_cap - used)), None
+    return o.view(n_seg, g, 1, hd), None, p4
