@@ -81,8 +81,9 @@ class TokenizedBatchMaker:
         self.data = data
         self.tok = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if self.pad_id is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token (needed to pad rows)")
+        if self.pad_id is None:  # e.g. a plain byte-level vocabulary: pad with the end marker, as BatchMaker
+            # does (padded targets are ignored and causal attention never lets them reach a real position)
+            self.pad_id = self.encode(ANSWER_END)[-1]
         self.corpus = (TextCorpus.load(split, data.text_dir, max_bytes=data.text_max_bytes)
                        if data.text_weight > 0 else None)
         self.local = {f"local:{Path(p).name}": read_local_rows(p) for p, _ in local}

@@ -11,30 +11,11 @@ FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 64, 2, 4, 2, 16
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map (what the ByteLevel pre-tokenizer emits)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), 256))
-    cs, extra = bs[:], 0
-    for b in range(256):
-        if b not in bs:  # unprintable bytes go to 256, 257, ... in byte order
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 def byte_tokenizer():
     """A `PreTrainedTokenizerFast` with one token per UTF-8 byte (id = byte value) plus <s>, </s>, <pad>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from nats_model.models.gpt_to_llama import byte_level_tokenizer
 
-    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}  # byte b -> id b
-    for i, special in enumerate(("<s>", "</s>", "<pad>")):
-        vocab[special] = 256 + i
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    return byte_level_tokenizer(special_tokens=True)
 
 
 def tiny_model(kind: str, seed: int = 0, vocab_size: int = 259, **overrides):
