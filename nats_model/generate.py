@@ -95,7 +95,7 @@ class KVEngine:
         step = Step(layer=layer_idx, prefill=st["prefill"], last_prefill=st["last"],
                     seen=st["seen_seg"], q_pos=st["pos_seg"], q_valid=st["valid_seg"],
                     new_slots=new_slots, attn_sum=None, probs=None, type_logits=type_logits,
-                    q=qs, k_new=k_new, v_new=v_new, n_kv_heads=Hkv)
+                    q=qs, k_new=k_new, v_new=v_new, n_kv_heads=Hkv, scale=scale)
         if uniform_decode_ready(store, T, st["prefill"], st["all_valid"], sliding_window,
                                 self.policy.masks_attention):  # the usual decode step: no masks at all
             out, step.attn_sum, step.probs = attend_uniform_decode(store, qs, scale, self.policy.observe)

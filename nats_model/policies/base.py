@@ -62,6 +62,7 @@ class Step:
     k_new: torch.Tensor
     v_new: torch.Tensor
     n_kv_heads: int = 0  # KV heads per sequence (segment s = b * n_kv_heads + h); 0 = not given
+    scale: float = 0.0  # the attention's softmax scale (0 = not given: head_dim ** -0.5)
 
 
 @dataclass

@@ -59,24 +59,32 @@ class SnapKVPolicy(Policy):
 
     def reset(self) -> None:
         super().reset()
-        # per layer: (n_seg, <= window_size, row_cap) attention rows of the latest prompt queries
-        self.__dict__["_window_rows"] = {}
+        # per layer: the latest <= window_size prompt queries of earlier chunks, (q (n_seg, g, n, hd),
+        # q_pos, q_valid (n_seg, n)). Kept instead of their attention rows (n_seg, n, row_cap), which
+        # grow with the cache; recomputed only when the last chunk is shorter than the window.
+        self.__dict__["_window_queries"] = {}
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         if not step.prefill:
             return None  # decode: appended, never evicted
-        rows = step.probs.sum(1)  # (n_seg, T, row_cap): summed over the GQA group, zero for padding queries
-        buf = self.__dict__["_window_rows"]
-        prev = buf.get(step.layer)
-        if prev is not None:  # no eviction during prefill, so row j of a segment is still the same token
-            width = max(prev.shape[2], rows.shape[2])
-            prev = F.pad(prev, (0, width - prev.shape[2]))
-            rows = torch.cat([prev, F.pad(rows, (0, width - rows.shape[2]))], 1)
-        rows = rows[:, -self.window_size:]
+        W = self.window_size
+        buf = self.__dict__["_window_queries"]
+        prev = buf.pop(step.layer, None)
         if not step.last_prefill:
-            buf[step.layer] = rows
+            latest = (step.q[:, :, -W:], step.q_pos[:, -W:], step.q_valid[:, -W:])
+            if prev is not None and step.q.shape[2] < W:  # this chunk alone does not fill the window
+                latest = (torch.cat([prev[0], latest[0]], 2)[:, :, -W:], torch.cat([prev[1], latest[1]], 1)[:, -W:],
+                          torch.cat([prev[2], latest[2]], 1)[:, -W:])
+            buf[step.layer] = tuple(x.clone() for x in latest)  # not views: the chunk's tensors can go
             return None
-        buf.pop(step.layer, None)
+        rows = step.probs.sum(1)[:, -W:]  # (n_seg, <= W, P): summed over the GQA group, zero for padding queries
+        need = W - rows.shape[1]
+        if prev is not None and need > 0:  # the window reaches back into earlier chunks
+            prev_rows = self._attention_rows(store, *(x[:, :, -need:] if x.dim() == 4 else x[:, -need:] for x in prev),
+                                             step.scale or step.q.shape[-1] ** -0.5)
+            width = max(prev_rows.shape[2], rows.shape[2])
+            rows = torch.cat([F.pad(prev_rows, (0, width - prev_rows.shape[2])),
+                              F.pad(rows, (0, width - rows.shape[2]))], 1)
         lens, budget = store.lens, self.step_budget(step)
         if bool((lens <= budget).all()):
             return None
@@ -104,3 +112,17 @@ class SnapKVPolicy(Policy):
         keep = torch.empty_like(keep_sorted)
         keep.scatter_(1, order, keep_sorted)
         return keep | ((lens <= budget)[:, None] & store.valid_rows())  # short prompts: all kept
+
+    @staticmethod
+    def _attention_rows(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_valid: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+        """Attention rows (n_seg, n, row_cap) of earlier prompt queries q (n_seg, g, n, hd), summed over
+        the GQA group, as the engine computed them then: nothing is evicted before the end of the
+        prompt, so the keys each saw (occupied slots at positions <= its own) are all still stored."""
+        K = store.rows(store.k)  # (n_seg, row_cap, hd)
+        n_seg, g, n, hd = q.shape
+        s = torch.bmm(q.reshape(n_seg, g * n, hd), K.transpose(1, 2)).float().mul_(scale).view(n_seg, g, n, -1)
+        pos = store.rows(store.pos, fill=-1)
+        seen = store.valid_rows()[:, None, :] & (pos[:, None, :] <= q_pos[:, :, None])  # (n_seg, n, row_cap)
+        p = torch.softmax(s.masked_fill(~seen[:, None], float("-inf")), dim=-1)
+        return torch.where(q_valid[:, None, :, None] & seen[:, None], p, 0.0).sum(1)  # padding queries: zero
