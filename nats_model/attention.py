@@ -289,19 +289,13 @@ def nats_attention_reference(
 
 
 def _triton_impl():
-    """The Triton kernel entry point if importable (CUDA builds), else None."""
+    """The Triton kernel entry point (`nats_model.kernels`, which imports triton only on first
+    call), or None where the kernels package cannot be imported."""
     try:
-        from nats_model import kernels
-        fn = getattr(kernels, "nats_attention_triton", None)
-        if fn is None:
-            import importlib
-
-            fn = importlib.import_module("nats_model.kernels.nats_attention_triton")
-        if not callable(fn):  # a module of the same name: take its function
-            fn = getattr(fn, "nats_attention_triton", None)
-        return fn if callable(fn) else None
+        from nats_model.kernels import nats_attention_triton
     except ImportError:
         return None
+    return nats_attention_triton
 
 
 def nats_attention(

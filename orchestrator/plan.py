@@ -115,10 +115,7 @@ class Plan:
 def build_cells(spec: SweepSpec) -> list[Cell]:
     """Cells with run keys; duplicate configs (the same grid listed twice, or `128` and
     `"128"` for one int parameter) collapse."""
-    try:
-        from services.store import run_key
-    except ImportError:  # the package re-exports it; keys is where it lives
-        from services.store.keys import run_key
+    from services.store import run_key
 
     seen: dict[str, Cell] = {}
     for config in expand(spec):

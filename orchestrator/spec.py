@@ -127,26 +127,16 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
     return problems
 
 
-def _policy_names() -> list[str] | None:
-    try:
-        from nats_model import policies
-    except ImportError:
-        return None
-    fn = getattr(policies, "available", None)
-    return sorted(fn()) if callable(fn) else None
+def _policy_names() -> list[str]:
+    from nats_model import policies
+
+    return sorted(policies.available())
 
 
-def _workload_names() -> list[str] | None:
-    try:
-        from services import workloads
-    except ImportError:
-        return None
-    for attr in ("available", "names", "list_workloads"):
-        fn = getattr(workloads, attr, None)
-        if callable(fn):
-            return sorted(fn())
-    registry = getattr(workloads, "REGISTRY", None) or getattr(workloads, "WORKLOADS", None)
-    return sorted(registry) if isinstance(registry, dict) else None
+def _workload_names() -> list[str]:
+    from services import workloads
+
+    return sorted(workloads.available())
 
 
 def _axis(value: Any) -> list[Any]:
@@ -249,7 +239,7 @@ def check_semantics(spec: SweepSpec) -> list[str]:
             _check_adapter(i, m, problems)
     policy_names = _policy_names()
     for i, p in enumerate(spec.policies):
-        if policy_names is not None and p.name not in policy_names:
+        if p.name not in policy_names:
             problems.append(
                 f"policies[{i}].name: unknown policy {p.name!r}; allowed: {', '.join(policy_names)}"
             )
@@ -261,16 +251,16 @@ def check_semantics(spec: SweepSpec) -> list[str]:
         before = len(problems)
         _check_grid(f"policies[{i}].params", p.params, problems)
         _check_budgets(f"policies[{i}].params", p.params, problems)
-        if policy_names is not None and p.name in policy_names and len(problems) == before:
+        if p.name in policy_names and len(problems) == before:
             _check_policy_params(i, p, problems)
     workload_names = _workload_names()
     for i, w in enumerate(spec.workloads):
-        if workload_names is not None and w.name not in workload_names:
+        if w.name not in workload_names:
             problems.append(
                 f"workloads[{i}].name: unknown workload {w.name!r}; allowed: {', '.join(workload_names)}"
             )
         _check_grid(f"workloads[{i}].params", w.params, problems)
-        if workload_names is not None and w.name in workload_names:
+        if w.name in workload_names:
             _check_workload_params(i, w, problems)
     for i, w in enumerate(spec.workloads):
         _check_declared("n_examples", w.examples, f"workloads[{i}].examples", problems)

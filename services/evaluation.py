@@ -352,11 +352,9 @@ def build_policy(name: str, params: dict):
     return policies.build(name, **params)
 
 
-def _run_key(cfg: dict) -> str | None:
-    try:
-        from services.store import run_key
-    except ImportError:
-        return None
+def _run_key(cfg: dict) -> str:
+    from services.store import run_key
+
     return run_key({k: cfg[k] for k in _config_keys(cfg)})
 
 

@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     missing = missing_models(spec)
     if missing:
-        print(f"natsbench demo: reference model(s) {', '.join(missing)} not built yet (models/<name>/ with "
-              "config.json; they come from issue #5: `natsbench train` / `natsbench finetune`)", file=sys.stderr)
+        print(f"natsbench demo: model(s) {', '.join(missing)} not found: neither a folder, a shipped model "
+              "(models/<name>/config.json) nor a random: test model", file=sys.stderr)
         present = [m for m in spec.models if m.name not in missing]
         if not present:
             print("natsbench demo: no model of the demo sweep exists, nothing to run", file=sys.stderr)
@@ -119,11 +119,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if os.environ.get("NO_DASHBOARD") == "1":
         return 1 if result.failed else 0
-    try:
-        from orchestrator.commands import dashboard
-    except ImportError:
-        print("natsbench demo: the dashboard (issue #7) is not built yet; results are in "
-              f"{args.db} (`natsbench results`)", file=sys.stderr)
-        return 1 if result.failed else 0
+    from orchestrator.commands import dashboard
+
     print(f"natsbench demo: dashboard on http://127.0.0.1:{args.port} (Ctrl-C stops)", file=sys.stderr)
     return dashboard.serve(args.db, host="127.0.0.1", port=args.port)

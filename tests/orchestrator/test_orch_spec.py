@@ -131,7 +131,7 @@ def test_demo_says_plainly_when_no_model_exists(tmp_path, capsys, monkeypatch):
     db = tmp_path / "demo.sqlite"
     assert main(["demo", "--config", str(cfg), "--db", f"sqlite:///{db}"]) == 2
     err = capsys.readouterr().err
-    assert "no-such-model not built yet" in err and not db.exists()
+    assert "model(s) no-such-model not found" in err and not db.exists()
 
 
 def test_policy_models_restricts_the_policy_to_those_models():
