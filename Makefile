@@ -10,7 +10,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install system-deps test demo lint clean bench
+.PHONY: install system-deps test demo lint clean bench bench-kvpress
 
 install: $(STAMP)
 
@@ -54,6 +54,26 @@ demo: install
 # benchmarks/results/ (QUICK=1: the quick variants, under 15 minutes on a 2-core CPU).
 bench: install
 	$(PY) benchmarks/run_all.py $(if $(QUICK),--quick,)
+
+# natsbench next to NVIDIA kvpress (benchmarks/vs_kvpress.py). kvpress 0.5.5 pins transformers<5.3,
+# so it gets its own venv, CPU torch first (from the local wheel cache, as for .venv); installing and
+# benchmarking take the shared heavy-job lock. A failed install leaves the benchmark to print why it
+# skips. BENCH_ARGS: e.g. --quick.
+KVPRESS_VENV ?= .venv-kvpress
+KVPRESS_STAMP := $(KVPRESS_VENV)/.kvpress-installed
+HEAVY_LOCK ?= /tmp/natsbench-heavy.lock
+
+$(KVPRESS_STAMP):
+	flock $(HEAVY_LOCK) bash -c 'set -e; test -x $(KVPRESS_VENV)/bin/python || $(PYTHON) -m venv $(KVPRESS_VENV); \
+	  $(KVPRESS_VENV)/bin/python -m pip install -q --upgrade pip; \
+	  $(KVPRESS_VENV)/bin/python -m pip install -q torch==2.13.0; \
+	  $(KVPRESS_VENV)/bin/python -m pip install -q kvpress==0.5.5'
+	@$(KVPRESS_VENV)/bin/python -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed: ' + torch.__version__"
+	@touch $@
+
+bench-kvpress: install
+	-@$(MAKE) --no-print-directory $(KVPRESS_STAMP)
+	flock $(HEAVY_LOCK) $(PY) benchmarks/vs_kvpress.py --kvpress-python $(KVPRESS_VENV)/bin/python $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache results test-artifacts
