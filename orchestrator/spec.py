@@ -9,7 +9,7 @@ A sweep file (YAML or JSON) looks like::
       - {name: full}
       - {name: streaming_llm, params: {budget: [0.1, 0.5]}}
     workloads:
-      - {name: passkey, params: {context_len: [256, 512]}, examples: 4}
+      - {name: passkey, params: {context_length: [256, 512]}, examples: 4}
     seeds: [0]
     resources: {workers: 2, gpus_per_worker: 0}
 

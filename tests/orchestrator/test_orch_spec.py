@@ -149,3 +149,16 @@ def test_policy_models_must_name_models_of_the_sweep():
         parse_spec(base_spec(policies=[{"name": "full", "models": ["tiny-bse"]}]))
     assert "policies[0].models[0]: unknown model 'tiny-bse'" in str(err.value)
     assert "random:tiny-gpt" in str(err.value)
+
+
+def test_the_example_in_the_spec_docstring_is_a_valid_sweep():
+    import textwrap
+
+    from orchestrator import spec as spec_module
+
+    doc = spec_module.__doc__
+    start = doc.index("name: smoke")
+    end = doc.index("\n", doc.index("resources:", start))
+    parsed = parse_spec(yaml.safe_load(textwrap.dedent("    " + doc[start:end])))
+    assert parsed.workloads[0].params == {"context_length": [256, 512]}
+    assert len(build_cells(parsed)) == 2 * 3  # two context lengths x (full + two budgets)

@@ -38,7 +38,7 @@ def _make_config(seed: int = 0, **overrides) -> dict:
         "policy": "streaming_llm",
         "policy_params": {"budget": 0.25, "sink": 4},
         "workload": "passkey",
-        "workload_params": {"context_len": 256},
+        "workload_params": {"context_length": 256},
         "n_examples": 8,
         "seed": seed,
         "device": "cpu",

@@ -24,7 +24,7 @@ def test_same_config_same_key_whatever_the_key_order(make_config):
         ("seed", 1),
         ("policy_params", {"budget": 0.5, "sink": 4}),
         ("dtype", "bfloat16"),
-        ("workload_params", {"context_len": 512}),
+        ("workload_params", {"context_length": 512}),
         ("n_examples", 9),
     ],
 )
