@@ -1,8 +1,10 @@
 """`services.evaluation`: load_model, run_cell records (done and failed), environment."""
 
 import json
+import math
 
 import pytest
+import torch
 
 from services import evaluation, workloads
 from services.evaluation import load_model, run_cell
@@ -93,7 +95,15 @@ def test_lm_text_reports_perplexity_not_accuracy(gpt):
     assert rec["accuracy"] is None
     extras = rec["extras"]
     assert extras["scored_tokens"] + extras["nll_nan_tokens"] == 47
-    assert 1.0 < extras["ppl"] < 1000 and extras["nll"] == pytest.approx(__import__("math").log(extras["ppl"]))
+    # With a full cache the streamed scoring equals one dense forward over the same tokens.
+    params = workloads.get("lm_text").validate({"context_length": 48, "chunk_size": 8})
+    inst = workloads.get("lm_text").instances(params, 1, 0, count_tokens=gpt.count_tokens)[0]
+    ids = torch.tensor([gpt.encode(inst.prompt)[: inst.meta["max_tokens"]]])
+    with torch.no_grad():
+        logits, _ = gpt.model(ids)
+    dense_nll = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()
+    assert extras["nll"] == pytest.approx(dense_nll, rel=1e-4)
+    assert extras["ppl"] == pytest.approx(math.exp(dense_nll), rel=1e-4)
     # the scorer reports the cache: a full cache keeps every fed token
     assert rec["kept_fraction"] == 1.0 and rec["kv_bytes_full"] > 0
     assert rec["kv_bytes_full"] <= rec["kv_bytes_physical"] <= 1.06 * rec["kv_bytes_full"]

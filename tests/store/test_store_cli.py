@@ -9,7 +9,6 @@ import json
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.commands import results as results_command
 from services.store import RUN_FIELDS, RUN_STATUSES, Store
 from services.store.schema import HEAD_REVISION
 
@@ -86,5 +85,16 @@ def test_results_unreachable_and_bad_arguments(capsys):
     assert main(["db"]) == 2
 
 
-def test_cli_statuses_match_the_store():
-    assert results_command.RUN_STATUSES == RUN_STATUSES
+def test_results_filters_by_every_status_the_store_has(store_url, make_config, make_record, capsys):
+    from services.store import run_key
+
+    _fill(store_url, make_config, make_record)  # seed 0 done, seed 1 failed, seed 2 pending
+    with Store(store_url) as store:
+        store.ensure_runs("grid", [make_config(seed=5)])
+        assert store.claim(run_key(make_config(seed=2)))
+    expected = {"pending": [5], "running": [2], "done": [0, 9], "failed": [1]}
+    assert set(expected) == set(RUN_STATUSES)
+    for status in RUN_STATUSES:
+        assert main(["results", "--db", store_url, "--format", "json", "--status", status]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert sorted(r["seed"] for r in rows) == expected[status] and {r["status"] for r in rows} == {status}
