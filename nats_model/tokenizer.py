@@ -31,10 +31,6 @@ class ByteTokenizer:
             raise ValueError(f"token ids must be in [0, {VOCAB_SIZE}), got {bad[:5]}")
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
-    def encode_tensor(self, text: str) -> torch.Tensor:
-        """(T,) int64 tensor of the bytes of `text`."""
-        return torch.tensor(self.encode(text), dtype=torch.long)
-
 
 def n_tokens(text: str) -> int:
     """Number of tokens of `text` under the byte-level tokenizer (its UTF-8 length)."""

@@ -231,9 +231,6 @@ class GPT(nn.Module):
             fracs.append(kept_fraction_of(types, self.config.window, self.config.chunk_size, n_tokens).mean())
         return float(torch.stack(fracs).mean()) if fracs else None
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
         """Write `config.json` and `model.safetensors` (optionally cast to `dtype`) into folder `path`."""
         from safetensors.torch import save_file

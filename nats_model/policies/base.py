@@ -20,7 +20,6 @@ unless `aux_dtypes` gives a field another dtype).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -158,7 +157,3 @@ class Policy:
 def recent_mask(pos_rows: torch.Tensor, seen: torch.Tensor, n_recent: torch.Tensor) -> torch.Tensor:
     """(n_seg, row_cap) True for the `n_recent (n_seg,)` most recent original positions."""
     return pos_rows >= (seen - n_recent)[:, None]
-
-
-def ceil_frac(x: float) -> int:
-    return math.ceil(x - 1e-9)
