@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from orchestrator.commands.common import DEFAULT_DB_URL
+from orchestrator.commands.common import DEFAULT_DB_URL, checked_db_url
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -105,9 +105,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"natsbench demo: running the sweep with {', '.join(m.name for m in present)} only",
               file=sys.stderr)
         spec = spec.model_copy(update={"models": present})
+    from services.store import StoreError
+
+    if checked_db_url(args.db, "demo") is None:
+        return 2
     if args.db.startswith("sqlite:///results/"):
         Path("results").mkdir(exist_ok=True)
-    store = open_store(args.db)
+    try:
+        store = open_store(args.db)
+    except StoreError as exc:  # another application's database, unreachable server: nothing written
+        print(f"natsbench demo: --db: {exc}", file=sys.stderr)
+        return 2
     print(f"natsbench demo: sweep {spec.name} ({args.config}) into {args.db}", file=sys.stderr)
     result = run_sweep(spec, args.db, workers=args.workers, store=store)
     # Only this file's cells: a sweep keeps the rows of cells an earlier version of the file had.

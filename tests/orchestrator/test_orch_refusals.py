@@ -239,3 +239,11 @@ def test_a_foreign_postgresql_schema_gets_no_natsbench_tables(pg_url, tmp_path, 
     with engine.connect() as conn:
         assert sa.inspect(conn).get_table_names() == ["runs"]
     engine.dispose()
+
+
+def test_demo_refuses_a_foreign_database_in_one_line(tmp_path, capsys):
+    db = _foreign_sqlite(tmp_path / "other-app.sqlite")
+    before = _sha(db)
+    line = _refused(capsys, ["demo", "--config", _sweep_file(tmp_path), "--db", f"sqlite:///{db}"])
+    assert "is not a natsbench store and not empty" in line
+    assert _sha(db) == before
