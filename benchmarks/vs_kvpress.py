@@ -201,8 +201,10 @@ def ours_side(spec: dict, workdir: Path) -> dict:
 
             tok = logits.argmax(-1)
             times, cpu, tokens = timed_decode(step, tok, L, spec["warmup"], spec["steps"])
+            # what of a step is the engine's (append, attention, eviction), on further untimed steps
+            engine_s = engine_share(engine, step, torch.tensor([tokens[-1]]), L + len(tokens), spec["steps"])
         out["policies"][name] = {"prefill_s": prefill_s, "decode_ms": median_ms(times), "decode_times_s": times,
-                                 "decode_cpu_s": cpu,
+                                 "decode_cpu_s": cpu, "engine_ms": 1e3 * engine_s,
                                  "tokens": tokens, "kept_after_prefill": kept_len,
                                  "kept_positions": positions_by_head(kept)}
     # transformers' own decode (DynamicCache, sdpa) at the same kept length, in this venv (the same
@@ -220,6 +222,29 @@ def ours_side(spec: dict, workdir: Path) -> dict:
         times, cpu, _ = timed_decode(hf_step, tok, L, spec["warmup"], spec["steps"])
     out["hf_dynamic_ms"], out["hf_dynamic_cpu_ms"] = median_ms(times), median_ms(cpu)
     return out
+
+
+def engine_share(engine, step, tok: torch.Tensor, start_pos: int, steps: int) -> float:
+    """Median CPU seconds per decode step spent inside `engine.attend` (all layers)."""
+    attend, spent = engine.attend, [0.0]
+
+    def timed_attend(*args, **kwargs):
+        c0 = time.thread_time()
+        try:
+            return attend(*args, **kwargs)
+        finally:
+            spent[0] += time.thread_time() - c0
+
+    engine.attend = timed_attend  # an instance attribute: this engine only, removed below
+    per_step = []
+    try:
+        for i in range(steps):
+            spent[0] = 0.0
+            tok = step(tok, start_pos + i).argmax(-1)
+            per_step.append(spent[0])
+    finally:
+        del engine.attend
+    return statistics.median(per_step)
 
 
 # ---------------------------------------------------------------- driver
@@ -308,6 +333,9 @@ def summarize(spec: dict, kv_runs: list[dict], our_runs: list[dict], wall_s: flo
         summary["decode_ms_ours_over_kvpress_10pct"] = summary["streaming_llm_decode_ms_ours_over_kvpress"]
         summary["decode_cpu_ms_ours_over_kvpress_10pct"] = summary["streaming_llm_decode_cpu_ms_ours_over_kvpress"]
         summary["streaming_kept_sets_equal"] = summary["streaming_llm_kept_sets_equal"]
+    for name in spec["policies"]:
+        summary[f"{name}_engine_cpu_ms_ours"] = round(statistics.median(r["policies"][name]["engine_ms"]
+                                                                        for r in our_runs), 3)
     summary["hf_dynamic_ms_ours_venv"] = round(statistics.median(r["hf_dynamic_ms"] for r in our_runs), 3)
     summary["hf_dynamic_cpu_ms_ours_venv"] = round(statistics.median(r["hf_dynamic_cpu_ms"] for r in our_runs), 3)
     summary["wall_s"] = round(wall_s, 1)
@@ -318,6 +346,8 @@ def summarize(spec: dict, kv_runs: list[dict], our_runs: list[dict], wall_s: flo
     for name, kv_ms, our_ms, kv_cpu, our_cpu, kv_p, our_p, equal, overlap in rows:
         print(f"{name:<15}{kv_ms:>11.2f}{our_ms:>9.2f}{our_ms / kv_ms:>9.3f}{kv_cpu:>10.2f}{our_cpu:>11.2f}"
               f"{our_cpu / kv_cpu:>12.3f}{kv_p:>13.2f}{our_p:>14.2f}{str(equal):>11}{overlap:>9.4f}")
+    print("of our step, inside the KV engine (append, attention, eviction; cpu ms): "
+          + ", ".join(f"{n} {summary[f'{n}_engine_cpu_ms_ours']:.2f}" for n in spec["policies"]))
     print(f"transformers' own DynamicCache decode at {summary['n_kept']} tokens in our venv (transformers "
           f"{summary['versions']['ours']['transformers']}): {summary['hf_dynamic_ms_ours_venv']:.2f} ms "
           f"(cpu {summary['hf_dynamic_cpu_ms_ours_venv']:.2f} ms)")
