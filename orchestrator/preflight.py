@@ -33,14 +33,41 @@ def check_address(address: str | None, timeout_s: float = ADDRESS_CONNECT_TIMEOU
     if match is None or not 1 <= int(match["port"]) <= 65535:
         return f"malformed --address {address!r}; expected {ADDRESS_FORMS}"
     host, port = match["ip6"] or match["host"], int(match["port"])
+    reason = _reachable(host, port, timeout_s)
+    if reason:
+        return (f"--address {address!r}: nothing answers at {host}:{port} ({reason} within "
+                f"{timeout_s:g} s); start the cluster (`ray start --head`) or leave --address out for "
+                "the built-in local Ray")
+    return None
+
+
+def _reachable(host: str, port: int, timeout_s: float) -> str | None:
+    """None if a TCP connection to host:port opens within `timeout_s`, else the reason."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return None
     except OSError as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
-        return (f"--address {address!r}: nothing answers at {host}:{port} ({reason.lower()} within "
-                f"{timeout_s:g} s); start the cluster (`ray start --head`) or leave --address out for "
-                "the built-in local Ray")
+        return reason.lower()
+
+
+def check_jobs_address(address: str, timeout_s: float = ADDRESS_CONNECT_TIMEOUT_S) -> str | None:
+    """None if `address` is a Ray Jobs API URL (http[s]://HOST:PORT) that answers, else one line."""
+    match = re.match(r"^https?://(?P<hostport>[^/]+)/?$", address.strip())
+    if match is None:
+        form = "a cluster (GCS) address, the form `natsbench sweep --address` takes" if _HOST_PORT.match(
+            address.strip()) else "malformed"
+        return (f"--address {address!r} is {form}; `natsbench submit` talks to the Ray Jobs API: "
+                "http://HOST:PORT of the cluster's dashboard (e.g. http://127.0.0.1:8265)")
+    hostport = _HOST_PORT.match(match["hostport"])
+    if hostport is None or not 1 <= int(hostport["port"]) <= 65535:
+        return f"malformed --address {address!r}; expected http://HOST:PORT (e.g. http://127.0.0.1:8265)"
+    host, port = hostport["ip6"] or hostport["host"], int(hostport["port"])
+    reason = _reachable(host, port, timeout_s)
+    if reason:
+        return (f"--address {address!r}: nothing answers at {host}:{port} ({reason} within {timeout_s:g} s); "
+                "start the cluster with its dashboard (`ray start --head --dashboard-host=127.0.0.1`)")
+    return None
 
 
 def local_gpu_count() -> int:

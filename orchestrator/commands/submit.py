@@ -42,8 +42,13 @@ def _address(value: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator import submit
+    from orchestrator.preflight import check_jobs_address
 
     address = _address(args.address)
+    problem = check_jobs_address(address)
+    if problem:  # before any Ray import: a wrong form or a dead address is one line, exit 2
+        print(f"natsbench submit: {problem}", file=sys.stderr)
+        return 2
     try:
         if args.logs:
             print(submit.job_logs(address, args.logs), end="")

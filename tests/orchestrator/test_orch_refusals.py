@@ -247,3 +247,17 @@ def test_demo_refuses_a_foreign_database_in_one_line(tmp_path, capsys):
     line = _refused(capsys, ["demo", "--config", _sweep_file(tmp_path), "--db", f"sqlite:///{db}"])
     assert "is not a natsbench store and not empty" in line
     assert _sha(db) == before
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("127.0.0.1:6379", "is a cluster (GCS) address, the form `natsbench sweep --address` takes"),
+    ("not an address", "is malformed; `natsbench submit` talks to the Ray Jobs API"),
+    ("http://127.0.0.1:99999", "malformed --address"),
+    ("http://127.0.0.1:PORT", "nothing answers at 127.0.0.1:PORT"),
+])
+def test_submit_refuses_addresses_that_are_not_a_live_jobs_api(tmp_path, capsys, address, expected):
+    port = str(_free_port())
+    address, expected = address.replace("PORT", port), expected.replace("PORT", port)
+    t0 = time.monotonic()
+    line = _refused(capsys, ["submit", _sweep_file(tmp_path), "--address", address])
+    assert expected in line and time.monotonic() - t0 < 10
