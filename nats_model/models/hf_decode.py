@@ -49,12 +49,12 @@ def lean_decode_problem(model) -> str | None:
 
 
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """LlamaRMSNorm.forward, op for op."""
+    """LlamaRMSNorm.forward, op for op (a `.to` to the dtype a tensor has is the identity: skipped)."""
     input_dtype = x.dtype
-    h = x.to(torch.float32)
+    h = x if input_dtype == torch.float32 else x.to(torch.float32)
     variance = h.pow(2).mean(-1, keepdim=True)
     h = h * torch.rsqrt(variance + norm.variance_epsilon)
-    return norm.weight * h.to(input_dtype)
+    return norm.weight * (h if input_dtype == torch.float32 else h.to(input_dtype))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -106,10 +106,11 @@ def run_steps(model, policy_name, ids, steps, lean: bool):
     return out
 
 
-@pytest.mark.parametrize("policy_name", ["streaming_llm", "h2o", "full"])
-def test_lean_llama_decode_is_bitwise_transformers(policy_name):
+@pytest.mark.parametrize("policy_name,dtype", [("streaming_llm", torch.float32), ("h2o", torch.float32),
+                                               ("full", torch.float32), ("streaming_llm", torch.bfloat16)])
+def test_lean_llama_decode_is_bitwise_transformers(policy_name, dtype):
     torch.manual_seed(3)
-    model = LlamaForCausalLM(LlamaConfig(**SMALL)).eval()
+    model = LlamaForCausalLM(LlamaConfig(**SMALL)).eval().to(dtype)
     ids = torch.randint(0, SMALL["vocab_size"], (2, 40), generator=torch.Generator().manual_seed(1))
     lean = run_steps(model, policy_name, ids, 12, lean=True)
     full = run_steps(model, policy_name, ids, 12, lean=False)
