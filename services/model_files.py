@@ -12,6 +12,7 @@ sweep before Ray starts, and `load_model` calls it before loading.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -79,11 +80,21 @@ def check_pickle_weights(path: Path) -> None:
 
     import torch
 
+    def load(mmap: bool) -> None:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            load(mmap=True)  # memory-mapped: the tensors are not read, only the pickle is
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            load(mmap=False)  # the legacy (pre-zip) format cannot be memory-mapped
     except pickle.UnpicklingError as exc:
-        detail = str(exc).strip().splitlines()
-        why = next((line.strip() for line in detail if "GLOBAL" in line or "Unsupported" in line), "")
+        # Name the refused global ("Unsupported global: GLOBAL os.system"), not PyTorch's advice
+        # on how to allow it.
+        found = re.search(r"Unsupported (?:global|operand)[^.;]*?(?=\. |\.$|;|$)", str(exc), re.MULTILINE)
+        why = found.group(0).strip() if found else ""
         raise ModelFileError(
             f"{path} was refused by the restricted loader (torch.load weights_only=True): it holds "
             f"Python objects other than tensors{f' ({why})' if why else ''}; convert the checkpoint "

@@ -123,10 +123,16 @@ def test_a_pickle_with_code_is_refused_by_the_restricted_loader_in_one_line(tmp_
         check_model_folder(folder)
     line = _refused(capsys, ["sweep", _sweep_file(tmp_path, str(folder)), "--db", f"sqlite:///{tmp_path / 's.db'}"])
     assert "pytorch_model.bin was refused by the restricted loader (torch.load weights_only=True)" in line
+    assert "GLOBAL print" in line and "add_safe_globals" not in line  # names the global, no advice to allow it
     assert "this must never run" not in capsys.readouterr().out
 
     torch.save({"model.embed_tokens.weight": torch.zeros(2, 2)}, folder / "pytorch_model.bin")
     assert check_model_folder(folder)["model_type"] == "llama"  # plain tensors: accepted
+    torch.save({"w": torch.zeros(2)}, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert check_model_folder(folder)["model_type"] == "llama"  # the legacy format too (not memory-mappable)
+    torch.save({"w": _Payload()}, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelFileError, match="refused by the restricted loader"):
+        check_model_folder(folder)
     (folder / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ModelFileError, match="pytorch_model.bin is corrupt or truncated"):
         check_model_folder(folder)
