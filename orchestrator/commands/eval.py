@@ -82,7 +82,8 @@ def format_table(record: dict) -> str:
 def _summary(record: dict) -> str:
     acc = record.get("accuracy")
     extras = record.get("extras") or {}
-    bits = [f"{record['model']} / {record['policy']} / {record['workload']}: {record['status']}"]
+    model = record["model"] + (f" + {record['adapter']}" if record.get("adapter") else "")
+    bits = [f"{model} / {record['policy']} / {record['workload']}: {record['status']}"]
     if record.get("error"):
         bits.append(record["error"])
     if acc is not None:
