@@ -7,6 +7,7 @@
 # (apt-get needs the Debian mirror during the build only.)
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
+LABEL org.natsbench.image=postgres
 
 # No cluster from the package's postinst: the entrypoint creates one in PGDATA on first start.
 RUN set -eu; \
