@@ -267,3 +267,16 @@ def test_submit_refuses_addresses_that_are_not_a_live_jobs_api(tmp_path, capsys,
     t0 = time.monotonic()
     line = _refused(capsys, ["submit", _sweep_file(tmp_path), "--address", address])
     assert expected in line and time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("lease, env, expected", [
+    ("0", None, "--lease: the lease must be a number of seconds in (0, 86400], got 0.0"),
+    ("-5", None, "--lease: the lease must be a number of seconds in (0, 86400]"),
+    (None, "soon", "--lease: $NATSBENCH_LEASE_S must be a number of seconds in (0, 86400], got 'soon'"),
+])
+def test_a_nonsense_lease_is_refused(tmp_path, capsys, monkeypatch, lease, env, expected):
+    if env is not None:
+        monkeypatch.setenv("NATSBENCH_LEASE_S", env)
+    db = tmp_path / "store.sqlite"
+    argv = ["sweep", _sweep_file(tmp_path), "--db", f"sqlite:///{db}", *(["--lease", lease] if lease else [])]
+    assert expected in _refused(capsys, argv) and not db.exists()
