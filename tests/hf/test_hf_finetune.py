@@ -162,6 +162,9 @@ def test_local_files_in_kvpress_and_longbench_columns(tmp_path):
     longbench = _write_jsonl(tmp_path / "lb.jsonl", [
         {"context": "Alice met Bob in Paris. " * 3, "input": "Where did they meet?", "answers": ["Paris"]}])
     assert read_local_rows(longbench)[0][1:] == ("\n\nWhere did they meet?\nAnswer: ", "Paris")
+    pd = pytest.importorskip("pandas")
+    pd.DataFrame([{"context": "c", "input": "q?", "answers": ["A", "B"]}]).to_parquet(tmp_path / "lb.parquet")
+    assert read_local_rows(tmp_path / "lb.parquet") == [("c", "\n\nq?\nAnswer: ", "A")]  # list column: first answer
     cfg = parse_finetune_config(raw_config(data={"text_weight": 0.0, "tasks": {}},
                                            local_data=[{"path": str(kvpress)}, {"path": str(longbench)}]))
     tok = byte_tokenizer()
