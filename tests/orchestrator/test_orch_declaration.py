@@ -105,3 +105,47 @@ def test_a_sweep_reruns_cells_of_an_older_code_version(tmp_path, monkeypatch):
         assert store.status_counts("t") == {"pending": 2, "running": 0, "done": 0, "failed": 0}
         [sweep] = store.sweeps()
         assert sweep["total"] == 2 and sweep["stale"] == 2
+
+
+@pytest.mark.slow
+def test_sweep_after_a_code_version_bump_reruns_every_cell_and_counts_only_new_rows(fake_runner, tmp_path,
+                                                                                      monkeypatch):
+    from orchestrator.run import run_sweep
+
+    spec = parse_spec(spec_dict(name="bump", models=[{"name": "fake:tag=bump"}], seeds=[0, 1, 2]))
+    url = f"sqlite:///{tmp_path / 'bump.sqlite'}"
+    monkeypatch.setattr(keys, "CODE_VERSION", "1")
+    first = run_sweep(spec, url, workers=1, progress=False)
+    assert (first.executed, first.done, first.failed) == (3, 3, 0)
+    monkeypatch.setattr(keys, "CODE_VERSION", "2")
+    again = run_sweep(spec, url, workers=1, progress=False)
+    # every cell measured again; the summary counts this version's cells, not the 3 old rows too
+    summary = again.summary()
+    assert {k: summary[k] for k in ("cells", "executed", "done", "failed", "skipped")} == \
+        {"cells": 3, "executed": 3, "done": 3, "failed": 0, "skipped": 0}
+    third = run_sweep(spec, url, workers=1, progress=False)
+    assert (third.executed, third.skipped, third.done) == (0, 3, 3)
+    with Store(url) as store:
+        assert store.status_counts("bump") == {"pending": 0, "running": 0, "done": 3, "failed": 0}
+        assert sorted(r["code_version"] for r in store.runs("bump")) == ["1", "1", "1", "2", "2", "2"]
+        [sweep] = store.sweeps()
+        assert (sweep["total"], sweep["stale"]) == (3, 3)
+
+
+@pytest.mark.slow
+def test_device_auto_sweep_runs_on_the_ray_workers(ray_cluster, tmp_path, monkeypatch):
+    import torch
+
+    from orchestrator.run import run_sweep
+
+    monkeypatch.delenv("NATSBENCH_CELL_RUNNER", raising=False)  # the real services.evaluation
+    spec = parse_spec(spec_dict(name="auto", models=[{"name": "random:tiny-gpt", "device": "auto"}],
+                                workloads=[{"name": "passkey", "params": {"context_length": 128, "digits": 2},
+                                            "examples": 1}]))
+    url = f"sqlite:///{tmp_path / 'auto.sqlite'}"
+    result = run_sweep(spec, url, workers=1, progress=False)
+    assert (result.done, result.failed) == (1, 0), [r.get("error") for r in result.records]
+    with Store(url) as store:
+        [row] = store.runs("auto")
+    assert row["device"] == "auto"
+    assert row["environment"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
