@@ -6,7 +6,8 @@ safetensors, loaded by both sides) on the same random prompt (`--prompt-len`, 81
 2048 with `--quick`). kvpress 0.5.5 pins `transformers<5.3`, so its side runs in its own virtualenv
 (`--kvpress-python`, `make bench-kvpress` creates `.venv-kvpress`); our side runs in this
 interpreter. Each side is a subprocess that writes a JSON file into the work folder; the files are
-joined by the prompt's sha256. Rounds alternate kvpress / ours so load on a shared CPU hits both.
+joined by the prompt's sha256. Both sides stay alive through a run and their timed decode blocks
+(8 steps) alternate, one side at a time, so load changes on a shared CPU hit both alike.
 
 Per policy, at `--keep` (10%) of the prompt kept, n_kept = int(L * keep) as kvpress computes it:
 - kvpress: `with press(model): model(prompt, past_key_values=DynamicCache())` (the press
@@ -73,13 +74,32 @@ def median_ms(times: list[float]) -> float:
     return 1e3 * statistics.median(times)
 
 
-def timed_decode(step, tok: torch.Tensor, start_pos: int, warmup: int, steps: int
-                 ) -> tuple[list[float], list[float], list[int]]:
+class Gate:
+    """Interleaves the two sides' timed decode blocks: before each block (and after the last) a side
+    says READY on the protocol stream and waits for the driver's GO, so only one side runs while the
+    other is timed. Without a driver (no protocol stream) it does nothing."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+
+    def __call__(self) -> None:
+        if self.stream is not None:
+            self.stream.write("READY\n")
+            self.stream.flush()
+            sys.stdin.readline()
+
+
+def timed_decode(step, tok: torch.Tensor, start_pos: int, warmup: int, steps: int, gate: Gate | None = None,
+                 block: int = 8) -> tuple[list[float], list[float], list[int]]:
     """Greedy decode `warmup + steps` tokens with `step(tok (1,), pos) -> logits (1, V)`, positions
     from `start_pos`; returns the wall and CPU time of this thread (less disturbed by other
-    processes on a shared machine) of each of the last `steps`, and every token."""
+    processes on a shared machine) of each of the last `steps`, and every token. The timed steps
+    run in blocks of `block`, each after `gate()` (and `gate()` once more at the end)."""
+    gate = gate or Gate()
     times, cpu, tokens = [], [], []
     for i in range(warmup + steps):
+        if i >= warmup and (i - warmup) % block == 0:
+            gate()
         c0 = time.thread_time()
         t0 = time.perf_counter()
         logits = step(tok, start_pos + i)
@@ -88,6 +108,7 @@ def timed_decode(step, tok: torch.Tensor, start_pos: int, warmup: int, steps: in
             times.append(time.perf_counter() - t0)
             cpu.append(time.thread_time() - c0)
         tokens.append(int(tok[0]))
+    gate()
     return times, cpu, tokens
 
 
@@ -97,7 +118,7 @@ def positions_by_head(per_layer: list[torch.Tensor]) -> list[list[list[int]]]:
 
 
 # ---------------------------------------------------------------- kvpress side
-def kvpress_side(spec: dict, workdir: Path) -> dict:
+def kvpress_side(spec: dict, workdir: Path, gate: Gate | None = None) -> dict:
     import kvpress
     import transformers
     from kvpress import SnapKVPress, StreamingLLMPress
@@ -147,7 +168,7 @@ def kvpress_side(spec: dict, workdir: Path) -> dict:
 
         with torch.no_grad():
             tok = logits[:, -1].argmax(-1)
-            times, cpu, tokens = timed_decode(step, tok, L, spec["warmup"], spec["steps"])
+            times, cpu, tokens = timed_decode(step, tok, L, spec["warmup"], spec["steps"], gate)
         out["policies"][name] = {"prefill_s": prefill_s, "decode_ms": median_ms(times), "decode_times_s": times,
                                  "decode_cpu_s": cpu,
                                  "tokens": tokens, "kept_after_prefill": kept_len,
@@ -162,7 +183,7 @@ def _dist_version(name: str) -> str:
 
 
 # ---------------------------------------------------------------- our side
-def ours_side(spec: dict, workdir: Path) -> dict:
+def ours_side(spec: dict, workdir: Path, gate: Gate | None = None) -> dict:
     import transformers
     from transformers import DynamicCache
 
@@ -200,7 +221,7 @@ def ours_side(spec: dict, workdir: Path) -> dict:
                 return _decode_step(adapter, _engine, tok, torch.tensor([pos]))
 
             tok = logits.argmax(-1)
-            times, cpu, tokens = timed_decode(step, tok, L, spec["warmup"], spec["steps"])
+            times, cpu, tokens = timed_decode(step, tok, L, spec["warmup"], spec["steps"], gate)
             # what of a step is the engine's (append, attention, eviction), on further untimed steps
             engine_s = engine_share(engine, step, torch.tensor([tokens[-1]]), L + len(tokens), spec["steps"])
         out["policies"][name] = {"prefill_s": prefill_s, "decode_ms": median_ms(times), "decode_times_s": times,
@@ -277,12 +298,35 @@ def kvpress_problem(python: str) -> str | None:
     return None
 
 
-def run_side(python: str, side: str, workdir: Path, round_idx: int, threads: int) -> dict:
-    path = workdir / f"{side}_r{round_idx}.json"
+def run_round(kvpress_python: str, workdir: Path, round_idx: int, threads: int) -> tuple[dict, dict]:
+    """Both sides as subprocesses, their timed decode blocks interleaved through `Gate` (one side runs
+    at a time; the side that goes first alternates); returns (kvpress result, our result)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-    subprocess.run([python, str(Path(__file__).resolve()), "--side", side, "--workdir", str(workdir),
-                    "--out", str(path)], check=True, env=env, cwd=ROOT)
-    return json.loads(path.read_text())
+    sides = {"kvpress": kvpress_python, "ours": sys.executable}
+    paths = {s: workdir / f"{s}_r{round_idx}.json" for s in sides}
+    procs = {s: subprocess.Popen([py, str(Path(__file__).resolve()), "--side", s, "--workdir", str(workdir),
+                                  "--out", str(paths[s]), "--protocol"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+             for s, py in sides.items()}
+    try:
+        state = {s: p.stdout.readline().strip() for s, p in procs.items()}
+        turn = 0
+        while all(v == "READY" for v in state.values()):
+            for s in (("kvpress", "ours") if turn % 2 == 0 else ("ours", "kvpress")):
+                procs[s].stdin.write("GO\n")
+                procs[s].stdin.flush()
+                state[s] = procs[s].stdout.readline().strip()  # blocks while s runs; the other waits
+            turn += 1
+        for s, p in procs.items():
+            if p.wait(timeout=600) != 0:
+                raise RuntimeError(f"the {s} side failed (exit {p.returncode}); its error is above")
+        if any(state.values()):
+            raise RuntimeError(f"the sides fell out of step: {state}")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    return json.loads(paths["kvpress"].read_text()), json.loads(paths["ours"].read_text())
 
 
 def kept_agreement(a: list, b: list) -> tuple[bool, float]:
@@ -356,12 +400,13 @@ def summarize(spec: dict, kv_runs: list[dict], our_runs: list[dict], wall_s: flo
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="2048-token prompt, 24 steps, 1 round (<= 3 minutes)")
+    ap.add_argument("--quick", action="store_true", help="2048-token prompt, 32 timed steps (<= 3 minutes)")
     ap.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default 8192; 2048 with --quick)")
     ap.add_argument("--keep", type=float, default=0.1, help="fraction of the prompt kept (kvpress ratio = 1 - keep)")
-    ap.add_argument("--steps", type=int, default=None, help="timed decode steps per policy (default 48; 24 quick)")
+    ap.add_argument("--steps", type=int, default=None, help="timed decode steps per policy (default 64; 32 quick)")
     ap.add_argument("--warmup", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=None, help="kvpress/ours alternations (default 2; 1 quick)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds (a fresh pair of side processes each; within one the sides' timed blocks alternate)")
     ap.add_argument("--prefill-chunk", type=int, default=512, help="our engine's prefill chunk")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated subset of {POLICIES}")
@@ -370,12 +415,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="folder for the weights, prompt and per-side JSON (default: temp)")
     ap.add_argument("--side", choices=("kvpress", "ours"), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--protocol", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.side:  # one side, in its own interpreter
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         workdir = Path(args.workdir)
         spec = json.loads((workdir / "spec.json").read_text())
-        result = (kvpress_side if args.side == "kvpress" else ours_side)(spec, workdir)
+        gate = Gate()
+        if args.protocol:  # stdout carries only READY lines; anything else printed goes to stderr
+            gate = Gate(os.fdopen(os.dup(sys.stdout.fileno()), "w"))
+            sys.stdout = sys.stderr
+        result = (kvpress_side if args.side == "kvpress" else ours_side)(spec, workdir, gate)
         result["prompt_sha256"] = hashlib.sha256(json.dumps(spec["prompt"]).encode()).hexdigest()
         Path(args.out).write_text(json.dumps(result))
         return 0
@@ -389,8 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.policies or any(p not in POLICIES for p in args.policies):
         ap.error(f"--policies must be a comma-separated subset of {POLICIES}, got {','.join(args.policies)!r}")
     args.prompt_len = args.prompt_len or (2048 if args.quick else 8192)
-    args.steps = args.steps or (24 if args.quick else 48)
-    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.steps = args.steps or (32 if args.quick else 64)
     if n_kept_for(args.prompt_len, args.keep) <= SNAP_WINDOW:
         ap.error(f"--prompt-len x --keep must keep more than the SnapKV window ({SNAP_WINDOW}) tokens")
     problem = kvpress_problem(args.kvpress_python)
@@ -405,8 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = prepare(workdir, args)
         kv_runs, our_runs = [], []
         for r in range(args.rounds):
-            kv_runs.append(run_side(args.kvpress_python, "kvpress", workdir, r, args.threads))
-            our_runs.append(run_side(sys.executable, "ours", workdir, r, args.threads))
+            kv, ours = run_round(args.kvpress_python, workdir, r, args.threads)
+            kv_runs.append(kv)
+            our_runs.append(ours)
         summary = summarize(spec, kv_runs, our_runs, time.perf_counter() - t0)
     print(json.dumps(summary))
     return 0
