@@ -160,3 +160,37 @@ def test_a_killed_drivers_cells_are_finished_by_the_other_after_its_lease_expire
         assert _epoch(rows[key]["started_at"]) >= t_kill + lease_s * 2 / 3 - 0.5, "a live lease was taken"
     others = [r for k, r in rows.items() if k not in held]
     assert all(r["attempts"] == 1 for r in others)
+
+
+@pytest.mark.slow
+def test_a_running_driver_renews_leases_shorter_than_its_cells(fake_runner, tmp_path):
+    """Cells of 2.5 s under a 1 s lease: only renewal keeps them this driver's; a thief trying
+    to claim them all along never wins, and each cell runs once."""
+    import threading
+
+    from orchestrator.run import run_sweep
+
+    model = "fake:sleep=2.5,tag=renew"
+    spec = _write_spec(tmp_path / "renew.yaml", "renew", model, seeds=2)
+    url = f"sqlite:///{tmp_path / 'renew.sqlite'}"
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(res=run_sweep(spec, url, progress=False, lease_s=1.0)))
+    thread.start()
+    thief = Store(url)
+    keys = [c.run_key for c in build_cells(spec)]
+    tries = 0
+    while thread.is_alive():
+        try:
+            running = [k for k, s in thief.leases(keys).items() if s["status"] == "running"]
+        except Exception:  # noqa: BLE001 - the store is not created yet
+            running = []
+        for key in running:
+            assert thief.claim(key, owner="thief", lease_s=1.0) is False, "a renewed lease was taken"
+            tries += 1
+        time.sleep(0.1)
+    thread.join()
+    res = out["res"]
+    assert (res.done, res.failed, res.executed) == (2, 0, 2)
+    assert tries >= 20  # the thief tried through well over one lease length
+    assert all(r["attempts"] == 1 for r in thief.runs("renew"))
+    assert sorted(c["config"]["seed"] for c in fake_calls(fake_runner["log"], model)) == [0, 1]
