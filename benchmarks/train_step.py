@@ -12,7 +12,8 @@ reference Function at 1024 tokens (the path every CPU run took before).
 
 Peak memory: each (attention, length) cell also runs in a fresh subprocess that builds the model
 and optimizer, takes one step to allocate the optimizer state, reads its resident set size
-(RSS), then runs one more step and reports the peak RSS (`ru_maxrss`) minus that baseline: the
+(RSS), resets the peak RSS (`/proc/self/clear_refs`), runs one more step and reports the peak
+RSS (VmHWM) minus that baseline: the
 memory one step needs on top of the model (activations, attention tiles, gradients). Large
 tensors are mmap-ed by the allocator (the subprocess fixes glibc's mmap threshold at 128 KiB) and
 returned on free, so RSS follows live memory. At a
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -86,19 +86,24 @@ class Step:
         self.opt.step()
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_cell(kind: str, batch: int, length: int) -> dict:
     """In this (fresh) process: peak RSS of one step over the RSS after a first step."""
     step = Step(kind, batch, length)
     step()  # allocates the optimizer state and the allocator's pools
-    base = rss_bytes()
+    base = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # "5" resets the peak RSS (VmHWM) to the current RSS
+        f.write("5")
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return {"kind": kind, "batch": batch, "length": length, "peak_mib": round(max(peak - base, 0) / 2**20, 1)}
+    peak = _status_kib("VmHWM")
+    return {"kind": kind, "batch": batch, "length": length, "peak_mib": round(max(peak - base, 0) / 1024, 1)}
 
 
 def measure_memory(kind: str, batch: int, length: int, threads: int) -> float:
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         times = measure_times(kinds, batch, length, args.steps, args.warmup)
         for kind in kinds:
             mem = None
-            if not args.no_memory and kind != "reference":
+            if not args.no_memory:
                 mem = measure_memory(kind, batch, length, args.threads)
             rows.append({"kind": kind, "length": length, "batch": batch, "step_s": times[kind], "peak_mib": mem})
     print(f"train step, 3-layer GPT d=128, {args.tokens} tokens a batch, {args.threads} threads, "

@@ -24,7 +24,7 @@ def test_train_step_prints_a_table_and_a_json_last_line():
     for key in ("nats_over_full_step_64", "nats_over_full_step_128", "reference_over_full_step_64"):
         assert summary[key] > 0, key
     assert set(summary["step_s"]) == {"full@64", "nats@64", "reference@64", "full@128", "nats@128"}
-    assert all(v >= 0 for v in summary["peak_mib"].values()) and len(summary["peak_mib"]) == 4
+    assert all(v >= 0 for v in summary["peak_mib"].values()) and len(summary["peak_mib"]) == 5
     assert summary["nats_peak_128_over_64"] is None or summary["nats_peak_128_over_64"] >= 0
     for kind in ("full", "nats", "reference"):
         assert any(line.startswith(kind) for line in lines), kind
