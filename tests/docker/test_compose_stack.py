@@ -125,13 +125,16 @@ def images(docker_engine):
     t0 = time.monotonic()
     if not _image_exists(BASE_IMAGE):
         # minbase + python3 and its venv module: what docker/Dockerfile needs from a base.
-        mm = subprocess.Popen(["mmdebstrap", "--quiet", "--variant=minbase",
-                               "--include=python3,python3-venv,python3-pip,ca-certificates", "bookworm", "-"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        imp = run(["docker", "import", "-", BASE_IMAGE], stdin=mm.stdout, timeout=900, check=False)
-        mm.stdout.close()
-        err = mm.stderr.read().decode(errors="replace")
-        assert mm.wait() == 0 and imp.returncode == 0, f"base image: {err[-3000:]}\n{imp.stderr}"
+        # Its log goes to a file: a pipe nobody reads while `docker import` runs could fill and stall it.
+        with tempfile.TemporaryFile("w+") as log:
+            mm = subprocess.Popen(["mmdebstrap", "--quiet", "--variant=minbase",
+                                   "--include=python3,python3-venv,python3-pip,ca-certificates", "bookworm", "-"],
+                                  stdout=subprocess.PIPE, stderr=log)
+            imp = run(["docker", "import", "-", BASE_IMAGE], stdin=mm.stdout, timeout=900, check=False)
+            mm.stdout.close()
+            code = mm.wait()
+            log.seek(0)
+            assert code == 0 and imp.returncode == 0, f"base image: {log.read()[-3000:]}\n{imp.stderr}"
     if not list(WHEELHOUSE.glob("torch-2.13.0*.whl")) or _wheelhouse_stale():
         run([sys.executable, str(REPO / "scripts" / "docker_wheelhouse.py"), str(WHEELHOUSE)], timeout=900)
         (WHEELHOUSE / ".pyproject.stamp").write_text(_deps_fingerprint())
@@ -366,15 +369,37 @@ def test_compose_up_two_workers(stack_factory):
     print(f"two workers: {time.monotonic() - stack.t0:.0f} s, {len(rows)} cells")
 
 
+def _actor_pids_by_container(ids: list[str]) -> dict[str, int]:
+    """Host pids of `ray::PolicyWorker` processes per container id, from the host's /proc: the
+    containers' processes are host processes and each one's cgroup path names its container."""
+    found: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if not f.read(200).startswith(b"ray::PolicyWorker"):
+                    continue
+            with open(f"/proc/{entry}/cgroup") as f:
+                cgroup = f.read()
+        except OSError:  # the process ended meanwhile
+            continue
+        for cid in ids:
+            if f"/docker/{cid}" in cgroup:
+                found[cid] = int(entry)
+    return found
+
+
 def _actor_container(stack: Stack, timeout_s: float = 240) -> str:
-    """The worker container whose processes include the sweep's PolicyWorker actor."""
+    """The worker container that runs the sweep's PolicyWorker actor, found within ~0.1 s of its
+    start: the smoke sweep's actor lives only a few seconds (`docker top` polling missed it)."""
+    ids = stack.container("ray-worker-cpu")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for cid in stack.container("ray-worker-cpu"):
-            top = run(["docker", "top", cid, "-eo", "args"], check=False)
-            if "PolicyWorker" in top.stdout:
-                return cid
-        time.sleep(0.2)
+        found = _actor_pids_by_container(ids)
+        if found:
+            return next(iter(found))
+        time.sleep(0.05)
     raise AssertionError(f"no PolicyWorker actor appeared in {timeout_s} s\n{stack.logs()}")
 
 
