@@ -266,6 +266,8 @@ def finetune_hf(cfg: FinetuneConfig, model_dir: str | Path | None, out_dir: str 
 
     torch.set_num_threads(cfg.threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r} asked for, but no CUDA device is available (use --device cpu)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     total = cfg.total_steps if max_steps is None else min(max_steps, cfg.total_steps)

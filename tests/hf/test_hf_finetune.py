@@ -130,6 +130,9 @@ def test_cli_refuses_unsupported_and_non_hf_folders(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
     assert cli_main([*base, str(folder), "--device", "tpu"]) == 2
     assert "--device must be cpu, cuda or cuda:N" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli_main([*base, str(folder), "--device", "cuda"]) == 2
+        assert "no CUDA device is available" in capsys.readouterr().err
 
 
 def test_window_and_lambda_default_per_model_family():
