@@ -369,8 +369,13 @@ def test_compose_up_two_workers(stack_factory):
     print(f"two workers: {time.monotonic() - stack.t0:.0f} s, {len(rows)} cells")
 
 
+# Ray titles an actor's process `ray::<class name>[.<method>]`: services.worker.PolicyWorker is
+# ray.remote(CellWorker), so its processes show as ray::CellWorker.
+ACTOR_TITLES = (b"ray::CellWorker", b"ray::PolicyWorker")
+
+
 def _actor_pids_by_container(ids: list[str]) -> dict[str, int]:
-    """Host pids of `ray::PolicyWorker` processes per container id, from the host's /proc: the
+    """Host pids of the sweep's actor processes per container id, from the host's /proc: the
     containers' processes are host processes and each one's cgroup path names its container."""
     found: dict[str, int] = {}
     for entry in os.listdir("/proc"):
@@ -378,7 +383,7 @@ def _actor_pids_by_container(ids: list[str]) -> dict[str, int]:
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if not f.read(200).startswith(b"ray::PolicyWorker"):
+                if not f.read(200).startswith(ACTOR_TITLES):
                     continue
             with open(f"/proc/{entry}/cgroup") as f:
                 cgroup = f.read()
