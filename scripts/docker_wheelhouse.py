@@ -30,7 +30,9 @@ def requirements(extras: list[str]) -> list[str]:
     optional = project.get("optional-dependencies", {})
     for extra in extras:
         if extra not in optional:
-            raise SystemExit(f"docker_wheelhouse: --extras: unknown extra {extra!r}; allowed: {', '.join(sorted(optional))}")
+            print(f"docker_wheelhouse: --extras: unknown extra {extra!r}; allowed: {', '.join(sorted(optional))}",
+                  file=sys.stderr)
+            raise SystemExit(2)
         deps += optional[extra]
     return deps + BUILD_REQUIREMENTS
 
