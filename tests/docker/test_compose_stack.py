@@ -215,10 +215,14 @@ class Stack:
     def ray_nodes(self) -> list[dict]:
         """The alive Ray nodes (from a driver inside the head container): CPUs and whether head."""
         code = ("import json, ray; ray.init(address='auto', log_to_driver=False); "
-                "print(json.dumps([{'cpus': n['Resources'].get('CPU', 0), 'ip': n['NodeManagerAddress']} "
-                "for n in ray.nodes() if n['Alive']]))")
+                "print('NODES=' + json.dumps([{'cpus': n['Resources'].get('CPU', 0), 'ip': n['NodeManagerAddress']} "
+                "for n in ray.nodes() if n['Alive']]), flush=True)")
         out = self.compose("exec", "-T", "ray-head", "python", "-c", code, timeout=180)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        # Ray may print its own lines after ours (e.g. "raylet has lagging heartbeats" once a node is
+        # killed), so the answer is the line with our marker, not the last line.
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("NODES=")]
+        assert lines, f"no node list in the driver's output:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+        return json.loads(lines[-1][len("NODES="):])
 
     def results(self) -> list[dict]:
         """`natsbench results` in a one-off container on the compose network (the DB URL of the file)."""
@@ -291,7 +295,13 @@ def _assert_head_and_workers(stack: Stack, alive: int | None = None) -> None:
     alive = stack.workers if alive is None else alive
     deadline = time.monotonic() + 120
     while True:  # a worker registers a few seconds after its container starts; a dead one leaves later
-        nodes = stack.ray_nodes()
+        try:
+            nodes = stack.ray_nodes()
+        except AssertionError:  # the head's GCS can be busy declaring a killed node dead: ask again
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(3)
+            continue
         workers = [n for n in nodes if n["cpus"] > 0]
         if len(workers) == alive or time.monotonic() > deadline:
             break
