@@ -76,11 +76,13 @@ def render(folder: Path, name: str, command: str, evals: list[dict], wall_time_s
         wall_time_s = rows[-1]["seconds"]  # one training segment: its own clock (a resume restarts it)
     if wall_time_s is not None:
         lines.append(f"- wall time: {wall_time_s / 60:.1f} min on the shared 2-core CPU "
-                     f"({train_cfg.get('threads', 2)} torch threads)")
+                     f"(torch threads: {train_cfg.get('threads', 2)})")
     if last_val:
         keep = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in last_val.items()}
-        lines.append(f"- last validation (teacher-forced exact match at {train_cfg['eval']['seq_len']} tokens, "
-                     f"{train_cfg['eval']['examples_per_task']} examples per task): `{json.dumps(keep)}`")
+        what = (f"teacher-forced exact match at {train_cfg['eval']['seq_len']} tokens, "
+                f"{train_cfg['eval']['examples_per_task']} examples per task" if train_cfg["data"]["tasks"]
+                else f"held-out text loss, nats per byte, at {train_cfg['eval']['seq_len']} tokens")
+        lines.append(f"- last validation ({what}): `{json.dumps(keep)}`")
     if from_scratch is not None:
         lines += from_scratch_section(from_scratch)
     if evals:
