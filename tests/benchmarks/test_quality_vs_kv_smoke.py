@@ -59,6 +59,9 @@ def test_json_has_the_headline_keys_and_points(summary):
         summary["nats_acc"] - summary["best_baseline_acc_at_nats_kv"])
     assert summary["intervals_separate"] == (summary["nats_acc_ci95"][0] > summary["best_baseline_acc_ci95"][1])
     assert "passkey@256.nats_acc" in summary["gpt"]
+    row_met = summary["gpt"]["passkey@256.targets_met"]
+    assert summary["all_headline_rows_met"] == row_met
+    assert summary["headline_rows_missed"] == ("none" if row_met else "gpt/passkey@256")
     points = summary["points"]
     # per workload: full + nats + 4 baselines x (2 budgets + at NAtS's fraction)
     assert len(points) == 2 * (2 + 4 * 3)
