@@ -19,8 +19,8 @@ vs H2O-at-12.5% difference in mean NLL has a paired bootstrap interval (same win
 claim (NAtS keeps ~3% of the cache at lower perplexity than H2O at 12.5%) is the target:
 `scratch_nats_ppl <= twin_h2o_12_5_ppl` at `scratch_nats_kv_fraction <= 0.10`.
 
-    .venv/bin/python benchmarks/from_scratch.py            # 64 windows of 1024 tokens (~15 min, 1 core)
-    .venv/bin/python benchmarks/from_scratch.py --quick    # 10 windows (< 3 min on 1 core)
+    .venv/bin/python benchmarks/from_scratch.py            # 64 windows of 1024 tokens (~10 min, 1 core)
+    .venv/bin/python benchmarks/from_scratch.py --quick    # 10 windows (~1.5 min on 1 core)
 
 Human table first; the LAST stdout line is one JSON object (keys `scratch_nats_ppl`,
 `scratch_nats_kv_fraction`, `twin_full_ppl`, `twin_h2o_12_5_ppl`, `twin_streaming_12_5_ppl`,
