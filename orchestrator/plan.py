@@ -62,6 +62,8 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     for m in spec.models:
         adapter = adapter_fields(m.adapter)  # hashed once per model entry
         for w in spec.workloads:
+            if w.models is not None and m.name not in w.models:
+                continue
             for w_params in grid(w.params):
                 w_params = normalize_workload_params(w.name, w_params)
                 for p in spec.policies:

@@ -75,6 +75,9 @@ class WorkloadSpec(_Strict):
     name: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
     examples: int = Field(default=8, ge=1)
+    # Restrict the workload to these model names (default: every model of the sweep). The demo
+    # runs a task workload only on the models whose full cache solves it.
+    models: list[str] | None = None
 
 
 class ResourceSpec(_Strict):
@@ -225,6 +228,15 @@ def _check_declared(field: str, value: Any, where: str, problems: list[str]) -> 
         problems.append(str(exc))
 
 
+def _check_model_names(where: str, names: list[str] | None, spec: SweepSpec, problems: list[str]) -> None:
+    """A `models` restriction names only models of the sweep."""
+    model_names = [m.name for m in spec.models]
+    for j, name in enumerate(names or []):
+        if name not in model_names:
+            problems.append(f"{where}.models[{j}]: unknown model {name!r}; allowed: the sweep's "
+                            f"models {', '.join(model_names)}")
+
+
 def check_semantics(spec: SweepSpec) -> list[str]:
     """Checks pydantic cannot do: registry names, budget ranges, dtypes, devices, duplicates."""
     problems: list[str] = []
@@ -243,11 +255,7 @@ def check_semantics(spec: SweepSpec) -> list[str]:
             problems.append(
                 f"policies[{i}].name: unknown policy {p.name!r}; allowed: {', '.join(policy_names)}"
             )
-        model_names = [m.name for m in spec.models]
-        for j, name in enumerate(p.models or []):
-            if name not in model_names:
-                problems.append(f"policies[{i}].models[{j}]: unknown model {name!r}; allowed: the sweep's "
-                                f"models {', '.join(model_names)}")
+        _check_model_names(f"policies[{i}]", p.models, spec, problems)
         before = len(problems)
         _check_grid(f"policies[{i}].params", p.params, problems)
         _check_budgets(f"policies[{i}].params", p.params, problems)
@@ -259,6 +267,7 @@ def check_semantics(spec: SweepSpec) -> list[str]:
             problems.append(
                 f"workloads[{i}].name: unknown workload {w.name!r}; allowed: {', '.join(workload_names)}"
             )
+        _check_model_names(f"workloads[{i}]", w.models, spec, problems)
         _check_grid(f"workloads[{i}].params", w.params, problems)
         if w.name in workload_names:
             _check_workload_params(i, w, problems)

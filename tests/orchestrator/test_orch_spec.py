@@ -162,3 +162,18 @@ def test_the_example_in_the_spec_docstring_is_a_valid_sweep():
     parsed = parse_spec(yaml.safe_load(textwrap.dedent("    " + doc[start:end])))
     assert parsed.workloads[0].params == {"context_length": [256, 512]}
     assert len(build_cells(parsed)) == 2 * 3  # two context lengths x (full + two budgets)
+
+
+def test_workload_models_restrict_the_cells_and_must_name_sweep_models():
+    spec = parse_spec(base_spec(
+        models=[{"name": "random:tiny-gpt"}, {"name": "random:tiny-gpt-nats"}],
+        workloads=[{"name": "passkey", "params": {"context_length": 128}, "examples": 2,
+                    "models": ["random:tiny-gpt"]},
+                   {"name": "lm_text", "params": {"context_length": 128}, "examples": 1}],
+        seeds=[0]))
+    pairs = {(c["model"], c["workload"]) for c in expand(spec)}
+    assert pairs == {("random:tiny-gpt", "passkey"), ("random:tiny-gpt", "lm_text"),
+                     ("random:tiny-gpt-nats", "lm_text")}
+    with pytest.raises(SpecError) as err:
+        parse_spec(base_spec(workloads=[{"name": "passkey", "models": ["nope"]}]))
+    assert "workloads[0].models[0]: unknown model 'nope'" in str(err.value)
