@@ -13,7 +13,7 @@ import altair as alt
 import pandas as pd
 
 from dashboard import paper_reference
-from dashboard.data import DONE, HIGHER_IS_BETTER, latency_by_context, pareto_mask
+from dashboard.data import DONE, HIGHER_IS_BETTER, latency_by_context, pareto_mask, with_intervals
 from services.declaration import METRICS as DECLARED_METRICS
 
 # Ten distinguishable colours (Tableau 10); NAtS gets the first one when present.
@@ -61,8 +61,10 @@ def pareto_data(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Finished runs with both `x` and `y`, plus `on_frontier` per (workload, model)."""
     higher = HIGHER_IS_BETTER.get(y, True)
     part = df[(df["status"] == DONE) & df[x].notna() & df[y].notna()]
-    cols = list(dict.fromkeys([*_TOOLTIP, x, y, "kept_fraction", "kv_bytes_physical"]))
+    cols = list(dict.fromkeys([*_TOOLTIP, x, y, "kept_fraction", "kv_bytes_physical", "n_examples"]))
     part = part[[c for c in cols if c in part.columns]].copy()
+    if y == "accuracy":  # each run's Wilson 95% interval, drawn as an error bar
+        part = with_intervals(part)
     part["on_frontier"] = False
     for _, group in part.groupby(["workload", "model"], sort=False):
         mask = pareto_mask(group[x], group[y], higher_is_better=higher)
@@ -75,8 +77,9 @@ def pareto_chart(
     policies: Sequence[str] | None = None, log_x: bool | None = None, columns: int = 2,
 ) -> alt.FacetChart:
     """`y` against `x` per run, colour per policy, the Pareto frontier as a dashed line, one
-    panel per workload; hovering a point shows the run. `log_x` defaults to log when x spans
-    more than 20x."""
+    panel per workload (`columns` panels a row); hovering a point shows the run. Accuracy gets an
+    error bar per run: its Wilson 95% interval on the run's examples. `log_x` defaults to log when
+    x spans more than 20x."""
     if x not in ("kv_bytes_physical", "kept_fraction"):
         raise ValueError(f"pareto x={x!r}: use 'kv_bytes_physical' or 'kept_fraction'")
     data = pareto_data(df, x, y)
@@ -97,18 +100,28 @@ def pareto_chart(
     frontier = alt.Chart().transform_filter("datum.on_frontier").mark_line(
         color="#333333", strokeDash=[5, 3], strokeWidth=1.5, interpolate="step-after",
     ).encode(x=f"{x}:Q", y=f"{y}:Q", detail="model:N", order=f"{x}:Q")
-    return alt.layer(frontier, points, data=data).properties(width=320, height=240).facet(
+    layers = [frontier, points]
+    if "ci_low" in data.columns:
+        errorbars = alt.Chart().mark_rule(strokeWidth=1.5, opacity=0.6).encode(
+            x=f"{x}:Q", y="ci_low:Q", y2="ci_high:Q", color=color,
+            tooltip=_tooltip(["policy", "budget", "model", y]) + [
+                alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
+                alt.Tooltip("ci_high:Q", format=".3f", title="95% CI high"),
+                alt.Tooltip("n_examples:Q", format="d", title="examples")],
+        )
+        layers = [frontier, errorbars, points]
+    return alt.layer(*layers, data=data).properties(width=320, height=240).facet(
         facet=alt.Facet("workload:N", title=None), columns=columns,
     ).properties(title=f"{AXIS_TITLES.get(y, y)} vs {AXIS_TITLES.get(x, x)} (dashed: Pareto frontier)")
 
 
 def latency_chart(
     df: pd.DataFrame, y: str = "tpot_ms", *, budget: float | None = None,
-    policies: Sequence[str] | None = None,
+    policies: Sequence[str] | None = None, columns: int = 2,
 ) -> alt.Chart | alt.FacetChart:
     """`y` (TPOT / TTFT in ms, physical KV bytes or kept fraction) against context length, a
     line per policy. With `budget` set, only runs at that budget and runs without one (the
-    full cache) are drawn; a panel per model when there are several."""
+    full cache) are drawn; a panel per model when there are several, `columns` panels a row."""
     allowed = ("tpot_ms", "ttft_ms", "kv_bytes_physical", "kept_fraction")
     if y not in allowed:
         raise ValueError(f"latency y={y!r}: use one of {', '.join(allowed)}")
@@ -125,7 +138,10 @@ def latency_chart(
         tooltip=_tooltip(["policy", "budget", "model", "context_length", y, "runs"]),
     ).properties(width=380, height=260, title=AXIS_TITLES.get(y, y))
     if data["model"].nunique() > 1:
-        return chart.properties(title="").facet(column=alt.Column("model:N", title=None))
+        # a panel per model, `columns` a row (wrapping), narrower panels: fits a 1500 px page
+        return chart.properties(title="", width=300, height=200).facet(
+            facet=alt.Facet("model:N", title=None), columns=columns,
+        ).properties(title=AXIS_TITLES.get(y, y))
     return chart
 
 

@@ -92,6 +92,9 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
         if row.get("perplexity") is None:
             row["perplexity"] = next((extras[k] for k in PERPLEXITY_KEYS if extras.get(k) is not None), None)
         row["context_length"] = wparams.get("context_length")
+        if row.get("n_examples") is None:  # older records: count the examples the run kept
+            examples = extras.get("examples")
+            row["n_examples"] = len(examples) if isinstance(examples, list) else row["config"].get("n_examples")
         # a run of an older code version: its numbers are not what this code computes (marked,
         # left out of comparisons; a sweep reruns the cell under a new key)
         row["stale"] = row["code_version"] is not None and row["code_version"] != CODE_VERSION
@@ -105,6 +108,56 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
         df[col] = df[col].fillna("").astype(str)
     df["stale"] = df["stale"].fillna(False).astype(bool)
     return df
+
+
+def wilson_interval(accuracy: float, n: float, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a proportion `accuracy` measured on `n`
+    examples; (NaN, NaN) without an accuracy or examples. A fractional per-example score (e.g.
+    kv_recall's accuracy per query) is treated as a proportion of `n` examples."""
+    if pd.isna(accuracy) or pd.isna(n) or n <= 0:
+        return math.nan, math.nan
+    p = min(max(float(accuracy), 0.0), 1.0)
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def with_intervals(df: pd.DataFrame, n_col: str = "n_examples") -> pd.DataFrame:
+    """`df` with `ci_low` / `ci_high`: the Wilson 95% interval of each row's accuracy on its
+    `n_col` examples."""
+    out = df.copy()
+    bounds = [wilson_interval(a, n) for a, n in zip(out["accuracy"], out[n_col], strict=True)]
+    out["ci_low"] = [b[0] for b in bounds]
+    out["ci_high"] = [b[1] for b in bounds]
+    return out
+
+
+def interval_label(accuracy: float, low: float, high: float) -> str:
+    """'0.850 [0.780, 0.900]', or '' without an accuracy."""
+    if pd.isna(accuracy):
+        return ""
+    return f"{accuracy:.3f}" if pd.isna(low) else f"{accuracy:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def default_workload(df: pd.DataFrame, model: str | None = None) -> str | None:
+    """The workload a leaderboard opens on: the one where the full cache scores best (highest mean
+    full-cache accuracy of `model`, else of any model), so the first table shows policies against a
+    reference that solves the task; without full-cache accuracy the one with the best accuracy of
+    any policy, then a perplexity workload, then the first name."""
+    done = df[df["status"] == DONE]
+    mine = done if model is None else done[done["model"] == model]
+    names = sorted(mine["workload"].unique().tolist())
+    if not names:
+        return None
+    for rows in (mine[mine["policy"] == "full"], done[(done["policy"] == "full") & done["workload"].isin(names)],
+                 mine):
+        scored = rows[rows["accuracy"].notna()]
+        if len(scored):
+            means = scored.groupby("workload")["accuracy"].mean()
+            return str(means.sort_index().idxmax())  # ties: the first name
+    with_ppl = sorted(mine[mine["perplexity"].notna()]["workload"].unique().tolist())
+    return with_ppl[0] if with_ppl else names[0]
 
 
 def budget_label(budget: float) -> str:
@@ -186,9 +239,10 @@ def sweep_overview(df: pd.DataFrame, sweeps: Iterable[str | dict] = ()) -> pd.Da
 def leaderboard(df: pd.DataFrame, model: str | None = None, workload: str | None = None) -> pd.DataFrame:
     """Finished runs of one model and workload, one row per (policy, budget), seeds averaged.
 
-    Columns: policy, budget, accuracy, perplexity, kept_fraction, kv_bytes_physical,
-    kv_bytes_full, ttft_s, tpot_s, tokens_per_s, runs. Sorted by accuracy (else perplexity),
-    best first.
+    Columns: policy, budget, accuracy, ci_low, ci_high, n, perplexity, kept_fraction,
+    kv_bytes_physical, kv_bytes_full, ttft_s, tpot_s, tokens_per_s, runs. `n` is the examples of
+    the runs with an accuracy summed, `ci_low` / `ci_high` the Wilson 95% interval of the accuracy
+    on those `n` examples. Sorted by accuracy (else perplexity), best first.
     """
     part = df[df["status"] == DONE]
     if model is not None:
@@ -196,11 +250,13 @@ def leaderboard(df: pd.DataFrame, model: str | None = None, workload: str | None
     if workload is not None:
         part = part[part["workload"] == workload]
     metrics = [m for m in METRICS if m != "peak_memory_bytes"]
-    cols = ["policy", "budget", *metrics, "runs"]
+    cols = ["policy", "budget", "accuracy", "ci_low", "ci_high", "n", *metrics[1:], "runs"]
     if part.empty:
         return pd.DataFrame(columns=cols)
+    part = part.assign(n=part["n_examples"].where(part["accuracy"].notna()))
     grouped = part.groupby(["policy", "budget"], dropna=False)
-    out = grouped[metrics].mean().join(grouped.size().rename("runs")).reset_index()
+    out = grouped[metrics].mean().join(grouped["n"].sum(min_count=1)).join(grouped.size().rename("runs"))
+    out = with_intervals(out.reset_index(), "n")
     if out["accuracy"].notna().any():
         out = out.sort_values(["accuracy", "kv_bytes_physical"], ascending=[False, True], na_position="last")
     else:

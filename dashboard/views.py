@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -83,8 +84,8 @@ def _leaderboard_display(lb: pd.DataFrame) -> pd.DataFrame:
     out["kv_kib_physical"] = out["kv_bytes_physical"] / 1024
     out["ttft_ms"] = out["ttft_s"] * 1e3
     out["tpot_ms"] = out["tpot_s"] * 1e3
-    cols = ["policy", "budget", "accuracy", "perplexity", "kept_fraction", "kv_kib_physical", "ttft_ms",
-            "tpot_ms", "tokens_per_s", "runs"]
+    cols = ["policy", "budget", "accuracy", "ci_low", "ci_high", "n", "perplexity", "kept_fraction",
+            "kv_kib_physical", "ttft_ms", "tpot_ms", "tokens_per_s", "runs"]
     # a metric no row has (e.g. accuracy on lm_text, bytes on a scoring-only workload) is left out
     return out[[c for c in cols if c in ("policy", "budget", "runs") or out[c].notna().any()]]
 
@@ -96,9 +97,13 @@ def _best_per_policy(lb: pd.DataFrame, metric: str) -> None:
         cols = st.columns(6)
         for col, (_, row) in zip(cols, best.iloc[start:start + 6].iterrows(), strict=False):
             kept = "" if pd.isna(row["kept_fraction"]) else f"{row['kept_fraction']:.0%} kept"
+            ci = ""
+            if metric == "accuracy" and not pd.isna(row["ci_low"]):
+                ci = (f"; {data.interval_label(row['accuracy'], row['ci_low'], row['ci_high'])} "
+                      f"(95% Wilson interval, n = {row['n']:.0f})")
             col.metric(row["policy"], f"{row[metric]:.3f}", delta=kept or None, delta_color="off",
                        delta_arrow="off", border=True,
-                       help=f"best {metric} of {row['policy']} (budget {data.budget_label(row['budget'])})")
+                       help=f"best {metric} of {row['policy']} (budget {data.budget_label(row['budget'])}){ci}")
 
 
 def leaderboard(ctx: Context) -> None:
@@ -109,7 +114,11 @@ def leaderboard(ctx: Context) -> None:
         return
     c1, c2, c3 = st.columns(3)
     model = c1.selectbox("Model", sorted(df["model"].unique()), key="lb_model")
-    workload = c2.selectbox("Workload", sorted(df[df["model"] == model]["workload"].unique()), key="lb_workload")
+    workloads = sorted(df[df["model"] == model]["workload"].unique())
+    # opens on the workload the full cache solves best, not on the first name
+    first = data.default_workload(df, model)
+    workload = c2.selectbox("Workload", workloads, index=workloads.index(first) if first in workloads else 0,
+                            key="lb_workload")
     part = df[(df["model"] == model) & (df["workload"] == workload)]
     contexts = sorted(part["context_length"].dropna().unique().tolist())
     ctx_choice = c3.selectbox("Context length", ["all (averaged)", *[int(c) for c in contexts]], key="lb_ctx",
@@ -121,12 +130,19 @@ def leaderboard(ctx: Context) -> None:
         st.warning(f"No finished runs of {model} on {workload} under these filters.")
         return
     metric = "accuracy" if lb["accuracy"].notna().any() else "perplexity"
+    ci = (" 95% CI: Wilson interval of the accuracy on the n examples of the row's runs."
+          if metric == "accuracy" else "")
     st.caption(f"{model} on {workload}: one row per policy and budget (seeds averaged), "
-               f"sorted by {metric}. Click a column header to sort.")
+               f"sorted by {metric}. Click a column header to sort.{ci}")
     _best_per_policy(lb, metric)
     st.dataframe(_leaderboard_display(lb), hide_index=True, width="stretch", height=min(38 + 35 * len(lb), 800),
                  column_config={
         "accuracy": st.column_config.ProgressColumn("accuracy", format="%.3f", min_value=0, max_value=1),
+        "ci_low": st.column_config.NumberColumn("95% CI low", format="%.3f",
+                                                help="Wilson 95% interval of the accuracy, lower end"),
+        "ci_high": st.column_config.NumberColumn("95% CI high", format="%.3f",
+                                                 help="Wilson 95% interval of the accuracy, upper end"),
+        "n": st.column_config.NumberColumn("n", format="%d", help="examples behind the accuracy (all runs)"),
         "perplexity": st.column_config.NumberColumn("perplexity", format="%.3f"),
         "kept_fraction": st.column_config.NumberColumn("kept fraction", format="percent"),
         "kv_kib_physical": st.column_config.NumberColumn("KV held (KiB)", format="%.1f"),
@@ -176,13 +192,11 @@ def latency_memory(ctx: Context) -> None:
         budget = st.segmented_control("Budget", budgets, default=budgets[len(budgets) // 2], key="lat_budget",
                                       format_func=data.budget_label, required=True)
         st.caption("Policies at this budget, with the runs without a budget (full cache) as the reference.")
-    c1, c2 = st.columns(2)
-    c1.altair_chart(charts.latency_chart(ctx.runs, "tpot_ms", budget=budget, policies=ctx.policies), width="stretch")
-    c2.altair_chart(charts.latency_chart(ctx.runs, "kv_bytes_physical", budget=budget, policies=ctx.policies),
-                    width="stretch")
-    c1.altair_chart(charts.latency_chart(ctx.runs, "ttft_ms", budget=budget, policies=ctx.policies), width="stretch")
-    c2.altair_chart(charts.latency_chart(ctx.runs, "kept_fraction", budget=budget, policies=ctx.policies),
-                    width="stretch")
+    # one chart per metric, stacked: a chart with a panel per model wraps its panels in rows of
+    # two, so it fits the page (side-by-side columns cut the second panel and the legend off)
+    for metric in ("tpot_ms", "kv_bytes_physical", "ttft_ms", "kept_fraction"):
+        chart = charts.latency_chart(ctx.runs, metric, budget=budget, policies=ctx.policies)
+        st.altair_chart(chart, width="stretch" if isinstance(chart, alt.Chart) else "content")
     with st.expander("The numbers (every budget)", expanded=False):
         st.dataframe(lat, hide_index=True, width="stretch")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fixture_runs import fill_store
+from fixture_runs import fill_store, fixture_records, other_model_records
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +12,11 @@ def filled_store(tmp_path_factory) -> tuple[str, list[dict]]:
     path = tmp_path_factory.mktemp("dashboard_store") / "natsbench.sqlite"
     url = f"sqlite:///{path}"
     return url, fill_store(url)
+
+
+@pytest.fixture(scope="session")
+def filled_store_models(tmp_path_factory) -> tuple[str, list[dict]]:
+    """(URL, records) of a store with the fixture runs plus three more models (four in all)."""
+    path = tmp_path_factory.mktemp("dashboard_store_models") / "natsbench.sqlite"
+    url = f"sqlite:///{path}"
+    return url, fill_store(url, fixture_records() + other_model_records())

@@ -1,8 +1,12 @@
-"""A real browser: `natsbench dashboard` on a free 127.0.0.1 port, opened in headless Chromium.
+"""A real browser: `natsbench dashboard` on a free 127.0.0.1 port, opened in headless Chromium
+at 1500 x 1000, on a store with four models. Every view is opened; every chart must fit the page:
+no chart drawing may reach past the viewport, past its column or the main area, and the page
+must not scroll sideways.
 
 Needs Debian's `chromium` and `chromium-driver` (`make test` installs them via `make
 system-deps`). Missing ones skip the test, or fail it when NATSBENCH_REQUIRE_SYSTEM_DEPS=1.
-The screenshot lands in test-artifacts/dashboard.png.
+The screenshots land in test-artifacts/dashboard.png (Leaderboard) and
+test-artifacts/dashboard-<view>.png.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +27,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACT = ROOT / "test-artifacts" / "dashboard.png"
+# Charts each view draws on the four-model store (Altair / Vega-Lite elements).
+VIEW_CHARTS = {"Overview": 1, "Leaderboard": 0, "Pareto": 1, "Latency and memory": 4, "Run detail": 0,
+               "Paper reference": 1}
+# For every drawn chart: how far its drawing (canvas / svg) reaches past the viewport, past the
+# column or main area holding it, and past its own element (clipped); plus the page's sideways scroll.
+OVERFLOW_JS = """
+const vw = window.innerWidth;
+const out = [];
+const root = document.scrollingElement || document.documentElement;
+if (root.scrollWidth > vw + 1) out.push(`page scrolls sideways: scrollWidth ${root.scrollWidth} > ${vw}`);
+document.querySelectorAll('[data-testid="stVegaLiteChart"]').forEach((el, i) => {
+  const holder = el.closest('[data-testid="stColumn"]') || el.closest('[data-testid="stMain"]');
+  const limit = Math.min(vw, holder ? holder.getBoundingClientRect().right : vw);
+  el.querySelectorAll('canvas, svg.marks').forEach((g) => {
+    const right = g.getBoundingClientRect().right;
+    if (right > limit + 1) out.push(`chart ${i}: drawing ends at ${right.toFixed(0)} px, room ends at ${limit.toFixed(0)} px`);
+  });
+  if (el.scrollWidth > el.clientWidth + 1) out.push(`chart ${i}: scrollWidth ${el.scrollWidth} > clientWidth ${el.clientWidth}`);
+});
+return out;
+"""
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
                 "--window-size=1500,1000")
@@ -64,14 +90,14 @@ def _natsbench() -> list[str]:
 
 
 @pytest.mark.slow
-def test_leaderboard_in_chromium(filled_store, tmp_path):
+def test_every_view_in_chromium_fits_the_page(filled_store_models, tmp_path):
     chromium, chromedriver = _system_binary("chromium"), _system_binary("chromedriver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, _ = filled_store
+    url, _ = filled_store_models
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "NATSBENCH_DB_URL"}
     proc = subprocess.Popen([*_natsbench(), "dashboard", "--db", url, "--host", "127.0.0.1", "--port", str(port)],
@@ -86,22 +112,30 @@ def test_leaderboard_in_chromium(filled_store, tmp_path):
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}")
         driver = webdriver.Chrome(service=Service(chromedriver), options=options)
-        driver.get(f"http://127.0.0.1:{port}/?view=Leaderboard")
-
-        def leaderboard_rendered(d):
-            cells = d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"] td[role="gridcell"]')
-            cards = d.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]')
-            return len(cells) > 10 and len(cards) >= 6
-
-        WebDriverWait(driver, 90, poll_frequency=0.5).until(leaderboard_rendered)
-        time.sleep(1.5)  # let the grid and cards finish painting before the screenshot
-        main = driver.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]')
-        assert "Leaderboard" in main.text
-        assert "streaming_llm" in main.text  # visible on a card, not only in the grid's a11y table
-        cells = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"] td[role="gridcell"]')
-        assert "snapkv" in {c.get_attribute("textContent") for c in cells}
         ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-        assert driver.save_screenshot(str(ARTIFACT)) and ARTIFACT.stat().st_size > 10_000
+        problems = {}
+        for view, n_charts in VIEW_CHARTS.items():
+            driver.get(f"http://127.0.0.1:{port}/?view={urllib.parse.quote(view)}")
+
+            def rendered(d, view=view, n_charts=n_charts):
+                titles = d.find_elements(By.CSS_SELECTOR, '[data-testid="stMain"] h1')
+                drawn = d.find_elements(By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"] :is(canvas, svg.marks)')
+                return any(view.split()[0] in t.text for t in titles) and len(drawn) >= n_charts
+
+            WebDriverWait(driver, 90, poll_frequency=0.5).until(rendered)
+            if view == "Leaderboard":
+                WebDriverWait(driver, 90, poll_frequency=0.5).until(_leaderboard_rendered)
+            time.sleep(1.5)  # let charts and grids finish painting (sizes settle) before measuring
+            problems[view] = driver.execute_script(OVERFLOW_JS)
+            shot = ARTIFACT if view == "Leaderboard" else ARTIFACT.with_name(
+                f"dashboard-{view.lower().replace(' ', '-')}.png")
+            assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+            if view == "Leaderboard":
+                main = driver.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]')
+                assert "streaming_llm" in main.text  # visible on a card, not only in the grid's a11y table
+                cells = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"] td[role="gridcell"]')
+                assert "snapkv" in {c.get_attribute("textContent") for c in cells}
+        assert not any(problems.values()), {v: p for v, p in problems.items() if p}
     finally:
         if driver is not None:
             driver.quit()
@@ -113,3 +147,11 @@ def test_leaderboard_in_chromium(filled_store, tmp_path):
             proc.wait()
             raise AssertionError("natsbench dashboard did not stop on SIGTERM") from None
     assert code == 0
+
+
+def _leaderboard_rendered(d) -> bool:
+    from selenium.webdriver.common.by import By
+
+    cells = d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"] td[role="gridcell"]')
+    cards = d.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]')
+    return len(cells) > 10 and len(cards) >= 6

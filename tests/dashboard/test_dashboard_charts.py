@@ -27,8 +27,15 @@ def test_pareto_chart_spec(df):
     # only finished runs with accuracy: lm_text (perplexity) and the failed / pending runs are out
     assert {r["workload"] for r in rows} == {"passkey", "kv_recall"}
     assert len(rows) == int(((df["status"] == "done") & df["accuracy"].notna()).sum())
-    frontier, points = _layers(spec)
+    frontier, errorbars, points = _layers(spec)
     assert frontier["mark"]["type"] == "line" and frontier["transform"] == [{"filter": "datum.on_frontier"}]
+    # an error bar per run: the Wilson 95% interval of its accuracy on its examples
+    assert errorbars["mark"]["type"] == "rule"
+    assert (errorbars["encoding"]["y"]["field"], errorbars["encoding"]["y2"]["field"]) == ("ci_low", "ci_high")
+    for r in rows:
+        lo, hi = data.wilson_interval(r["accuracy"], r["n_examples"])
+        assert r["ci_low"] == pytest.approx(lo) and r["ci_high"] == pytest.approx(hi)
+        assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
     assert points["encoding"]["color"]["field"] == "policy"
     tips = {t["field"] for t in points["encoding"]["tooltip"]}
     assert {"policy", "budget", "model", "workload", "run_key", "accuracy", "kv_bytes_physical"} <= tips
@@ -46,7 +53,9 @@ def test_pareto_chart_perplexity_and_kept_fraction(df):
     spec = charts.pareto_chart(df, "kept_fraction", "perplexity").to_dict()
     rows = _dataset(spec)
     assert {r["workload"] for r in rows} == {"lm_text"}
-    assert _layers(spec)[1]["encoding"]["x"]["field"] == "kept_fraction"
+    layers = _layers(spec)
+    assert len(layers) == 2 and "ci_low" not in rows[0]  # no interval for perplexity
+    assert layers[1]["encoding"]["x"]["field"] == "kept_fraction"
     with pytest.raises(ValueError, match="kv_bytes_physical"):
         charts.pareto_chart(df, "tpot_s", "accuracy")
 
@@ -65,6 +74,16 @@ def test_latency_chart_filters_budget(df):
     assert spec["encoding"]["x"]["field"] == "context_length" and spec["encoding"]["y"]["field"] == "tpot_ms"
     with pytest.raises(ValueError, match="tpot_ms"):
         charts.latency_chart(df, "accuracy")
+
+
+def test_latency_chart_wraps_model_panels(df):
+    from fixture_runs import other_model_records
+
+    four = data.records_frame([*fixture_records(), *other_model_records()])
+    spec = charts.latency_chart(four, "tpot_ms", budget=0.25).to_dict()
+    # a panel per model, wrapped two a row (not one column per model side by side)
+    assert spec["facet"]["field"] == "model" and spec["columns"] == 2
+    assert spec["spec"]["width"] == 300 and len({r["model"] for r in _dataset(spec)}) == 4
 
 
 def test_overview_chart_counts(df):

@@ -151,3 +151,47 @@ def test_run_label_and_metrics(df):
     lm = df[(df["workload"] == "lm_text") & (df["status"] == "done")].iloc[0]
     metrics = dict(itertools.islice(data.run_metrics(lm).itertuples(index=False), 100))
     assert "perplexity" in metrics and "accuracy" not in metrics and "extras.nll" in metrics
+
+
+def test_wilson_interval_known_values():
+    # Wilson 95% for 17 / 20 = 0.85: [0.640, 0.948]; all correct on 20: [0.839, 1]
+    lo, hi = data.wilson_interval(0.85, 20)
+    assert (round(lo, 3), round(hi, 3)) == (0.64, 0.948)
+    lo1, hi1 = data.wilson_interval(1.0, 20)
+    assert round(lo1, 3) == 0.839 and hi1 == 1.0
+    lo100, hi100 = data.wilson_interval(0.85, 100)
+    assert lo < lo100 < 0.85 < hi100 < hi  # more examples, narrower
+    assert all(math.isnan(v) for v in data.wilson_interval(float("nan"), 20))
+    assert all(math.isnan(v) for v in data.wilson_interval(0.5, 0))
+
+
+def test_leaderboard_intervals_pool_the_examples_of_a_row(df):
+    lb = data.leaderboard(df, MODEL, "passkey")
+    # 8 examples a run: every row pools its runs' examples (3 context lengths; full has a 4th run,
+    # the cell shared by two sweeps)
+    assert (lb["n"] == 8 * lb["runs"]).all() and set(lb[lb["policy"] != "full"]["n"]) == {24.0}
+    for _, row in lb.iterrows():
+        lo, hi = data.wilson_interval(row["accuracy"], row["n"])
+        assert row["ci_low"] == pytest.approx(lo) and row["ci_high"] == pytest.approx(hi)
+        assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
+    assert data.leaderboard(df, MODEL, "lm_text")[["ci_low", "ci_high", "n"]].isna().all().all()
+    assert data.interval_label(0.85, 0.64, 0.948) == "0.850 [0.640, 0.948]"
+
+
+def test_n_examples_falls_back_to_the_examples_in_the_record():
+    rec = {"policy": "full", "status": "done", "accuracy": 0.5, "workload": "passkey",
+           "extras": {"examples": [{"score": 1.0}, {"score": 0.0}, {"score": 1.0}, {"score": 0.0}]}}
+    assert data.records_frame([rec]).loc[0, "n_examples"] == 4
+    rec = {"policy": "full", "status": "done", "accuracy": 0.5, "config": {"n_examples": 6}}
+    assert data.records_frame([rec]).loc[0, "n_examples"] == 6
+
+
+def test_default_workload_is_where_the_full_cache_scores_best(df):
+    # kv_recall comes first by name, but the full cache does not solve it (as on the shipped models)
+    assert sorted(df["workload"].unique())[0] == "kv_recall"
+    assert data.default_workload(df, MODEL) == "passkey"
+    assert data.default_workload(df[df["workload"] == "lm_text"], MODEL) == "lm_text"
+    # a model without full-cache runs: the full cache of the other models decides
+    other = df.assign(model=df["model"].where(df["policy"] == "full", "nats-only"))
+    assert data.default_workload(other, "nats-only") == "passkey"
+    assert data.default_workload(df, "no-such-model") is None
