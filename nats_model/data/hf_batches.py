@@ -7,69 +7,38 @@ kvpress columns (`context`, `question`, `answer_prefix`, `answer`) or LongBench 
 `input`, `answers`). Rows are `prompt + answer + "\\n"`, right-padded; the answer tokens are the loss
 positions (`Batch.answer_mask`, the first answer line), the prompt's targets get `prompt_loss_weight`.
 A local row longer than the sequence has the middle of its context cut (as LongBench does).
-The parsing of local rows is the pure part of services/workloads/local_dataset.py, duplicated here
-(nats_model does not import services).
+Local rows are parsed by `nats_model.data.local_rows` (shared with the `local_dataset` workload).
 """
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
-from typing import Any
 
+from nats_model.data.local_rows import (
+    KVPRESS_COLUMNS,
+    LONGBENCH_COLUMNS,
+    column_format,
+    prompt_answer,
+    read_rows,
+)
 from nats_model.data.tasks import ANSWER_END, DEFAULT_FILLER, make_example, max_answer_tokens
 from nats_model.data.text import TextCorpus
 from nats_model.train.batches import Batch, collate, draw_params
 from nats_model.train.config import DataConfig
 
-KVPRESS_COLUMNS = ("context", "question", "answer_prefix", "answer")
-LONGBENCH_COLUMNS = ("context", "input", "answers")
-
-
-def _answers(value: Any, where: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if hasattr(value, "tolist"):  # numpy arrays from parquet list columns
-        value = value.tolist()
-    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ValueError(f"{where}: the answer column must be a string or a list of strings, got {value!r}")
-
 
 def read_local_rows(path: str | Path) -> list[tuple[str, str, str]]:
     """(context, question part, answer) of every row of a .jsonl/.parquet file in kvpress or LongBench
-    columns; ValueError naming the file and what is wrong."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"local_data: {str(path)!r} is not a file")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pandas as pd
-
-        rows = pd.read_parquet(path).to_dict(orient="records")
-    elif suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{lineno}: not a JSON object per line ({exc.msg})") from None
-    else:
-        raise ValueError(f"local_data: {path.name!r} must end in .jsonl or .parquet")
-    if not rows:
-        raise ValueError(f"local_data: {path} has no rows")
-    first = rows[0]
-    if all(c in first for c in KVPRESS_COLUMNS):
-        return [(str(r["context"]), str(r["question"]) + str(r["answer_prefix"] or ""),
-                 _answers(r["answer"], str(path))[0]) for r in rows]
-    if all(c in first for c in LONGBENCH_COLUMNS):
-        return [(str(r["context"]), "\n\n" + str(r["input"]) + "\nAnswer: ", _answers(r["answers"], str(path))[0])
-                for r in rows]
-    raise ValueError(f"local_data: {path} has columns {sorted(first)}; expected kvpress "
-                     f"{list(KVPRESS_COLUMNS)} or LongBench {list(LONGBENCH_COLUMNS)}")
+    columns (`nats_model.data.local_rows`); ValueError naming the file and what is wrong."""
+    label = "local_data path"
+    rows = read_rows(path, label)
+    fmt = column_format(rows[0])
+    if fmt is None:
+        raise ValueError(f"{label}: {path} has columns {sorted(rows[0])}; expected kvpress "
+                         f"{list(KVPRESS_COLUMNS)} or LongBench {list(LONGBENCH_COLUMNS)}")
+    parts = [prompt_answer(r, fmt, f"{label}: {path}") for r in rows]
+    return [(context, question, answers[0]) for context, question, answers in parts]
 
 
 class TokenizedBatchMaker:

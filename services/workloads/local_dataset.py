@@ -15,50 +15,31 @@ The n instances are a seeded sample of the rows without replacement (all rows wh
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
+
+from nats_model.data.local_rows import KVPRESS_COLUMNS, missing_columns
+from nats_model.data.local_rows import answers_of as _answers_of
+from nats_model.data.local_rows import read_rows as _read_rows
 
 from .base import CountTokens, Instance, Param, Workload, chat_param, chat_parts
 from .scoring import best_token_f1, exact_match, string_match_all, string_match_part
 
-REQUIRED_COLUMNS = ("context", "question", "answer_prefix", "answer")
+REQUIRED_COLUMNS = KVPRESS_COLUMNS
 QA_TASKS = {"narrativeqa", "qasper", "multifieldqa_en", "multifieldqa_zh", "hotpotqa", "2wikimqa",
             "musique", "triviaqa", "qa_1", "qa_2"}
 METRICS = ("auto", "string_match_all", "string_match_part", "token_f1", "exact_match")
+LABEL = "workload 'local_dataset'"
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a .parquet or .jsonl/.json-lines file as dicts; ValueError on a missing file,
-    another suffix or missing columns."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"workload 'local_dataset': parameter 'path' must be an existing file, got {str(path)!r}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pandas as pd
-
-        rows = pd.read_parquet(path).to_dict(orient="records")
-    elif suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not a JSON object per line ({exc.msg})") from None
-    else:
-        raise ValueError(
-            f"workload 'local_dataset': parameter 'path' must end in .parquet or .jsonl, got {path.name!r}"
-        )
-    if not rows:
-        raise ValueError(f"workload 'local_dataset': {path} has no rows")
-    missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
+    """Rows of a .parquet or .jsonl/.json-lines file as dicts (`nats_model.data.local_rows`);
+    ValueError on a missing file, another suffix or missing kvpress columns."""
+    rows = _read_rows(path, f"{LABEL}: parameter 'path'")
+    missing = missing_columns(rows[0], REQUIRED_COLUMNS)
     if missing:
         raise ValueError(
-            f"workload 'local_dataset': {path} lacks column(s) {missing}; kvpress columns are "
+            f"{LABEL}: {Path(path).expanduser()} lacks column(s) {missing}; kvpress columns are "
             f"{', '.join(REQUIRED_COLUMNS)}, max_new_tokens and task (optional)"
         )
     return rows
@@ -66,13 +47,7 @@ def read_rows(path: str | Path) -> list[dict]:
 
 def answers_of(value) -> list[str]:
     """The reference answers of a row: a string, or a list/array of strings."""
-    if isinstance(value, str):
-        return [value]
-    if hasattr(value, "tolist"):  # numpy arrays from parquet list columns
-        value = value.tolist()
-    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ValueError(f"workload 'local_dataset': column 'answer' must be a string or a list of strings, got {value!r}")
+    return _answers_of(value, LABEL, "answer")
 
 
 def middle_truncate(text: str, max_tokens: int, count_tokens: CountTokens) -> str:
