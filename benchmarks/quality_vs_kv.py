@@ -30,9 +30,11 @@ Headline rows (full, nats and the baselines at NAtS's fraction on the headline w
 examples (full variant 200, quick 100); the other cells `n_grid` (full 100, quick 8) and lm_text `n_lm`
 windows; every point carries its own `n`.
 
-Cost (measured on the 2-core CPU of the dev machine, 2 torch threads, shared with a training run): the quick
-variant runs in about 4 minutes; the full variant is estimated from it by examples x cells at about 1 hour
-(`wall_s` in the JSON is what the run took).
+Cost, on the 2-core CPU of the dev machine at 1 torch thread, under the heavy-job lock, with the other core
+busy with a training run (2 threads there ran about 10x slower: they thrash): the quick variant (220 cells)
+measured 211 s (2026-12-02). The full variant was not timed to the end (the run was stopped after the `gpt`
+family's four accuracy workloads, about 13 minutes); estimated from that at about 40 minutes in all (the
+lm_text@1024 cells, 24 windows each, about 7 minutes per family). `wall_s` in the JSON is what a run took.
 
     .venv/bin/python benchmarks/quality_vs_kv.py [--quick] [--families gpt,tiny_llama]
         [--workloads passkey@1024,niah_multikey@512,...] [--headline passkey@1024,niah_multikey@512]
@@ -277,8 +279,8 @@ def headline(points: list[dict], family: str, label: str) -> dict | None:
         "best_baseline": best["policy"], "best_baseline_acc_at_nats_kv": best["value"],
         "best_baseline_acc_ci95": [best["ci_low"], best["ci_high"]],
         "best_baseline_kv_fraction": best["kv_fraction"],
-        "nats_acc_over_full_acc": nats["value"] / full["value"] if full["value"] > 0 else None,
-        "nats_minus_best_baseline_acc": nats["value"] - best["value"],
+        "nats_acc_over_full_acc": round(nats["value"] / full["value"], 5) if full["value"] > 0 else None,
+        "nats_minus_best_baseline_acc": round(nats["value"] - best["value"], 5),
         "intervals_separate": nats["ci_low"] > best["ci_high"],
         "n": min(full["n"], nats["n"], best["n"]),
     }
