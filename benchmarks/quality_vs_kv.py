@@ -39,6 +39,7 @@ lm_text@1024 cells, 24 windows each, about 7 minutes per family). `wall_s` in th
     .venv/bin/python benchmarks/quality_vs_kv.py [--quick] [--families gpt,tiny_llama]
         [--workloads passkey@1024,niah_multikey@512,...] [--headline passkey@1024,niah_multikey@512]
         [--budgets 0.05,0.1,0.2,0.5] [--n-headline N] [--n-grid N] [--n-lm N] [--threads 2]
+        [--adapter DIR]   (tiny_llama: evaluate `nats` with another adapter than models/tiny-llama-nats)
 
 Human table first; the LAST stdout line is one JSON object (`points` is what benchmarks/plots.py draws).
 """
@@ -145,6 +146,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="torch threads (1: these small models gain nothing from more, and a second thread "
                          "thrashes when the other core is busy)")
     ap.add_argument("--seed", type=int, default=0, help="instance seed (all cells)")
+    ap.add_argument("--adapter", default=None,
+                    help="tiny_llama family: the NAtS adapter folder for `nats` (default models/tiny-llama-nats), "
+                         "e.g. a candidate from `natsbench finetune` before it replaces the shipped one")
     args = ap.parse_args(argv)
     variant = VARIANTS["quick" if args.quick else "full"]
     args.variant = "quick" if args.quick else "full"
@@ -173,6 +177,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             fail(f"--{key.replace('_', '-')}: {value}; allowed: integers >= 1")
     if args.threads < 1:
         fail(f"--threads: {args.threads}; allowed: integers >= 1")
+    if args.adapter is not None:
+        if "tiny_llama" not in families:
+            fail("--adapter: applies to the tiny_llama family only; allowed with --families including tiny_llama")
+        if not (Path(args.adapter) / "adapter_config.json").is_file():
+            fail(f"--adapter: {args.adapter!r} is not an adapter folder (no adapter_config.json); "
+                 "allowed: a folder written by `natsbench finetune` or `natsbench adapter import`")
     return args
 
 
@@ -240,6 +250,8 @@ def point(family: str, record: dict, label: str, budget, frac: float, at_nats_kv
 
 def run_family(runner: Runner, family: str, args, log) -> list[dict]:
     base, adapter_nats = FAMILIES[family]["base"], FAMILIES[family]["nats"]
+    if family == "tiny_llama" and args.adapter is not None:
+        adapter_nats = (adapter_nats[0], args.adapter)
     points = []
     for label in args.workloads:
         is_lm = label.startswith("lm_text")
@@ -355,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_headline": args.n_headline, "n_grid": args.n_grid, "n_lm": args.n_lm, "budgets": args.budgets,
         "workloads": args.workloads, "headline_workloads": args.headline, "lm_text_chunk_size": LM_CHUNK,
         "seed": args.seed, "threads": args.threads, "cells": runner.cells,
+        "tiny_llama_adapter": args.adapter or FAMILIES["tiny_llama"]["nats"][1],
         "wall_s": round(time.perf_counter() - t0, 1),
         "markdown_tables": [markdown(points)],
         "points": points,

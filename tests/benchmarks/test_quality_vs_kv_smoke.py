@@ -101,3 +101,30 @@ def test_bad_option_is_one_line_exit_2():
                           timeout=60, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "--families: unknown ['bogus']; allowed: gpt, tiny_llama"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_adapter_override_is_the_one_nats_runs_with(tmp_path):
+    import shutil
+
+    candidate = tmp_path / "candidate"
+    shutil.copytree(ROOT / "models" / "tiny-llama-nats", candidate)
+    out = _run("--families", "tiny_llama", "--workloads", "passkey@256", "--headline", "passkey@256",
+               "--budgets", "0.5", "--n-headline", "2", "--n-grid", "1", "--threads", "1", "--adapter", str(candidate))
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["tiny_llama_adapter"] == str(candidate)
+    nats = [p for p in summary["points"] if p["policy"] == "nats"]
+    assert len(nats) == 1 and nats[0]["model"] == f"tiny-llama-base + {candidate}"
+    # full and the baselines stay on the base weights
+    assert all(p["model"] == "tiny-llama-base" for p in summary["points"] if p["policy"] != "nats")
+
+
+def test_bad_adapter_option_is_refused_with_one_line(tmp_path):
+    out = _run("--families", "tiny_llama", "--adapter", str(tmp_path))
+    assert out.returncode == 2 and "--adapter" in out.stderr and "adapter_config.json" in out.stderr
+    out = _run("--families", "gpt", "--adapter", str(ROOT / "models" / "tiny-llama-nats"))
+    assert out.returncode == 2 and "--adapter" in out.stderr and "tiny_llama" in out.stderr
