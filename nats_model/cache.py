@@ -169,11 +169,15 @@ class LayerStore:
             flat[self.row_index[self.row_exists]] = rows[self.row_exists]
 
     def add_rows(self, flat: torch.Tensor, rows: torch.Tensor) -> None:
-        """flat += rows (row form), in place."""
+        """flat += rows (row form), in place. `rows` may be narrower than `row_cap` (n_seg, w, ...):
+        the slots past column w get nothing."""
+        w = rows.shape[1]
         if self.uniform:
-            flat.view(self.n_seg, self.row_cap, *flat.shape[1:]).add_(rows)
+            view = flat.view(self.n_seg, self.row_cap, *flat.shape[1:])
+            (view if w == self.row_cap else view[:, :w]).add_(rows)
         else:
-            flat.index_add_(0, self.row_index[self.row_exists], rows[self.row_exists])
+            exists = self.row_exists if w == self.row_cap else self.row_exists[:, :w]
+            flat.index_add_(0, self.row_index[:, :w][exists], rows[exists])
 
     # ------------------------------------------------------------ mutations
     def append(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor,
@@ -193,14 +197,15 @@ class LayerStore:
                 common += 1
             else:
                 new_lens, dst, common = self._lens + 1, self.offsets + self._lens, None  # dst (n_seg,)
-            self.k.index_copy_(0, dst, k[:, 0])
-            self.v.index_copy_(0, dst, v[:, 0])
-            self.pos.index_copy_(0, dst, pos[:, 0])
+            k0, v0, p0 = k[:, 0], v[:, 0], pos[:, 0]
+            self.k.index_copy_(0, dst, k0)
+            self.v.index_copy_(0, dst, v0)
+            self.pos.index_copy_(0, dst, p0)
             for a in self.aux.values():
                 a.index_fill_(0, dst, 0)
             self._set_lens(new_lens, self.kept_total + n_seg, self.free_min - 1, common)
             # what slot dst now holds, for an eviction in the same step (evict_one copies from these)
-            self._decode_new = (dst, k[:, 0], v[:, 0], pos[:, 0])
+            self._decode_new = (dst, k0, v0, p0)
             return dst[:, None]
         self._decode_new = None
         n_new = valid.sum(1)

@@ -22,10 +22,11 @@ from nats_model.cache import LayerStore
 
 
 def uniform_decode_ready(store: LayerStore, T: int, prefill: bool, all_valid: bool,
-                         sliding_window: int | None, masks_attention: bool) -> bool:
+                         sliding_window: int | None, has_visible: bool) -> bool:
     """True when `attend_uniform_decode` computes what `attend_store` would for this step (called
-    after the step's tokens are appended)."""
-    return (T == 1 and not prefill and all_valid and sliding_window is None and not masks_attention
+    after the step's tokens are appended). `has_visible`: the policy gave a visibility mask for this
+    step (a policy that masks attention but returns None, e.g. NAtS in decode, hides nothing)."""
+    return (T == 1 and not prefill and all_valid and sliding_window is None and not has_visible
             and store.uniform and store.common_len() > 0)
 
 
@@ -42,8 +43,8 @@ def _row_views(store: LayerStore) -> tuple[torch.Tensor, torch.Tensor]:
 def attend_uniform_decode(store: LayerStore, q: torch.Tensor, scale: float, observe: str
                           ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """q (n_seg, g, 1, hd) over the first `common_len` slots of every row -> out (n_seg, g, 1, hd),
-    attn_sum (n_seg, row_cap) when observe == "sum", probs (n_seg, g, 1, common_len) when "probs"
-    (slots past common_len are unoccupied: the `Step.probs` contract)."""
+    attn_sum (n_seg, common_len) when observe == "sum", probs (n_seg, g, 1, common_len) when "probs"
+    (slots past common_len are unoccupied: the `Step.attn_sum` / `Step.probs` contract)."""
     n_seg, g, _, hd = q.shape
     used = store.common_len()
     K4, V4 = _row_views(store)
@@ -58,5 +59,5 @@ def attend_uniform_decode(store: LayerStore, q: torch.Tensor, scale: float, obse
     o = torch.bmm(p.to(V.dtype), V)  # (n_seg, g, hd)
     p4 = p.view(n_seg, g, 1, used)
     if observe == "sum":
-        return o.view(n_seg, g, 1, hd), F.pad(p4.sum(dim=(1, 2)), (0, store.row_cap - used)), None
+        return o.view(n_seg, g, 1, hd), p4.sum(dim=(1, 2)), None
     return o.view(n_seg, g, 1, hd), None, p4

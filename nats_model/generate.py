@@ -96,11 +96,12 @@ class KVEngine:
                     seen=st["seen_seg"], q_pos=st["pos_seg"], q_valid=st["valid_seg"],
                     new_slots=new_slots, attn_sum=None, probs=None, type_logits=type_logits,
                     q=qs, k_new=k_new, v_new=v_new, n_kv_heads=Hkv, scale=scale)
+        # the policy's own visibility rule; None for a rule that hides nothing this step (NAtS decode)
+        visible = self.policy.visible(store, step) if self.policy.masks_attention else None
         if uniform_decode_ready(store, T, st["prefill"], st["all_valid"], sliding_window,
-                                self.policy.masks_attention):  # the usual decode step: no masks at all
+                                visible is not None):  # the usual decode step: no masks at all
             out, step.attn_sum, step.probs = attend_uniform_decode(store, qs, scale, self.policy.observe)
         else:
-            visible = self.policy.visible(store, step) if self.policy.masks_attention else None
             out, step.attn_sum, step.probs = attend_store(
                 store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"], scale, sliding_window,
                 self.policy.observe, decode=not st["prefill"], visible=visible,
@@ -125,7 +126,7 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
     group of equal-capacity segments. Key slot j is visible to query t when it is occupied, its
     original position <= the query's (and within `sliding_window`, and `visible (n_seg, T, row_cap)`
     allows it, when given; padding queries ignore `visible`). Returns out (n_seg, g, T, hd)
-    and, as `observe` asks, attn_sum (n_seg, row_cap) / probs (n_seg, g, T, P <= row_cap; slots past
+    and, as `observe` asks, attn_sum (n_seg, P) / probs (n_seg, g, T, P), P <= row_cap (slots past
     P are unoccupied).
 
     `chunk_in_order`: the step's real tokens were just appended in order and every other occupied
@@ -192,7 +193,7 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
                 p4 = p4 * q_valid[sel][:, None, :, None]
             if observe == "sum":
                 if store.uniform:
-                    attn_sum = F.pad(p4.sum(dim=(1, 2)), (0, cap - used))  # (n_seg, row_cap)
+                    attn_sum = p4.sum(dim=(1, 2))  # (n_seg, used): slots past `used` are unoccupied
                 else:
                     attn_sum[sel, :used] = p4.sum(dim=(1, 2))
             if observe == "probs":

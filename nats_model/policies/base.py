@@ -36,8 +36,9 @@ class Step:
     seen (n_seg,): tokens seen by the segment's sequence, this step included.
     q_pos, q_valid (n_seg, T): original positions of the step's queries / False for padding.
     new_slots (n_seg, T): flat slot of each new token (-1 for padding).
-    attn_sum (n_seg, row_cap) or None: attention each slot received this step, summed over the
-      step's real queries and over the query heads of the KV head's GQA group (observe="sum").
+    attn_sum (n_seg, P) or None: attention each slot received this step, summed over the
+      step's real queries and over the query heads of the KV head's GQA group (observe="sum");
+      P <= row_cap as for probs (`LayerStore.add_rows` takes it as it is).
     probs (n_seg, g, R, P) or None: per query head and query (observe="probs"; padding queries are
       zero) for the step's last R = min(T, policy.probs_rows or T) queries; P <= row_cap: the slots
       past P are unoccupied (P is the common length when every segment holds the same count, else
@@ -110,11 +111,25 @@ class Policy:
 
     def step_budget(self, step: Step) -> torch.Tensor:
         """`budget_for(step.seen)`, computed once per step (all layers share `step.seen`)."""
+        return self._budget_entry(step)[1]
+
+    def step_budget_common(self, step: Step) -> int:
+        """The step's budget when every segment has the same, else -1 (once per step, like
+        `step_budget`): with a common kept count `n`, every segment is `n - budget` over, no tensor op."""
+        entry = self._budget_entry(step)
+        if entry[2] is None:
+            budget = entry[1]
+            lo, hi = (int(x) for x in budget.aminmax()) if budget.numel() else (0, 0)
+            entry[2] = lo if lo == hi else -1
+        return entry[2]
+
+    def _budget_entry(self, step: Step) -> list:
+        """[seen, budget_for(seen), common budget or None when not computed yet], cached per step."""
         cached = self.__dict__.get("_budget_cache")
         if cached is None or cached[0] is not step.seen:
-            cached = (step.seen, self.budget_for(step.seen))
+            cached = [step.seen, self.budget_for(step.seen), None]
             self.__dict__["_budget_cache"] = cached
-        return cached[1]
+        return cached
 
     def budget_label(self) -> str:
         if self.budget_tokens is not None:

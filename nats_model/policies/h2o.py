@@ -36,13 +36,12 @@ class H2OPolicy(Policy):
 
     def _split(self, step: Step) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Once per step (all layers share `seen`): budget, the first position of the recent
-        window, and the budget when every segment has the same (else -1)."""
+        window as a column (n_seg, 1), and the budget when every segment has the same (else -1)."""
         cached = self.__dict__.get("_split_cache")
         if cached is None or cached[0] is not step.seen:
             budget = self.step_budget(step)
             n_recent = (budget.double() * self.recent_ratio).floor().long()
-            lo, hi = (int(x) for x in budget.aminmax()) if budget.numel() else (0, 0)
-            cached = (step.seen, budget, step.seen - n_recent, lo if lo == hi else -1)
+            cached = (step.seen, budget, (step.seen - n_recent)[:, None], self.step_budget_common(step))
             self.__dict__["_split_cache"] = cached
         return cached[1:]
 
@@ -57,13 +56,13 @@ class H2OPolicy(Policy):
             if most == 1:  # decode fast path: every segment drops its lowest-scoring non-recent slot
                 pos = store.rows(store.pos)[:, :common_len]
                 score = store.rows(store.aux["h2o_score"])[:, :common_len]
-                return score.masked_fill(pos >= recent_from[:, None], float("inf")).argmin(dim=1)
+                return score.masked_fill(pos >= recent_from, float("inf")).argmin(dim=1)
         n_drop = store.lens - budget  # (n_seg,)
         most = int(n_drop.max())
         if most <= 0:
             return None
         valid = store.valid_rows()
-        recent = store.rows(store.pos, fill=-1) >= recent_from[:, None]
+        recent = store.rows(store.pos, fill=-1) >= recent_from
         # heavy-hitter candidates (occupied, not recent); the n_drop lowest scores go
         masked = store.rows(store.aux["h2o_score"]).masked_fill(~valid | recent, float("inf"))
         if most == 1:

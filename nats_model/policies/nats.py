@@ -97,6 +97,7 @@ class NatsPolicy(Policy):
         self.__dict__["_state"] = {}
         self.__dict__["_typed_step"] = (None, None)
         self.__dict__.pop("_leaving", None)
+        self.__dict__.pop("_decode_pos", None)
 
     def visible(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         """(n_seg, T, row_cap): the rule of NATS_METHOD section 1 for every query of a prefill chunk,
@@ -149,16 +150,19 @@ class NatsPolicy(Policy):
             raise ValueError(f"nats: expected per-token type logits (B, Hkv, {step.q_pos.shape[1]}, 3), "
                              f"got {tuple(step.type_logits.shape)}")
         n_seg, dev = B * Hkv, step.q_pos.device
-        logits = step.type_logits.reshape(n_seg, T, 3).float()  # (n_seg, T, 3)
         state = self.__dict__["_state"]
         if step.layer not in state:
             state[step.layer] = (torch.full((n_seg,), -1, dtype=torch.long, device=dev),
                                  torch.zeros(n_seg, 3, device=dev))
         last_before, partial = state[step.layer]
         if C == 1 and T == 1 and not step.prefill:  # decode with token types: one new token per segment
-            out = self._typed_decode(store, step, logits[:, 0], bias, last_before, partial)
+            logits = step.type_logits.reshape(n_seg, 3)
+            if logits.dtype != torch.float32:
+                logits = logits.float()
+            out = self._typed_decode(store, step, logits, bias, last_before, partial)
             self.__dict__["_typed_step"] = (step, out)
             return out
+        logits = step.type_logits.reshape(n_seg, T, 3).float()  # (n_seg, T, 3)
         valid, seen = step.q_valid, step.seen
         first = (seen - valid.sum(1)) // C  # (n_seg,) first chunk that was unfinished before the step
         n_done = seen // C - first  # (n_seg,) chunks completed by this step
@@ -195,16 +199,30 @@ class NatsPolicy(Policy):
                       last_before: torch.Tensor, partial: torch.Tensor) -> dict:
         """`_typed` for one decode token per segment with token types: type it (argmax after the
         Global bias, position 0 Global), write its slot's order key, move the last Global position."""
-        q_pos = step.q_pos[:, 0]  # (n_seg,)
+        q_pos, first = self._decode_positions(step.q_pos)
         bias_row, key_base = self._decode_consts(bias, logits.device)
-        first = q_pos == 0
-        types = (logits + bias_row).argmax(-1).masked_fill_(first, GLOBAL)  # infer_types for one token
+        types = (logits + bias_row).argmax(-1)  # infer_types for one token
+        if first is not None:  # position 0 is Global
+            types.masked_fill_(first, GLOBAL)
         last_global = torch.where(types == GLOBAL, q_pos, last_before)
         self.__dict__["_state"][step.layer] = (last_global, partial)
         # order_key(types, q_pos) from a per-type table
-        key = (key_base[types] + q_pos).masked_fill_(first, 3 * _RANK_STEP)
+        key = key_base[types] + q_pos
+        if first is not None:
+            key.masked_fill_(first, 3 * _RANK_STEP)
         store.aux["nats_order"].index_copy_(0, step.new_slots[:, 0], key)
         return {"decode": True, "last_global": last_global}
+
+    def _decode_positions(self, q_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the decode token's position per segment (n_seg,), where it is position 0 or None when
+        nowhere), once per step: the engine hands every layer the same `q_pos` tensor."""
+        cached = self.__dict__.get("_decode_pos")
+        if cached is None or cached[0] is not q_pos:
+            pos = q_pos[:, 0]
+            first = pos == 0
+            cached = (q_pos, pos, first if bool(first.any()) else None)
+            self.__dict__["_decode_pos"] = cached
+        return cached[1], cached[2]
 
     def _decode_consts(self, bias: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(the Global bias as a logit row (3,), the order-key base per type (3,)), made once per run."""
@@ -239,12 +257,20 @@ class NatsPolicy(Policy):
             if not bool(((low <= ty["last_global"]) | (keys == leaving).any(1)).any()):
                 if not capped:
                     return None
-                n_drop = store.lens - self.step_budget(step)
-                most = int(n_drop.max())
-                if most <= 0:
-                    return None
-                if most == 1:
-                    return torch.where(n_drop > 0, candidate, -1)
+                common_budget = self.step_budget_common(step)
+                if common_budget >= 0:  # every segment is n - budget over: no tensor op
+                    most = n - common_budget
+                    if most <= 0:
+                        return None
+                    if most == 1:
+                        return candidate
+                else:
+                    n_drop = store.lens - self.step_budget(step)
+                    most = int(n_drop.max())
+                    if most <= 0:
+                        return None
+                    if most == 1:
+                        return torch.where(n_drop > 0, candidate, -1)
         typ, pos = self.type_of(store.rows(store.aux["nats_order"])), store.rows(store.pos, fill=-1)
         if n >= 0:
             typ, pos = typ[:, :n], pos[:, :n]

@@ -44,9 +44,12 @@ class TOVAPolicy(Policy):
         self.__dict__["_n_kv_heads"] = n_kv
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
-        budget = self.step_budget(step)
-        n_drop = store.lens - budget  # (n_seg,)
-        most = int(n_drop.max())
+        n, common_budget = store.common_len(), self.step_budget_common(step)
+        if n >= 0 and common_budget >= 0:  # every segment is n - budget over: no tensor op
+            n_drop, most = None, n - common_budget
+        else:
+            n_drop = store.lens - self.step_budget(step)  # (n_seg,)
+            most = int(n_drop.max())
         if most <= 0:
             return None
         hkv = step.n_kv_heads or self.__dict__["_n_kv_heads"]
@@ -54,11 +57,12 @@ class TOVAPolicy(Policy):
             raise ValueError(f"tova: KV head count {hkv!r} unknown or not dividing {store.n_seg} segments "
                              "(the engine gives Step.n_kv_heads; else call bind_model(model))")
         n_seg, g, T, width = step.probs.shape
-        n = store.common_len()
         if most == 1 and T == 1 and n >= 0 and width >= n:
             pick = self._decode_pick(store, step, hkv, n)
             if pick is not None:
-                return torch.where(n_drop > 0, pick, -1)
+                return pick if n_drop is None else torch.where(n_drop > 0, pick, -1)
+        if n_drop is None:
+            n_drop = store.lens - self.step_budget(step)
         row_cap = store.row_cap
         probs = F.pad(step.probs, (0, row_cap - width)) if width < row_cap else step.probs
         valid = step.q_valid[:, -T:]  # probs hold the step's last T queries

@@ -9,6 +9,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from nats_model.cache import LayerStore
@@ -54,7 +55,7 @@ def test_uniform_decode_attention_equals_attend_store(observe, g_heads):
 def test_uniform_decode_not_taken_for_masks_windows_or_unequal_lengths():
     store, _ = filled_store()
     assert not uniform_decode_ready(store, 1, False, True, 16, False)  # sliding window
-    assert not uniform_decode_ready(store, 1, False, True, None, True)  # policy visibility rule
+    assert not uniform_decode_ready(store, 1, False, True, None, True)  # a policy visibility mask
     assert not uniform_decode_ready(store, 1, True, True, None, False)  # prefill
     assert not uniform_decode_ready(store, 1, False, False, None, False)  # padding
     store.evict_one(torch.tensor([0, -1, -1, -1]))  # now one segment is shorter
@@ -132,3 +133,47 @@ def test_lean_decode_only_where_exact():
     # a model that does not qualify still generates (transformers' forward)
     res = generate(qwen, torch.randint(0, 97, (1, 20)), build("streaming_llm", budget_tokens=8), max_new_tokens=3)
     assert res.tokens.shape == (1, 3)
+
+
+def test_nats_decode_takes_the_uniform_path_with_the_same_output(monkeypatch):
+    """A masking policy whose rule hides nothing this step (NAtS decode: `visible` is None) gets the
+    mask-free uniform attention, and it equals `attend_store` on the same store and query."""
+    from nats_model import generate as gen
+    from nats_model.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=61, n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=128,
+                          attention="nats", window=3, global_bias=0.0)).eval()
+    taken = []
+    original = gen.attend_uniform_decode
+
+    def checked(store, q, scale, observe):
+        fast = original(store, q, scale, observe)
+        n_seg = q.shape[0]
+        pos = store.rows(store.pos)[:, store.common_len() - 1:store.common_len()]  # the new token's position
+        ref = attend_store(store, q, pos, torch.ones(n_seg, 1, dtype=torch.bool), True, scale, None, observe,
+                           decode=True)
+        assert torch.equal(fast[0], ref[0])
+        taken.append(store.common_len())
+        return fast
+
+    monkeypatch.setattr(gen, "attend_uniform_decode", checked)
+    ids = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(5))
+    generate(model, ids, build("nats", budget_tokens=6), max_new_tokens=10)
+    assert len(taken) >= 8  # decode steps of both layers took it
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_add_rows_narrower_than_row_cap_equals_padded(uniform):
+    """`add_rows` with (n_seg, w < row_cap) rows (a uniform decode step's attn_sum) adds what the
+    zero-padded (n_seg, row_cap) rows add."""
+    stores = []
+    for narrow in (True, False):
+        store, g = filled_store()
+        if not uniform:
+            store.relayout([40, 37, 60, 37])
+        w = 30
+        rows = torch.rand(store.n_seg, w, generator=torch.Generator().manual_seed(1))
+        store.add_rows(store.aux["h2o_score"], rows if narrow else F.pad(rows, (0, store.row_cap - w)))
+        stores.append(store.aux["h2o_score"])
+    assert stores[0].shape == stores[1].shape and torch.equal(stores[0], stores[1])
