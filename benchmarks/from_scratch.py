@@ -99,6 +99,12 @@ def markdown_table(rows: list[tuple[str, str, str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def _shown(path: str) -> str:
+    """A model folder as the report shows it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
 def fail(message: str) -> int:
     print(f"from_scratch: {message}", file=sys.stderr)
     return 2
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "nats_minus_h2o_12_5_nll": math.log(s["nats"]["ppl"]) - math.log(s["h2o_12_5"]["ppl"]),
         "nats_minus_h2o_12_5_nll_ci95": [d_lo, d_hi],
         "n": n, "context": ctx, "scored_tokens_per_cell": sum(tokens), "bootstrap": args.bootstrap, "seed": seed,
-        "nats_model": str(args.nats_model), "full_model": str(args.full_model),
+        "nats_model": _shown(args.nats_model), "full_model": _shown(args.full_model),
         "cell_wall_s": {k: v["wall_s"] for k, v in s.items()},
         "wall_s": round(time.perf_counter() - t0, 2),
         "markdown_tables": [table],
