@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from nats_model.cache import KVCache, LayerStore
 from nats_model.decode_attention import attend_uniform_decode, uniform_decode_ready
+from nats_model.kernels.decode import use_decode_kernel, varlen_decode_attention
 from nats_model.policies.base import Policy, Step
 from nats_model.prefill_attention import (
     DEFAULT_OBSERVE_BLOCK,
@@ -36,11 +37,16 @@ class KVEngine:
     relayout (old and new buffers alive together). `observe_block`: queries per block when the
     attention statistics of an observing policy (H2O, TOVA, SnapKV) are computed in prefill;
     a block holds `(B * Hkv, g * observe_block, kept)` float32 probabilities at a time
-    (`nats_model.prefill_attention`).
+    (`nats_model.prefill_attention`). `triton_decode`: on CUDA, a plain decode step over a store
+    whose heads hold different counts runs the Triton kernel `nats_model.kernels.decode` (never on
+    the CPU); False, or NATSBENCH_TRITON_DECODE=0, keeps the torch path.
     """
 
-    def __init__(self, policy: Policy, batch: int, observe_block: int = DEFAULT_OBSERVE_BLOCK):
+    def __init__(self, policy: Policy, batch: int, observe_block: int = DEFAULT_OBSERVE_BLOCK,
+                 triton_decode: bool = True):
         self.policy = policy
+        self.triton_decode = triton_decode
+        self._decode_kernel: dict = {}  # device -> use the Triton decode kernel (decided once per device)
         self.observe_block = check_observe_block(observe_block)
         self.cache = KVCache(batch, tuple(policy.aux_fields), policy.aux_dtypes)
         self.kv_bytes_physical_peak = 0
@@ -57,6 +63,12 @@ class KVEngine:
         now = self.cache.kv_bytes_physical() + store.relayout_old_bytes
         store.relayout_old_bytes = 0
         self.kv_bytes_physical_peak = max(self.kv_bytes_physical_peak, now)
+
+    def _kernel_on(self, device: torch.device) -> bool:
+        hit = self._decode_kernel.get(device)
+        if hit is None:
+            hit = self._decode_kernel[device] = self.triton_decode and use_decode_kernel(device)
+        return hit
 
     def kept_per_seq(self) -> torch.Tensor:
         """(B,) tokens layer 0 / KV head 0 holds (0 before the first step)."""
@@ -101,6 +113,13 @@ class KVEngine:
         if uniform_decode_ready(store, T, st["prefill"], st["all_valid"], sliding_window,
                                 visible is not None):  # the usual decode step: no masks at all
             out, step.attn_sum, step.probs = attend_uniform_decode(store, qs, scale, self.policy.observe)
+        elif (T == 1 and not st["prefill"] and st["all_valid"] and visible is None
+              and self.policy.observe == "none" and self._kernel_on(q.device)):
+            # variable-length decode over each head's own kept slots (CUDA only): no dense mask
+            o, _ = varlen_decode_attention(qs.view(n_seg, g, hd), store.k, store.v, store.pos, store.offsets,
+                                           store.lens, st["pos_seg"][:, 0], scale, sliding_window,
+                                           max_len=store.row_cap)
+            out = o.view(n_seg, g, 1, hd)
         else:
             out, step.attn_sum, step.probs = attend_store(
                 store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"], scale, sliding_window,
