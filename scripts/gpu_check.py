@@ -7,7 +7,11 @@
 2. finetune: `natsbench finetune --model` on a tiny random Llama (saved to a temp folder with a
    byte-level BPE tokenizer) for 30 steps on CUDA; the student's NAtS attention runs on the
    Triton kernels there. Must finish and write an adapter folder.
-3. eval: `natsbench eval --model BASE --adapter DIR --policy nats --device cuda` on passkey@1024;
+3. decode_kernel: the Triton variable-length decode kernel (`nats_model.kernels.decode`) against the
+   engine's torch path `attend_store` on one layer's store at 16384 tokens seen with 10% kept on
+   average, a different count per KV head (5%..15%), batch 4, 8 KV heads x 4 query heads, head dim
+   128, bf16; max |error| / max |fp32 reference| under 3e-2, and ms per call of both (median of 50).
+4. eval: `natsbench eval --model BASE --adapter DIR --policy nats --device cuda` on passkey@1024;
    must finish with status done (accuracy of random weights is not the point).
 
 Human lines go to stderr; the LAST stdout line is one JSON object with every figure. Without a
@@ -74,6 +78,71 @@ def check_triton(device: str, n: int = 4096) -> dict:
         f"{t_triton * 1e3:.1f} ms vs reference {t_ref * 1e3:.1f} ms")
     return {"ok": ok, "tokens": n, "rel_errors": errors, "tolerance": TOL, "triton_ms": round(t_triton * 1e3, 2),
             "reference_ms": round(t_ref * 1e3, 2)}
+
+
+def check_decode_kernel(device: str, seen: int = 16384, batch: int = 4, hkv: int = 8, g: int = 4, hd: int = 128,
+                        dtype_name: str = "bfloat16", reps: int = 50) -> dict:
+    import torch
+
+    from nats_model.cache import LayerStore
+    from nats_model.generate import attend_store
+    from nats_model.kernels.decode import varlen_decode_attention
+
+    dtype = getattr(torch, dtype_name)
+    dev = torch.device(device)
+    n_seg = batch * hkv
+    gen = torch.Generator().manual_seed(0)
+    counts = (torch.rand(n_seg, generator=gen) * 0.10 + 0.05).mul(seen).long().clamp(min=1)  # 5%..15% kept
+    T = int(counts.max())
+    valid = torch.arange(T)[None, :] >= (T - counts)[:, None]
+    # kept positions: a sorted random subset of the `seen` positions per segment (left-aligned in the step)
+    pos = torch.sort(torch.rand(n_seg, T, generator=gen) * (seen - 1), 1).values.long()
+    store = LayerStore(n_seg, hd, dtype, dev)
+    store.append(torch.randn(n_seg, T, hd, generator=gen).to(dev, dtype), torch.randn(n_seg, T, hd, generator=gen).to(dev, dtype),
+                 pos.to(dev), valid.to(dev))
+    q_pos = torch.full((n_seg, 1), seen, dtype=torch.long, device=dev)
+    ones = torch.ones(n_seg, 1, dtype=torch.bool, device=dev)
+    store.append(torch.randn(n_seg, 1, hd, generator=gen).to(dev, dtype), torch.randn(n_seg, 1, hd, generator=gen).to(dev, dtype),
+                 q_pos, ones, True)
+    q = torch.randn(n_seg, g, 1, hd, generator=gen).to(dev, dtype)
+    scale = hd ** -0.5
+
+    def torch_path():
+        return attend_store(store, q, q_pos, ones, True, scale, None, "none", decode=True)[0]
+
+    def kernel_path():
+        return varlen_decode_attention(q.view(n_seg, g, hd), store.k, store.v, store.pos, store.offsets, store.lens,
+                                       q_pos[:, 0], scale, max_len=store.row_cap)[0].view(n_seg, g, 1, hd)
+
+    def timed(fn) -> float:
+        fn()  # compile / warm up
+        times = []
+        for _ in range(reps):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2] * 1e3
+
+    got, want = kernel_path(), torch_path()
+    ref_store = LayerStore(n_seg, hd, torch.float32, dev)
+    ref_store.__dict__.update({k: v for k, v in store.__dict__.items() if k not in ("k", "v", "dtype")})
+    ref_store.k, ref_store.v = store.k.float(), store.v.float()
+    ref = attend_store(ref_store, q.float(), q_pos, ones, True, scale, None, "none", decode=True)[0]
+    err_kernel = float((got.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    err_torch = float((want.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    t_kernel, t_torch = timed(kernel_path), timed(torch_path)
+    ok = err_kernel < TOL
+    log(f"decode kernel at {seen} seen, kept {int(counts.min())}..{int(counts.max())} per head ({dtype_name}): "
+        f"rel. error {err_kernel:.2e} (torch path {err_torch:.2e}) ({'ok' if ok else 'FAIL'}), "
+        f"{t_kernel:.3f} ms vs torch {t_torch:.3f} ms")
+    return {"ok": ok, "seen": seen, "kept_mean": round(float(counts.float().mean()), 1), "n_seg": n_seg, "g": g,
+            "head_dim": hd, "dtype": dtype_name, "rel_error": err_kernel, "torch_rel_error": err_torch,
+            "tolerance": TOL, "kernel_ms": round(t_kernel, 4), "torch_ms": round(t_torch, 4),
+            "torch_over_kernel": round(t_torch / max(t_kernel, 1e-9), 2)}
 
 
 def _cli(*args: str, timeout: int) -> tuple[int, dict | None, str, float]:
@@ -153,7 +222,8 @@ def main() -> int:
         return 1
     device = "cuda"
     report: dict = {"gpu_check": "running", "device_name": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    steps = (("triton", lambda tmp: check_triton(device)), ("finetune", lambda tmp: check_finetune(tmp, device)),
+    steps = (("triton", lambda tmp: check_triton(device)), ("decode_kernel", lambda tmp: check_decode_kernel(device)),
+             ("finetune", lambda tmp: check_finetune(tmp, device)),
              ("eval", lambda tmp: check_eval(tmp, device)))
     with tempfile.TemporaryDirectory(prefix="natsbench-gpu-check-") as tmp:
         os.environ.setdefault("NATSBENCH_CACHE_DIR", str(Path(tmp) / "cache"))
