@@ -9,7 +9,10 @@ Cells (each one `natsbench eval ... --format json` subprocess, the last stdout l
 Targets (issue #12 item 7): full >= 0.95 passkey@1024; nats >= 0.90 passkey@1024 and >= 0.80
 niah_multikey@512 at a mean kept fraction <= 0.15.
 
-    python scripts/tiny_llama_cards.py --n 50
+    python scripts/tiny_llama_cards.py --n 50 [--config configs/finetune_tiny_llama_nats_w32.yaml]
+
+If the adapter folder holds `attempts.json` (a list of the fine-tuning attempts: config, adapter facts and the
+numbers each was measured at, with where they came from), the card shows them in an "Attempts" section.
 
 The last stdout line is the JSON written to models/tiny-llama-nats/eval.json.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = (("passkey", 1024), ("niah_multikey", 512))
 BASELINES = ("streaming_llm", "h2o", "snapkv", "tova")
+DEFAULT_CONFIG = "configs/finetune_tiny_llama_nats_w32.yaml"  # the config the shipped adapter was trained by
 TARGETS = {"full_passkey": 0.95, "nats_passkey": 0.90, "nats_niah_multikey": 0.80, "nats_kept_max": 0.15}
 
 
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="models/tiny-llama-base")
     parser.add_argument("--adapter", default="models/tiny-llama-nats")
     parser.add_argument("--n", type=int, default=50, help="examples per cell")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="the fine-tuning config the adapter was trained by (the card's reproduce line)")
     parser.add_argument("--calibrate-bias", default=None, metavar="B1,B2,...",
                         help="first pick the adapter's inference Global bias among these on validation examples")
     parser.add_argument("--cards-only", action="store_true",
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     adapter_cfg = json.loads((ROOT / args.adapter / "adapter_config.json").read_text())
     result = {"rows": rows, "nats_mean_kept_fraction": round(kept_mean, 4), "targets": TARGETS, "met": checks,
-              "calibration": calibration,
+              "calibration": calibration, "config": args.config,
               "adapter": {k: adapter_cfg[k] for k in ("window", "chunk_size", "global_bias", "lam", "steps")}}
     (ROOT / args.adapter / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     write_cards(args, result)
@@ -155,7 +161,8 @@ def write_cards(args: argparse.Namespace, result: dict) -> None:
         "fine-tuned through the Hugging Face path: base frozen, only the per-layer type scorers trained by",
         "hidden-state distillation from the same weights with SDPA attention.", "",
         "## Reproduce", "", "```",
-        "natsbench finetune configs/finetune_tiny_llama_nats.yaml --model models/tiny-llama-base --out models/tiny-llama-nats",
+        f"natsbench finetune {result.get('config', args.config)} --model models/tiny-llama-base "
+        "--out models/tiny-llama-nats",
         "python scripts/tiny_llama_cards.py --n " + str(rows[0]["n"])
         + (f" --calibrate-bias {','.join(str(c['global_bias']) for c in calibration['candidates'])}"
            if calibration else ""), "```", "",
@@ -165,7 +172,8 @@ def write_cards(args: argparse.Namespace, result: dict) -> None:
         *table(rows), "",
         f"Mean kept fraction of `nats` over the two workloads: {kept_mean:.3f} (the kept target is read as this",
         "mean; per workload: " + ", ".join(f"{w} {r['kept_fraction']:.3f}" for w, r in nats.items())
-        + "; at 512 tokens the 64-token window alone is 12.5%). Baselines run at the budget",
+        + f"; at 512 tokens the {adapter_cfg['window']}-token window alone is {adapter_cfg['window'] / 512:.2%})."
+        " Baselines run at the budget",
         "`nats` kept on each workload (rounded up to a hundredth).", "",
         f"Targets (issue #12 item 7): {met}.", "",
     ]
@@ -176,7 +184,22 @@ def write_cards(args: argparse.Namespace, result: dict) -> None:
                       *[f"| {r['global_bias']} | {r['worst_accuracy']:.2f} | {r['mean_kept_fraction']:.3f} |"
                         for r in calibration["candidates"]], "",
                       f"Chosen: {calibration['chosen']} (written into adapter_config.json).", ""]
+    nats_card += attempts_section(ROOT / args.adapter / "attempts.json")
     (ROOT / args.adapter / "MODEL_CARD.md").write_text("\n".join(nats_card) + "\n")
+
+
+def attempts_section(path: Path) -> list[str]:
+    """The card's "Attempts" section from attempts.json ([] when the file is absent)."""
+    if not path.is_file():
+        return []
+    lines = ["## Attempts (from attempts.json)", ""]
+    for a in json.loads(path.read_text()):
+        lines += [f"### {a['name']}{' (shipped)' if a.get('shipped') else ''}", "",
+                  f"`{a['config']}`: {a['summary']}", "",
+                  "| measured by | workload | policy | n | accuracy | KV / kept fraction |", "|---|---|---|---|---|---|",
+                  *[f"| {m['source']} | {m['workload']} | {m['policy']} | {m['n']} | {m['accuracy']:.3f} | "
+                    f"{m['fraction']:.3f} |" for m in a["measured"]], ""]
+    return lines
 
 
 if __name__ == "__main__":
