@@ -72,32 +72,41 @@ def prefill(results_dir: Path) -> list[Path]:
 
 
 def quality_vs_kv(results_dir: Path) -> list[Path]:
-    """`points`: [{model, workload, policy, kv_fraction, value, ci_low, ci_high, metric}]."""
+    """`points`: [{family, model, workload, policy, kv_fraction, value, ci_low, ci_high, metric}].
+
+    One PNG per workload with one panel per model family (a policy's line never joins points of two
+    different models), each panel with its own Pareto front; a policy has the same colour in every panel."""
     summary = _summary(results_dir, "quality_vs_kv")
     points = (summary or {}).get("points") or []
     written = []
+    colours = {name: f"C{i}" for i, name in enumerate(sorted({p["policy"] for p in points}))}
     for workload in sorted({p["workload"] for p in points}):
         rows = [p for p in points if p["workload"] == workload and p.get("value") is not None]
         if not rows:
             continue
         metric = rows[0].get("metric", "accuracy")
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-        for policy in sorted({p["policy"] for p in rows}):
-            ps = sorted((p for p in rows if p["policy"] == policy), key=lambda p: p["kv_fraction"])
-            xs = [p["kv_fraction"] for p in ps]
-            ys = [p["value"] for p in ps]
-            err = [[max(0.0, p["value"] - p.get("ci_low", p["value"])) for p in ps],
-                   [max(0.0, p.get("ci_high", p["value"]) - p["value"]) for p in ps]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=policy)
-        front = _pareto(rows, higher_is_better=metric != "perplexity")
-        if len(front) > 1:
-            ax.plot([p["kv_fraction"] for p in front], [p["value"] for p in front], "k--", lw=0.8, label="Pareto front")
-        ax.set_xscale("log")
-        ax.set_xlabel("physical KV bytes / full cache")
-        ax.set_ylabel(metric + " (95% interval)")
-        ax.set_title(workload)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        families = sorted({p.get("family", "-") for p in rows})
+        fig, axes = plt.subplots(1, len(families), figsize=(4.6 * len(families) + 0.6, 4.0), dpi=110,
+                                 sharey=True, squeeze=False)
+        for ax, family in zip(axes[0], families, strict=True):
+            fam_rows = [p for p in rows if p.get("family", "-") == family]
+            for policy in sorted({p["policy"] for p in fam_rows}):
+                ps = sorted((p for p in fam_rows if p["policy"] == policy), key=lambda p: p["kv_fraction"])
+                xs = [p["kv_fraction"] for p in ps]
+                ys = [p["value"] for p in ps]
+                err = [[max(0.0, p["value"] - p.get("ci_low", p["value"])) for p in ps],
+                       [max(0.0, p.get("ci_high", p["value"]) - p["value"]) for p in ps]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=policy, color=colours[policy])
+            front = _pareto(fam_rows, higher_is_better=metric != "perplexity")
+            if len(front) > 1:
+                ax.plot([p["kv_fraction"] for p in front], [p["value"] for p in front], "k--", lw=0.8,
+                        label="Pareto front")
+            ax.set_xscale("log")
+            ax.set_xlabel("physical KV bytes / full cache")
+            ax.set_title(f"{workload}: {family}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel(metric + " (95% interval)")
         fig.tight_layout()
         path = results_dir / f"pareto_{re.sub(r'[^A-Za-z0-9_@.-]', '_', workload)}.png"
         fig.savefig(path)

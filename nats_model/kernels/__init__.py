@@ -1,4 +1,6 @@
-"""Triton kernels of NAtS attention (training forward/backward and an inference prefill).
+"""Triton kernels: NAtS attention (training forward/backward, an inference prefill) and a
+variable-length decode attention over the packed per-head KV store (`kernels.decode`, used by the
+engine on CUDA only).
 
 Importing this package does not import triton: the kernels are compiled on first call. They
 run on CUDA, or on the CPU only under TRITON_INTERPRET=1 set before triton is first imported.
