@@ -17,7 +17,7 @@ from typing import Any
 from services.declaration import CONFIG_KEYS as _CONFIG_KEYS
 
 # Bump when results of an unchanged config would change (new decode loop, metric fix, ...).
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 
 # The keys of a cell config (services.declaration); every one must be present in a config.
 CONFIG_KEYS: tuple[str, ...] = _CONFIG_KEYS
