@@ -115,6 +115,8 @@ def model_for(model: GPT, policy_name: str) -> GPT:
         cached = GPT(dataclasses.replace(model.config, attention="nats", window=64))
         cached.load_state_dict(model.state_dict(), strict=False)  # the scorers keep their init
         cached = cached.to(next(model.parameters()).device).eval()
+        if getattr(model, "_decode_layout", True):
+            cached.cpu_decode_layout()
         model._nats_twin = cached
     return cached
 
@@ -158,6 +160,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on this shared 2-core CPU a second thread measured 3-5x slower)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--row-major-weights", action="store_true",
+                    help="keep the Linear weights row-major (what load_model did before GPT.cpu_decode_layout)")
     ap.add_argument("--quick", action="store_true",
                     help="make bench QUICK=1: batch 1 only, 8 steps after 2 warm-up (same contexts and policies)")
     args = ap.parse_args()
@@ -168,6 +172,9 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=256, n_layer=4, n_head=8, n_kv_head=8, d_model=512, max_seq_len=32768)
     model = GPT(cfg).to(device).eval()
+    model._decode_layout = not args.row_major_weights
+    if model._decode_layout:
+        model.cpu_decode_layout()  # as services.evaluation.load_model does for every GPT on the CPU
     contexts = [int(c) for c in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     names = [p for p in args.policies.split(",") if p]
@@ -175,7 +182,8 @@ def main() -> None:
     longest, pct = max(contexts), round(args.budget * 100)
     t_start = time.perf_counter()
     summary: dict = {"benchmark": "decode_latency", "device": str(device), "threads": torch.get_num_threads(),
-                     "contexts": contexts, "budget": args.budget, "steps": args.steps, "batches": batches}
+                     "contexts": contexts, "budget": args.budget, "steps": args.steps, "batches": batches,
+                     "weights": "row-major" if args.row_major_weights else "cpu_decode_layout"}
     all_rows = []
     for i, batch in enumerate(batches):
         rows = [r for ctx in contexts

@@ -235,6 +235,8 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
         model, tok, kind = _load_folder(folder, torch_dtype)
         source = str(folder.resolve())
     model = model.to(device=device, dtype=torch_dtype).eval()
+    if kind != "hf" and hasattr(model, "cpu_decode_layout"):
+        model.cpu_decode_layout()  # our GPT on the CPU: decode-friendly weight layout (see its docstring)
     info = {"kind": kind, "source": source, "n_parameters": sum(p.numel() for p in model.parameters())}
     handle = ModelHandle(name=name, model=model, tokenizer=tok, kind=kind, device=device, dtype=dtype,
                          source=source, info=info)

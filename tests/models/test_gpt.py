@@ -172,3 +172,25 @@ def test_positions_shape_is_checked():
     model = GPT(tiny())
     with pytest.raises(ValueError, match="positions"):
         model(torch.zeros(2, 4, dtype=torch.long), positions=torch.arange(4))
+
+
+def test_cpu_decode_layout_keeps_values_and_outputs_and_saves_contiguous(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(tiny(attention="nats", global_bias=1e4)).eval()
+    idx = torch.randint(0, 256, (2, 14))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref, _ = model(idx)
+    assert model.cpu_decode_layout() is model
+    up = model.blocks[0].mlp.up.weight  # more outputs than inputs: column-major now
+    assert up.shape == before["blocks.0.mlp.up.weight"].shape and not up.is_contiguous() and up.t().is_contiguous()
+    assert model.blocks[0].mlp.down.weight.is_contiguous()  # wider input: stays row-major
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    engine = FakeEngine(model.config)
+    outs = [model(idx[:, :6], kv_engine=engine, positions=torch.arange(6).expand(2, 6))[0]]
+    with torch.no_grad():
+        for t in range(6, 14):
+            outs.append(model(idx[:, t : t + 1], kv_engine=engine, positions=torch.full((2, 1), t))[0])
+    assert torch.allclose(torch.cat(outs, dim=1), ref, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    again = GPT.from_pretrained(tmp_path)
+    assert all(torch.equal(v, before[k]) for k, v in again.state_dict().items())
