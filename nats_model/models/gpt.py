@@ -125,16 +125,28 @@ def kept_fraction_of(types: torch.Tensor, window: int, chunk_size: int | None, n
 
 
 class MLP(nn.Module):
-    """Two-layer GELU feed-forward block."""
+    """Feed-forward block: two-layer GELU (`config.mlp == "gelu"`), or Llama's gated SiLU MLP
+    down(silu(gate(x)) * up(x)) (`"swiglu"`)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = int(config.mlp_ratio * config.d_model)
+        self.gated = config.mlp == "swiglu"
+        if self.gated:
+            self.gate = nn.Linear(config.d_model, hidden, bias=False)
         self.up = nn.Linear(config.d_model, hidden, bias=False)
         self.down = nn.Linear(hidden, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
         return self.down(F.gelu(self.up(x)))
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """`forward` without module-call overhead (one decode step, h (B, d))."""
+        if self.gated:
+            return F.linear(F.silu(F.linear(h, self.gate.weight)) * F.linear(h, self.up.weight), self.down.weight)
+        return F.linear(F.gelu(F.linear(h, self.up.weight)), self.down.weight)
 
 
 class Block(nn.Module):
@@ -216,7 +228,7 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = x + block.attn.decode(F.rms_norm(x, shape, block.attn_norm.weight, eps), rot, positions, kv_engine)
             h = F.rms_norm(x, shape, block.mlp_norm.weight, eps)
-            x = x + F.linear(F.gelu(F.linear(h, block.mlp.up.weight)), block.mlp.down.weight)
+            x = x + block.mlp.decode(h)
         return F.linear(F.rms_norm(x, shape, self.norm.weight, eps), self.lm_head.weight).unsqueeze(1)
 
     @torch.no_grad()

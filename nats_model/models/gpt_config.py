@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ATTENTION_KINDS = ("full", "nats")
+MLP_KINDS = ("gelu", "swiglu")
 
 
 @dataclass
@@ -17,6 +18,9 @@ class GPTConfig:
     and attends under the NAtS visibility rule with window `window` (tokens), optional chunks of
     `chunk_size` tokens, the inference Global-logit bias `global_bias` and the sparsity
     regulariser strength `lam` (used in training only). Byte-level by default (vocab 256).
+    `mlp="gelu"`: down(gelu(up(x))); `"swiglu"`: Llama's gated MLP down(silu(gate(x)) * up(x)), which
+    makes the model exactly a Hugging Face Llama (`nats_model.models.gpt_to_llama`). The MLP's hidden
+    size is `int(mlp_ratio * d_model)` either way.
     """
 
     vocab_size: int = 256
@@ -25,6 +29,7 @@ class GPTConfig:
     n_kv_head: int = 4
     d_model: int = 128
     mlp_ratio: float = 4.0
+    mlp: str = "gelu"
     rope_theta: float = 5e5
     norm_eps: float = 1e-5
     max_seq_len: int = 4096
@@ -41,6 +46,8 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"GPTConfig.attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.mlp not in MLP_KINDS:
+            raise ValueError(f"GPTConfig.mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"GPTConfig.d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:

@@ -5,6 +5,8 @@ half" layout (nats_model.rope), no biases, untied embeddings: everything a `Llam
 except the MLP, which in Llama is gated: down(act(gate(x)) * up(x)). With `mlp_bias=True` and
 `hidden_act="gelu"` (exact erf GELU, as `F.gelu`), the GPT's MLP is that gated MLP with
 gate = the GPT's `up`, Llama's `up` = weight 0 and bias 1 (a constant 1 gate), zero other biases.
+A GPT with `mlp="swiglu"` (gate, up, down: Llama's own MLP) maps one to one onto a plain Llama
+(`hidden_act="silu"`, no MLP bias); `natsbench train` writes that form directly with `export: hf_llama`.
 So a trained GPT becomes a Llama that `AutoModelForCausalLM.from_pretrained` loads, with a byte-level
 tokenizer (`byte_level_tokenizer`: token id = UTF-8 byte, vocabulary 256, no special tokens, like
 `nats_model.tokenizer.ByteTokenizer`) saved beside it for `AutoTokenizer`.
@@ -62,9 +64,11 @@ def gpt_to_llama(gpt):
     if c.attention != "full":
         raise ValueError(f"only a full-attention GPT converts (NAtS scorers go in an adapter), got {c.attention!r}")
     hidden = gpt.blocks[0].mlp.up.weight.shape[0]
+    gated = c.mlp == "swiglu"
     cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=hidden,
                       num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
-                      head_dim=c.head_dim, hidden_act="gelu", mlp_bias=True, attention_bias=False,
+                      head_dim=c.head_dim, hidden_act="silu" if gated else "gelu", mlp_bias=not gated,
+                      attention_bias=False,
                       rms_norm_eps=c.norm_eps, max_position_embeddings=c.max_seq_len, tie_word_embeddings=False,
                       rope_parameters={"rope_type": "default", "rope_theta": float(c.rope_theta)},
                       bos_token_id=None, eos_token_id=None, pad_token_id=None)
@@ -82,6 +86,11 @@ def gpt_to_llama(gpt):
         dst[f"{p}input_layernorm.weight"] = src[f"{b}attn_norm.weight"]
         dst[f"{p}post_attention_layernorm.weight"] = src[f"{b}mlp_norm.weight"]
         up, down = src[f"{b}mlp.up.weight"], src[f"{b}mlp.down.weight"]  # (H, d), (d, H)
+        if gated:
+            dst[f"{p}mlp.gate_proj.weight"] = src[f"{b}mlp.gate.weight"]
+            dst[f"{p}mlp.up_proj.weight"] = up
+            dst[f"{p}mlp.down_proj.weight"] = down
+            continue
         dst[f"{p}mlp.gate_proj.weight"] = up
         dst[f"{p}mlp.gate_proj.bias"] = torch.zeros(up.shape[0])
         dst[f"{p}mlp.up_proj.weight"] = torch.zeros_like(up)  # the gate's other factor is the constant 1
@@ -95,20 +104,28 @@ def gpt_to_llama(gpt):
     return llama
 
 
-def convert(src_dir: str | Path, out_dir: str | Path) -> dict:
-    """Write the Llama + byte-level tokenizer of the GPT checkpoint in `src_dir` to `out_dir`; returns
-    {"out", "max_abs_logit_diff"} measured on a 64-token probe of real text."""
-    from nats_model.models.gpt import GPT
-
-    gpt = GPT.from_pretrained(src_dir).float().eval()
+def export_llama(gpt, out_dir: str | Path) -> dict:
+    """Write `gpt` (a full-attention `GPT`) as a Llama folder + byte-level tokenizer into `out_dir`;
+    returns {"out", "max_abs_logit_diff"} measured on a 64-token probe of real text."""
+    was_training = gpt.training
+    gpt.eval()
     llama = gpt_to_llama(gpt)
     probe = torch.tensor([list(b"Convert the GPT into a Llama; the pass key is 12345. Remember it!!")[:64]])
     with torch.no_grad():
-        diff = float((llama(probe).logits - gpt(probe)[0]).abs().max())
+        diff = float((llama(probe).logits - gpt(probe.to(next(gpt.parameters()).device))[0].float().cpu())
+                     .abs().max())
+    gpt.train(was_training)
     out = Path(out_dir)
     llama.save_pretrained(out)
     byte_level_tokenizer().save_pretrained(out)
     return {"out": str(out), "max_abs_logit_diff": diff}
+
+
+def convert(src_dir: str | Path, out_dir: str | Path) -> dict:
+    """Write the Llama + byte-level tokenizer of the GPT checkpoint in `src_dir` to `out_dir` (`export_llama`)."""
+    from nats_model.models.gpt import GPT
+
+    return export_llama(GPT.from_pretrained(src_dir).float().eval(), out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

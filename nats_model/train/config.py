@@ -109,10 +109,17 @@ class TrainConfig:
     log_interval: int = 10
     checkpoint_interval: int = 200
     time_limit_s: float | None = None
+    # None: the output folder is a natsbench GPT checkpoint. "hf_llama": a Hugging Face Llama folder
+    # (+ byte-level tokenizer) written from the trained weights (needs model.mlp "swiglu" and full
+    # attention: then it is exactly a plain Llama); resume state stays in train_state/ either way.
+    export: str | None = None
 
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
+
+
+EXPORTS = (None, "hf_llama")
 
 
 def _build(cls, data: Any, where: str):
@@ -197,6 +204,11 @@ def parse_config(raw: dict[str, Any]) -> TrainConfig:
     _positive(ev.interval, "eval.interval", integer=True)
     cfg = _build(TrainConfig, {**raw, "model": model, "data": data, "stages": stages, "optim": optim, "eval": ev},
                  "config")
+    if cfg.export not in EXPORTS:
+        raise ConfigError(f"export must be one of {list(EXPORTS)}, got {cfg.export!r}")
+    if cfg.export == "hf_llama" and (model.mlp != "swiglu" or model.attention != "full"):
+        raise ConfigError(f"export: hf_llama needs model.mlp 'swiglu' and model.attention 'full' (got "
+                          f"{model.mlp!r}, {model.attention!r})")
     _positive(cfg.threads, "threads", integer=True)
     _positive(cfg.log_interval, "log_interval", integer=True)
     _positive(cfg.checkpoint_interval, "checkpoint_interval", integer=True)

@@ -156,6 +156,16 @@ class Validator:
         return out
 
 
+def save_output(model: GPT, out: Path, cfg: TrainConfig) -> None:
+    """The trained model in `out`: a GPT checkpoint, or with `export: hf_llama` a Hugging Face Llama folder."""
+    if cfg.export == "hf_llama":
+        from nats_model.models.gpt_to_llama import export_llama
+
+        export_llama(model, out)
+    else:
+        model.save_pretrained(out)
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, max_steps: int | None = None, resume: bool = False,
           progress: bool = True) -> TrainResult:
     """Train per `cfg` into `out_dir`; `max_steps` truncates the curriculum (schedule included)."""
@@ -219,7 +229,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_steps: int | None = None, r
         if done % cfg.checkpoint_interval == 0 or done == total or timed_out:
             save_state(out, model, opt, done)
             model.config.lam = base_lam  # the checkpoint's config keeps the configured value
-            model.save_pretrained(out)
+            save_output(model, out, cfg)
         if timed_out:
             bar.write(f"time limit {cfg.time_limit_s}s reached at step {done}; stopping", file=sys.stderr)
             break
@@ -227,7 +237,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_steps: int | None = None, r
     metrics.close()
     if last_val is None and start >= total:  # nothing left to do: still report a validation
         last_val = validator.run(model)
-        model.save_pretrained(out)
+        save_output(model, out, cfg)
     return TrainResult(steps=done, train_loss=train_loss,
                        val_loss=last_val.get("val_loss") if last_val else None,
                        kept_fraction=last_val.get("kept_fraction") if last_val else None,
