@@ -11,8 +11,9 @@ attention input, i.e. the `hidden_states` the layer's `self_attn` receives. A fo
   logits itself, the scorer being linear without bias);
 - training: `TRAIN_ATTN_IMPLEMENTATION`, registered here with `AttentionInterface` (plus a mask entry
   returning None: the NAtS rule is the mask). It samples hard straight-through Gumbel types (positions /
-  chunks 0 and N-1 Global) and runs `nats_model.attention.nats_attention` (the reference autograd
-  Function on the CPU, the Triton kernels on CUDA) whose backward adds the lambda regulariser.
+  chunks 0 and N-1 Global) and runs `nats_model.attention.nats_attention` (the block-wise autograd
+  Function on the CPU, with the dense reference as its test oracle; the Triton kernels on CUDA) whose
+  backward adds the lambda regulariser.
 
 Under any other implementation (the SDPA teacher, plain generation) the hooks do nothing, so one model
 object serves as teacher and student by switching `model.set_attn_implementation` per forward.
