@@ -12,7 +12,8 @@ niah_multikey@512 at a mean kept fraction <= 0.15.
     python scripts/tiny_llama_cards.py --n 50 [--config configs/finetune_tiny_llama_nats_w32.yaml]
 
 If the adapter folder holds `attempts.json` (a list of the fine-tuning attempts: config, adapter facts and the
-numbers each was measured at, with where they came from), the card shows them in an "Attempts" section.
+numbers each was measured at, with where they came from), the card shows them in an "Attempts" section; so
+does the base's card from the base folder's `attempts.json`.
 
 The last stdout line is the JSON written to models/tiny-llama-nats/eval.json.
 """
@@ -142,12 +143,20 @@ def write_cards(args: argparse.Namespace, result: dict) -> None:
     adapter_cfg = json.loads((ROOT / args.adapter / "adapter_config.json").read_text())
     met = ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in checks.items())
     base_card = [
-        "# tiny-llama-base", "", *base_training_lines(ROOT / args.base), "",
+        "# tiny-llama-base", "",
+        "`tiny-base` (the byte-level GPT trained here, see models/tiny-base/MODEL_CARD.md) converted into a",
+        "Hugging Face Llama folder by `python -m nats_model.models.gpt_to_llama models/tiny-base models/tiny-llama-base`.",
+        "The conversion is exact (the gated Llama MLP with `mlp_bias` and a constant-1 up projection is the",
+        "GPT's GELU MLP; the converter prints the largest logit difference on a probe: 0.0). It was NOT trained",
+        "as a Llama: the weights are tiny-base's (a Llama trained here from scratch did not learn the tasks:",
+        "Attempts below). Loadable by `AutoModelForCausalLM.from_pretrained` and",
+        "`AutoTokenizer.from_pretrained` (byte-level: token id = UTF-8 byte, vocabulary 256).", "",
         "## Measured (`natsbench eval`, written by scripts/tiny_llama_cards.py)", "",
         *table(list(full.values())), "",
         f"Target full >= {TARGETS['full_passkey']} on passkey@1024: "
         f"{'met' if checks['full_passkey'] else 'NOT met'}.", "",
     ]
+    base_card += attempts_section(ROOT / args.base / "attempts.json")
     (ROOT / args.base / "MODEL_CARD.md").write_text("\n".join(base_card) + "\n")
     nats_card = [
         "# tiny-llama-nats", "",
@@ -180,38 +189,6 @@ def write_cards(args: argparse.Namespace, result: dict) -> None:
                       f"Chosen: {calibration['chosen']} (written into adapter_config.json).", ""]
     nats_card += attempts_section(ROOT / args.adapter / "attempts.json")
     (ROOT / args.adapter / "MODEL_CARD.md").write_text("\n".join(nats_card) + "\n")
-
-
-def base_training_lines(base: Path) -> list[str]:
-    """What the base is and how it was trained, from its config.json, train_config.json and metrics.jsonl."""
-    hf = json.loads((base / "config.json").read_text())
-    arch = (f"{hf['num_hidden_layers']} layers, hidden {hf['hidden_size']}, {hf['num_attention_heads']} heads "
-            f"({hf['num_key_value_heads']} KV), MLP {hf['intermediate_size']} ({hf['hidden_act']}, "
-            f"{'with' if hf.get('mlp_bias') else 'no'} bias), vocabulary {hf['vocab_size']}")
-    if not (base / "train_config.json").is_file():  # a converted checkpoint: no training record of its own
-        return [f"A Hugging Face Llama folder ({arch}) without a natsbench training record."]
-    train_cfg = json.loads((base / "train_config.json").read_text())
-    rows = [json.loads(line) for line in (base / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    steps = max(r["step"] for r in rows)
-    minutes = max(r["seconds"] for r in rows) / 60
-    val = [r for r in rows if "val_loss" in r][-1]
-    accs = ", ".join(f"{k[4:]} {v:.2f}" for k, v in val.items() if k.startswith("acc_") and v is not None)
-    return [
-        f"A byte-level Llama ({arch}; RMSNorm, RoPE theta {hf.get('rope_theta') or hf['rope_parameters']['rope_theta']:g}, "
-        "untied embeddings) trained from scratch here with full attention by",
-        "`natsbench train configs/train_tiny_llama_base.yaml --out models/tiny-llama-base`: tiny-base's curriculum",
-        f"(the same data mix, stages, optimizer and seed), {steps} steps in {minutes:.1f} min with "
-        f"{train_cfg.get('threads')} threads on this 2-core CPU.",
-        "natsbench's trainer runs it as its GPT with `mlp: swiglu` (Llama's own gated SiLU MLP), which is exactly a",
-        "plain Llama; `export: hf_llama` writes the folder in transformers' format (`nats_model.models.gpt_to_llama`).",
-        "Loadable by `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` (byte-level: token",
-        "id = UTF-8 byte, vocabulary 256).", "",
-        f"Last in-training validation (step {val['step']}, teacher-forced answer exact match): {accs}; "
-        f"held-out text loss {val['val_loss']:.3f}.", "",
-        "Before this run the folder held tiny-base converted exactly into a Llama (`python -m",
-        "nats_model.models.gpt_to_llama models/tiny-base DIR`: a gated MLP with `mlp_bias` and a constant-1 up",
-        "projection is the GPT's GELU MLP); it scored full passkey@1024 1.00 and niah_multikey@512 1.00 (n = 50).",
-    ]
 
 
 def attempts_section(path: Path) -> list[str]:
