@@ -115,7 +115,7 @@ def model_for(model: GPT, policy_name: str) -> GPT:
         cached = GPT(dataclasses.replace(model.config, attention="nats", window=64))
         cached.load_state_dict(model.state_dict(), strict=False)  # the scorers keep their init
         cached = cached.to(next(model.parameters()).device).eval()
-        if getattr(model, "_decode_layout", True):
+        if not model.blocks[0].mlp.up.weight.is_contiguous():  # the same weight layout as `model`
             cached.cpu_decode_layout()
         model._nats_twin = cached
     return cached
@@ -172,8 +172,7 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=256, n_layer=4, n_head=8, n_kv_head=8, d_model=512, max_seq_len=32768)
     model = GPT(cfg).to(device).eval()
-    model._decode_layout = not args.row_major_weights
-    if model._decode_layout:
+    if not args.row_major_weights:
         model.cpu_decode_layout()  # as services.evaluation.load_model does for every GPT on the CPU
     contexts = [int(c) for c in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
