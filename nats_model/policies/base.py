@@ -27,6 +27,11 @@ import torch
 
 from nats_model.cache import LayerStore
 
+# Compression protocols (the cell parameter `compress`): "streaming" evicts as tokens arrive (prefill
+# chunks and decode), "prompt" prefills the whole prompt and compresses once at its end, "context"
+# compresses at the end of the context, before the question is appended (kvpress' default).
+PROTOCOLS: tuple[str, ...] = ("streaming", "prompt", "context")
+
 
 @dataclass
 class Step:
@@ -87,6 +92,13 @@ class Policy:
     # observe="probs": how many of a step's last queries the policy reads (None: all); the engine
     # computes only those rows, so a prefill chunk never needs a (chunk x cache) probability tensor
     probs_rows: ClassVar[int | None] = None
+    # compression protocols the policy supports (a subset of PROTOCOLS), the one it ran before the
+    # `compress` parameter existed (old results keep their meaning), and whether decode steps keep
+    # evicting to the budget under "prompt"/"context" (False: the cache grows during decode after the one
+    # compression, as kvpress does). The engine turns these into `Step.evict`.
+    protocols: ClassVar[tuple[str, ...]] = PROTOCOLS
+    default_protocol: ClassVar[str] = "streaming"
+    decode_evicts: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.budget is not None and self.budget_tokens is not None:

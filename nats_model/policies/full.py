@@ -17,6 +17,10 @@ class FullPolicy(Policy):
 
     name: ClassVar[str] = "full"
     needs_budget: ClassVar[bool] = False
+    # keeps everything under every protocol
+    protocols: ClassVar[tuple[str, ...]] = ("streaming", "prompt", "context")
+    default_protocol: ClassVar[str] = "streaming"
+    decode_evicts: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.budget is not None or self.budget_tokens is not None:

@@ -26,6 +26,11 @@ class H2OPolicy(Policy):
     recent_ratio: float = 0.5
 
     name: ClassVar[str] = "h2o"
+    # streaming: the paper's (evict after every step); prompt/context: statistics accumulate without
+    # eviction until the compression point, then decode keeps evicting by the same rule
+    protocols: ClassVar[tuple[str, ...]] = ("streaming", "prompt", "context")
+    default_protocol: ClassVar[str] = "streaming"
+    decode_evicts: ClassVar[bool] = True
     observe: ClassVar[str] = "sum"
     aux_fields: ClassVar[tuple[str, ...]] = ("h2o_score",)
 

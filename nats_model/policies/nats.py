@@ -51,6 +51,10 @@ class NatsPolicy(Policy):
     aux_dtypes: ClassVar[dict[str, torch.dtype]] = {"nats_order": torch.long}
     needs_budget: ClassVar[bool] = False
     masks_attention: ClassVar[bool] = True
+    # the types are decided as tokens arrive: streaming only
+    protocols: ClassVar[tuple[str, ...]] = ("streaming",)
+    default_protocol: ClassVar[str] = "streaming"
+    decode_evicts: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

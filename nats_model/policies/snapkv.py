@@ -36,6 +36,11 @@ class SnapKVPolicy(Policy):
     pooling: str = "max"
 
     name: ClassVar[str] = "snapkv"
+    # one compression at the end of the prompt (today: "prompt") or of the context; no streaming form
+    # (there is no end of prompt to observe from); decode tokens are appended, never evicted
+    protocols: ClassVar[tuple[str, ...]] = ("prompt", "context")
+    default_protocol: ClassVar[str] = "prompt"
+    decode_evicts: ClassVar[bool] = False
     observe: ClassVar[str] = "probs"
 
     def __post_init__(self) -> None:

@@ -31,6 +31,10 @@ class StreamingLLMPolicy(Policy):
     rope_theta: float | None = None
 
     name: ClassVar[str] = "streaming_llm"
+    # streaming: the paper's (evict every step); prompt/context: sinks + window once, then decode keeps evicting
+    protocols: ClassVar[tuple[str, ...]] = ("streaming", "prompt", "context")
+    default_protocol: ClassVar[str] = "streaming"
+    decode_evicts: ClassVar[bool] = True
 
     @property
     def aux_fields(self) -> tuple[str, ...]:  # per-slot RoPE position, only when re-rotating

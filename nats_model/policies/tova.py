@@ -27,6 +27,11 @@ class TOVAPolicy(Policy):
     """
 
     name: ClassVar[str] = "tova"
+    # streaming: the paper's (evict after every step); prompt/context: statistics accumulate without
+    # eviction until the compression point, then decode keeps evicting by the same rule
+    protocols: ClassVar[tuple[str, ...]] = ("streaming", "prompt", "context")
+    default_protocol: ClassVar[str] = "streaming"
+    decode_evicts: ClassVar[bool] = True
     observe: ClassVar[str] = "probs"
     probs_rows: ClassVar[int | None] = 1  # the step's last query is all it reads
 
