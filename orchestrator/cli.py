@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("orchestrator.commands.eval", "run one cell (model x policy x workload) and print its record"),
     "train": ("orchestrator.commands.train", "train the small GPT from scratch (full attention or NAtS)"),
     "finetune": ("orchestrator.commands.finetune", "fine-tune NAtS type scorers by distillation, base frozen"),
+    "model": ("orchestrator.commands.model", "import a GGUF model, or fetch a real model from the package index"),
     "adapter": ("orchestrator.commands.adapter", "import / check NAtS scorer adapters for Hugging Face models"),
     "workloads": ("orchestrator.commands.workloads", "list the workloads with their parameters and defaults"),
     "dashboard": ("orchestrator.commands.dashboard", "serve the Streamlit dashboard (read-only)"),

@@ -22,7 +22,7 @@ from nats_model.data.local_rows import (
     prompt_answer,
     read_rows,
 )
-from nats_model.data.tasks import ANSWER_END, DEFAULT_FILLER, make_example, max_answer_tokens
+from nats_model.data.tasks import ANSWER_END, DEFAULT_FILLER, make_example, max_answer_tokens, split_question
 from nats_model.data.text import TextCorpus
 from nats_model.train.batches import Batch, collate, draw_params
 from nats_model.train.config import DataConfig
@@ -65,6 +65,18 @@ class TokenizedBatchMaker:
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A task prompt's ids: plain, or with `data.chat` the user turn through the chat template and
+        the answer prefix opening the assistant turn (as the workloads encode `chat=on`)."""
+        if not self.data.chat:
+            return self.encode(prompt)
+        if not getattr(self.tok, "chat_template", None):
+            raise ValueError("data.chat is true but the model's tokenizer has no chat template")
+        user, prefix = split_question(prompt)
+        text = self.tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                            tokenize=False)
+        return self.encode(text + prefix)
 
     def _row(self, p_ids: list[int], answer: str, seq_len: int) -> tuple[list[int], list[float], list[bool]]:
         """Ids (seq_len + 1), target weights and answer flags (seq_len) of prompt + answer + end marker."""
@@ -123,7 +135,7 @@ class TokenizedBatchMaker:
                     raise
                 n_bytes = room_bytes
                 continue
-            p_ids = self.encode(prompt)
+            p_ids = self.encode_prompt(prompt)
             total = len(p_ids) + len(self.encode(answer + ANSWER_END))
             if total <= seq_len + 1:
                 return p_ids, answer

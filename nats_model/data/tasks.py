@@ -290,3 +290,14 @@ def max_answer_tokens(name: str, **params) -> int:
         extra = min(params.get("num_queries", 1), params.get("num_keys", 4)) - 1
         return digits + extra * (len(ANSWER_END) + len(_niah_question("K")) + digits)
     return params.get("digits", 5 if name in ("passkey", "niah_multikey") else 3)
+
+
+def split_question(prompt: str) -> tuple[str, str]:
+    """(user turn, assistant prefix) of a task prompt for chat models: the prompt's last line is the
+    question followed by the answer prefix ("What is the pass key? The pass key is ") or the prefix
+    alone ("Answer: "); everything up to the question mark is the user turn."""
+    line_start = prompt.rfind("\n") + 1
+    q = prompt.rfind("? ", line_start)
+    if q >= 0:
+        return prompt[: q + 1], prompt[q + 2:]
+    return prompt[: max(line_start - 1, 0)], prompt[line_start:]

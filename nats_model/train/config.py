@@ -53,6 +53,10 @@ class DataConfig:
     tasks: dict[str, TaskMix] = field(default_factory=dict)
     prompt_loss_weight: float = 0.1
     min_context_fraction: float = 0.5
+    # Hugging Face fine-tuning only: task prompts go through the tokenizer's chat template as one user turn
+    # (context and question) with the answer prefix opening the assistant turn, exactly as the workloads'
+    # `chat=on` encodes them at evaluation (`nats_model.data.tasks.split_question`).
+    chat: bool = False
 
 
 @dataclass
@@ -175,6 +179,8 @@ def parse_config(raw: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"data.prompt_loss_weight must be in [0, 1], got {data.prompt_loss_weight}")
     if not 0 < data.min_context_fraction <= 1:
         raise ConfigError(f"data.min_context_fraction must be in (0, 1], got {data.min_context_fraction}")
+    if not isinstance(data.chat, bool):
+        raise ConfigError(f"data.chat must be true or false, got {data.chat!r}")
     stages_raw = raw.pop("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError("stages must be a non-empty list of {seq_len, steps, batch_size}")

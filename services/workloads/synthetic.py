@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import random
 
+from nats_model.data.tasks import split_question as tasks_split_question
+
 from .base import CountTokens, Instance, Param, Workload, chat_param, chat_parts
 from .scoring import exact_match
 
@@ -32,13 +34,9 @@ def common_params(context_length: int) -> tuple[Param, ...]:
 
 
 def split_question(prompt: str) -> dict:
-    """`chat_parts` of a task prompt: its last line is the question followed by the answer prefix
-    ("What is the pass key? The pass key is ") or the prefix alone ("Answer: ")."""
-    line_start = prompt.rfind("\n") + 1
-    q = prompt.rfind("? ", line_start)
-    if q >= 0:
-        return chat_parts(prompt[: q + 1], prompt[q + 2:])
-    return chat_parts(prompt[: max(line_start - 1, 0)], prompt[line_start:])
+    """`chat_parts` of a task prompt (the split is `nats_model.data.tasks.split_question`, shared with
+    the fine-tuning data so the scorers train on the format they are evaluated on)."""
+    return chat_parts(*tasks_split_question(prompt))
 
 
 def fit_prompt(task, rng: random.Random, kwargs: dict, context_length: int,
