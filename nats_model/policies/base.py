@@ -113,8 +113,13 @@ class Policy:
         if self.needs_budget and self.budget is None and self.budget_tokens is None:
             raise ValueError(f"{self.name}: needs a budget: budget=<fraction in (0, 1]> or budget_tokens=<int >= 1>")
 
-    def budget_for(self, seen: torch.Tensor) -> torch.Tensor:
-        """Kept-token budget per segment (long, like `seen`); `seen` when there is no budget."""
+    # True when `budget_for` depends on the layer (PyramidKV): the step budget is then computed per layer
+    layer_budgets: ClassVar[bool] = False
+
+    def budget_for(self, seen: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Kept-token budget per segment (long, like `seen`); `seen` when there is no budget. `layer`:
+        the layer index (`Step.layer`), for policies whose budget depends on it (`layer_budgets`); the
+        default is the same for every layer."""
         if self.budget_tokens is not None:
             return torch.full_like(seen, self.budget_tokens)
         if self.budget is not None:
@@ -122,7 +127,8 @@ class Policy:
         return seen.clone()
 
     def step_budget(self, step: Step) -> torch.Tensor:
-        """`budget_for(step.seen)`, computed once per step (all layers share `step.seen`)."""
+        """`budget_for(step.seen, step.layer)`, computed once per step (once per layer and step when
+        `layer_budgets`; all layers share `step.seen`)."""
         return self._budget_entry(step)[1]
 
     def step_budget_common(self, step: Step) -> int:
@@ -136,12 +142,47 @@ class Policy:
         return entry[2]
 
     def _budget_entry(self, step: Step) -> list:
-        """[seen, budget_for(seen), common budget or None when not computed yet], cached per step."""
-        cached = self.__dict__.get("_budget_cache")
-        if cached is None or cached[0] is not step.seen:
-            cached = [step.seen, self.budget_for(step.seen), None]
-            self.__dict__["_budget_cache"] = cached
-        return cached
+        """[seen, budget_for(seen, layer), common budget or None when not computed yet], cached per step
+        (and per layer when `layer_budgets`)."""
+        cache = self.__dict__.get("_budget_cache")
+        layer = step.layer if self.layer_budgets else None
+        if cache is None or cache[0] is not step.seen:
+            cache = (step.seen, {})
+            self.__dict__["_budget_cache"] = cache
+        entry = cache[1].get(layer)
+        if entry is None:
+            entry = cache[1][layer] = [step.seen, self.budget_for(step.seen, layer), None]
+        return entry
+
+    # ----------------------------------------------------- shared eviction steps
+    @staticmethod
+    def evicting(step: Step) -> bool:
+        """Whether this step may evict (`Step.evict`, set by the engine from the compression protocol;
+        True when the engine does not give it). A policy still updates its statistics when it is False."""
+        return bool(getattr(step, "evict", True))
+
+    @staticmethod
+    def compress_point(step: Step) -> bool:
+        """Whether this step is where a one-shot compression (SnapKV and the policies built on it) runs:
+        `Step.compress_point` when the engine gives it, else the prompt's last chunk; never when the step
+        may not evict."""
+        if not Policy.evicting(step):
+            return False
+        flag = getattr(step, "compress_point", None)
+        return bool(step.prefill and step.last_prefill) if flag is None else bool(flag)
+
+    def over_budget(self, store: LayerStore, step: Step) -> tuple[torch.Tensor | None, int]:
+        """(n_drop, most): tokens each segment holds above its budget, (n_seg,) long, and the largest of
+        them. n_drop is None when every segment holds the same count and has the same budget (each is
+        `most` over, found without a tensor op: the decode fast path). (None, 0) when the step may not
+        evict (`evicting`)."""
+        if not self.evicting(step):
+            return None, 0
+        n, common_budget = store.common_len(), self.step_budget_common(step)
+        if n >= 0 and common_budget >= 0:
+            return None, n - common_budget
+        n_drop = store.lens - self.step_budget(step)
+        return n_drop, int(n_drop.max()) if n_drop.numel() else 0
 
     def budget_label(self) -> str:
         if self.budget_tokens is not None:
@@ -184,3 +225,78 @@ class Policy:
 def recent_mask(pos_rows: torch.Tensor, seen: torch.Tensor, n_recent: torch.Tensor) -> torch.Tensor:
     """(n_seg, row_cap) True for the `n_recent (n_seg,)` most recent original positions."""
     return pos_rows >= (seen - n_recent)[:, None]
+
+
+# The one tie rule of every score-ranked eviction: the lowest score goes first and, on an exact tie,
+# the later original position (the newer token) goes first. Slots that must not be dropped (unoccupied,
+# protected) carry the score +inf.
+
+
+def lowest_first(score: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """(n_seg, W) column order of each row: lowest `score` first, ties to the larger `pos` (any
+    long tiebreak, larger goes first; unique per row among the slots that may be dropped)."""
+    by_pos = pos.argsort(dim=1, descending=True)  # later positions first
+    return by_pos.gather(1, score.gather(1, by_pos).argsort(dim=1, stable=True))
+
+
+def drop_lowest(score: torch.Tensor, pos: torch.Tensor, n_drop: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+    """Keep mask (n_seg, W): the `valid` slots less the `n_drop (n_seg,)` first of `lowest_first`."""
+    order = lowest_first(score, pos)
+    place = torch.empty_like(order)
+    place.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return valid & ~(place < n_drop.clamp(min=0)[:, None])
+
+
+def lowest_one(score: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """(n_seg,) column of each row's first slot in `lowest_first` order (the decode fast path: one
+    token per segment)."""
+    low = score == score.min(1, keepdim=True).values
+    return torch.where(low, pos, -1).argmax(1)
+
+
+@dataclass
+class ScorerPolicy(Policy):
+    """A policy that keeps, per (layer, sequence, KV head), the budget's highest-scoring tokens and
+    drops the others (ties: the later position first), on every step that may evict (`Step.evict`).
+    A subclass says how it scores (`score`), optionally which slots are always kept (`protect`:
+    they count toward the budget) and what statistics it gathers on every step (`observe_step`,
+    called first, also when the step does not evict).
+    """
+
+    def observe_step(self, store: LayerStore, step: Step) -> None:
+        """Update per-slot or per-layer statistics from the step (default: none)."""
+
+    def score(self, store: LayerStore, step: Step) -> torch.Tensor:
+        """(n_seg, row_cap) float: higher = more worth keeping; only occupied slots are read."""
+        raise NotImplementedError
+
+    def protect(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        """(n_seg, row_cap) bool: occupied slots never dropped by the score (None: none)."""
+        return None
+
+    def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        self.observe_step(store, step)
+        n_drop, most = self.over_budget(store, step)
+        if most <= 0:
+            return None
+        if most == 1 and n_drop is None:  # decode fast path: every segment holds n tokens and drops one
+            n = store.common_len()
+            score = self.score(store, step)[:, :n]
+            protected = self.protect(store, step)
+            if protected is not None:
+                score = score.masked_fill(protected[:, :n], float("inf"))
+            return lowest_one(score, store.rows(store.pos)[:, :n])
+        valid = store.valid_rows()
+        blocked = ~valid
+        protected = self.protect(store, step)
+        if protected is not None:
+            blocked = blocked | protected
+        score = self.score(store, step).float().masked_fill(blocked, float("inf"))
+        pos = store.rows(store.pos, fill=-1)
+        if most == 1:
+            pick = lowest_one(score, pos)
+            return pick if n_drop is None else torch.where(n_drop > 0, pick, -1)
+        if n_drop is None:
+            n_drop = torch.full_like(store.lens, most)
+        return drop_lowest(score, pos, n_drop, valid)

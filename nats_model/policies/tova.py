@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from nats_model.cache import LayerStore
-from nats_model.policies.base import Policy, Step
+from nats_model.policies.base import ScorerPolicy, Step
 
 
 @dataclass
-class TOVAPolicy(Policy):
+class TOVAPolicy(ScorerPolicy):
     """TOVA (Oren et al., "Transformers are Multi-State RNNs", EMNLP 2024): Token Omission Via
     Attention. After every step, when a (layer, sequence) holds more than `budget_for(seen)` tokens
     per KV head, it keeps the budget's worth of keys with the highest attention from the step's
@@ -22,7 +22,8 @@ class TOVAPolicy(Policy):
     The score is per position, so all KV heads of a layer keep the same positions. In decode this
     drops one token per step (the lowest score, the newest token included, as in the paper); a
     prefill chunk is reduced to the budget at once with its last query's attention (a prompt
-    prefilled at once: the last prompt query). On exact score ties the later position goes first.
+    prefilled at once: the last prompt query). On exact score ties the later position goes first (the
+    scorer base's rule).
     Groups a sequence's KV heads by `Step.n_kv_heads` (or the count read by `bind_model`).
     """
 
@@ -48,26 +49,29 @@ class TOVAPolicy(Policy):
                              "(n_kv_head / num_key_value_heads / num_attention_heads)")
         self.__dict__["_n_kv_heads"] = n_kv
 
-    def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
-        n, common_budget = store.common_len(), self.step_budget_common(step)
-        if n >= 0 and common_budget >= 0:  # every segment is n - budget over: no tensor op
-            n_drop, most = None, n - common_budget
-        else:
-            n_drop = store.lens - self.step_budget(step)  # (n_seg,)
-            most = int(n_drop.max())
-        if most <= 0:
-            return None
+    def _kv_heads(self, store: LayerStore, step: Step) -> int:
         hkv = step.n_kv_heads or self.__dict__["_n_kv_heads"]
         if not hkv or store.n_seg % hkv:
             raise ValueError(f"tova: KV head count {hkv!r} unknown or not dividing {store.n_seg} segments "
                              "(the engine gives Step.n_kv_heads; else call bind_model(model))")
-        n_seg, g, T, width = step.probs.shape
+        return hkv
+
+    def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        n_drop, most = self.over_budget(store, step)
+        if most <= 0:
+            return None
+        n, T, width = store.common_len(), step.probs.shape[2], step.probs.shape[3]
         if most == 1 and T == 1 and n >= 0 and width >= n:
-            pick = self._decode_pick(store, step, hkv, n)
+            pick = self._decode_pick(store, step, self._kv_heads(store, step), n)
             if pick is not None:
                 return pick if n_drop is None else torch.where(n_drop > 0, pick, -1)
-        if n_drop is None:
-            n_drop = store.lens - self.step_budget(step)
+        return super().select(store, step)  # rank by `score`, drop the lowest (ties: the later position)
+
+    def score(self, store: LayerStore, step: Step) -> torch.Tensor:
+        """(n_seg, row_cap): the last query's attention on each kept position, averaged over the layer's
+        query heads (the same value in every KV head's slot of that position)."""
+        hkv = self._kv_heads(store, step)
+        n_seg, g, T, width = step.probs.shape
         row_cap = store.row_cap
         probs = F.pad(step.probs, (0, row_cap - width)) if width < row_cap else step.probs
         valid = step.q_valid[:, -T:]  # probs hold the step's last T queries
@@ -86,16 +90,7 @@ class TOVAPolicy(Policy):
             by_pos = torch.zeros(n_seg // hkv * span, device=pos.device)
             by_pos.index_add_(0, flat[occupied], p[occupied])
             total = by_pos[flat]
-        score = (total / (hkv * g)).masked_fill(~occupied, float("inf"))  # (n_seg, row_cap)
-        if most == 1:  # decode: one token per segment; ties to the later position
-            low = score == score.min(1, keepdim=True).values
-            pick = torch.where(low & occupied, pos, -1).argmax(1)
-            return torch.where(n_drop > 0, pick, -1)
-        by_pos = pos.masked_fill(~occupied, -1).argsort(dim=1, descending=True)  # later positions first
-        order = by_pos.gather(1, score.gather(1, by_pos).argsort(dim=1, stable=True))  # lowest score first
-        place = torch.empty_like(order)
-        place.scatter_(1, order, torch.arange(row_cap, device=order.device).expand_as(order))
-        return occupied & ~(place < n_drop.clamp(min=0)[:, None])
+        return total / (hkv * g)
 
     @staticmethod
     def _decode_pick(store: LayerStore, step: Step, hkv: int, n: int) -> torch.Tensor | None:
