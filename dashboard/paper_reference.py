@@ -1,7 +1,7 @@
 """The NAtS paper's published points, shown beside ours and never mixed with them.
 
 Source: summaries of "Neural Attention Search" (Deng & Lindauer, arXiv 2502.13251,
-NeurIPS 2025) as restated in the project's method page (NATS_METHOD.md section 7). These
+NeurIPS 2025) as restated in the project's method page (docs/METHOD.md, "Published results"). These
 numbers are published, not measured here; the paper's own tables are the final word.
 Nothing else is added: no number below comes from anywhere but that section.
 """

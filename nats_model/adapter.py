@@ -3,7 +3,7 @@
 An adapter folder holds only what NAtS adds to a frozen base model:
 - `adapter.safetensors`: one tensor per decoder layer, `layers.{i}.nats_scorer.weight`
   `(num_kv_heads * 3, hidden_size)`, rows head-major (reshape `(num_kv_heads, 3)`), types in the
-  order (Global, Local, Sliding window) (NATS_METHOD section 2);
+  order (Global, Local, Sliding window) (docs/METHOD.md, "Type scorer");
 - `adapter_config.json`: `AdapterConfig` (which base it belongs to, the inference settings W / chunk
   size / Global bias, and how it was made).
 

@@ -6,9 +6,9 @@ exp(scores), M[m,n] = h_G(n) + h_L(n) [m <= E(n)] + h_S(n) [m <= n+W] (m >= n), 
 first Global key strictly after n; for hard one-hots this is exactly `mask.visibility`.
 
 Backward: dq, dk, dv are the exact gradients of that attention. The type gradient is defined
-explicitly (NATS_METHOD section 3) because E(n) comes from a cumulative max that autograd cannot
-differentiate. For every causal pair, masked-out ones included, dM[m,n] = p~[m,n] (dP[m,n] - D[m])
-is the sensitivity of the loss to letting query m see key n (dP = dO V^T, D = rowsum(dO * O)).
+explicitly (docs/METHOD.md, "Mask gradient") because E(n) comes from a cumulative max that
+autograd cannot differentiate. For every causal pair, masked-out ones included, dM[m,n] = p~[m,n] (dP[m,n] -
+D[m]) is the sensitivity of the loss to letting query m see key n (dP = dO V^T, D = rowsum(dO * O)).
 Each type of key n collects dM over the queries it would make the key visible to: SW the window
 n..n+W, Local the segment n..E(n), Global every later query. Being Global has one more effect
 autograd cannot see: a Global key ends the segment of the Local keys before it (back to the
@@ -26,9 +26,9 @@ token window n..n+W; Local reaches the last token of the next Global chunk; the 
 of chunk c is the loss of the queries after c's last token, up to the end of the next Global
 chunk, by the Local chunks between the previous Global chunk and c.
 
-Sparsity regulariser (section 4), added in the backward, per query head and summed over the
-GQA group (i.e. times Hq/Hkv): dh_G(n) += lam (N-n)/N on Global keys, dh_L(n) += lam (e(n)-n)/N
-on Local keys (e(n) the last query that sees n), nothing on SW keys; N = number of tokens.
+Sparsity regulariser (docs/METHOD.md, "Regulariser"), added in the backward, per query head and
+summed over the GQA group (i.e. times Hq/Hkv): dh_G(n) += lam (N-n)/N on Global keys, dh_L(n) += lam
+(e(n)-n)/N on Local keys (e(n) the last query that sees n), nothing on SW keys; N = number of tokens.
 
 This dense reference holds O(N^2) per head and stays the oracle; `nats_attention` uses the Triton
 kernel on CUDA and the block-wise Function of `nats_model.attention_blockwise` on the CPU.
@@ -99,7 +99,7 @@ def _layout(types_onehot: torch.Tensor, n: int, c: int) -> dict[str, torch.Tenso
 
 
 def _log_mask(lay: dict[str, torch.Tensor], n: int, window: int, dtype) -> torch.Tensor:
-    """log M (B, Hkv, N, N), query x key, from the per-token one-hot (section 3's formula).
+    """log M (B, Hkv, N, N), query x key, from the per-token one-hot (M of docs/METHOD.md, "Visibility").
 
     M[m,n] = h_G(n) + h_L(n) [m <= l_end(n)] + h_S(n) [m <= n+W] for m >= n, else 0. For a
     one-hot whose other two entries are exactly 0 (hard, also straight-through) M is the selected
@@ -183,7 +183,7 @@ class NatsAttentionFunction(torch.autograd.Function):
 
     apply(q, k, v, types_onehot, window, lam, chunk_size, scale, p_tilde). Works on any device,
     holds a few (B, Hq, N, N) tensors; computes in float64 for float64 inputs, else float32.
-    Returns exact dq, dk, dv and the section 3-4 type gradient for `types_onehot`.
+    Returns exact dq, dk, dv and the type gradient for `types_onehot` (docs/METHOD.md, "Mask gradient").
     """
 
     @staticmethod

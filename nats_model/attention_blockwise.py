@@ -54,7 +54,8 @@ class NatsAttentionBlockwise(torch.autograd.Function):
 
     apply(q, k, v, types_onehot, window, lam, chunk_size, scale, block). Computes in float64 for
     float64 inputs, else float32 (also under autocast); returns dq, dk, dv and the type gradient
-    of NATS_METHOD sections 3-4 for `types_onehot` (its argmax are the types; hard one-hots).
+    of docs/METHOD.md ("Mask gradient", "Regulariser") for `types_onehot` (its argmax are the types;
+    hard one-hots).
     """
 
     @staticmethod

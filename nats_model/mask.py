@@ -1,4 +1,4 @@
-"""NAtS token types and the visibility rule they define (NATS_METHOD section 1).
+"""NAtS token types and the visibility rule they define (docs/METHOD.md, "Visibility").
 
 This file is the readable reference of the rule: the attention function, the Triton kernels,
 the inference cache and the tests all agree with `visibility`.
@@ -60,7 +60,7 @@ def next_global_after(types: torch.Tensor) -> torch.Tensor:
     """E(n): the first Global position strictly after n, N-1 if none.
 
     types: int (..., N). Returns long (..., N). For a non-Global key E(n) = e(n); for a Global
-    key it is where its segment would end if it were Local. The gradient of section 3 uses it.
+    key it is where its segment would end if it were Local. The mask gradient (docs/METHOD.md) uses it.
     """
     e = segment_ends(types)  # (..., N)
     last = torch.full_like(e[..., :1], types.shape[-1] - 1)

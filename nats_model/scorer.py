@@ -1,4 +1,4 @@
-"""The NAtS type scorer (NATS_METHOD section 2): per attention layer, logits of the three types.
+"""The NAtS type scorer (docs/METHOD.md, "Type scorer"): per attention layer, logits of the three types.
 
 Training samples hard one-hot types with the straight-through Gumbel-softmax (tau = 1), the
 first and last position (chunk) forced Global; the gradient of the attention's backward reaches

@@ -111,7 +111,7 @@ def _at(cs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def collected_term(
     unit_types: torch.Tensor, col_strict: torch.Tensor, row_strict: torch.Tensor, col_next: torch.Tensor
 ) -> torch.Tensor:
-    """C(u) of NATS_METHOD section 3 from per-unit sums, all (B, Hkv, U) fp32.
+    """C(u) of docs/METHOD.md ("Mask gradient") from per-unit sums, all (B, Hkv, U) fp32.
 
     The pairs P = {(m, j): j Local, strict_start[j] < m <= loc_end[j]} carry the mass a Local key
     j loses when a later unit n between them becomes Global. col_strict[u] sums dM over P by key

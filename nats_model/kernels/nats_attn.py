@@ -5,7 +5,7 @@ mask built on-chip from per-key type ids and O(N) segment-end vectors (`bounds.k
 saves the masked LSE and, at token level, the unmasked causal LSE.
 
 Backward (`nats_attn_bwd`): dQ, dK, dV as in FlashAttention-2, plus the type gradients of
-NATS_METHOD section 3 without any N x N tensor. The kernels reduce the tile
+docs/METHOD.md, "Mask gradient", without any N x N tensor. The kernels reduce the tile
 dM = p~ (dP - D) on the fly into per-key sums over the row ranges that matter:
 G: n <= m < N, L: n <= m <= E(n), S: n <= m <= n+W, and two ranges for the collected term.
 The collected term C(n) (the mass the Local keys j between the previous Global key and n lose
@@ -21,7 +21,8 @@ The cumulations are segment-wise cumsums in torch (`bounds.collected_term`), O(N
 level the same sums are taken over token pairs (P then holds pairs whose query lies in a later
 chunk than the key), grouped per chunk, and the chunk rule is applied to the per-chunk sums;
 p~ = clamp(exp(s - LSE_masked), 0, 1) and every type gradient is the mean over the chunk's
-tokens, as in the reference. The section 4 regulariser is added to the type gradients in torch.
+tokens, as in the reference. The regulariser (docs/METHOD.md, "Regulariser") is added to the type
+gradients in torch.
 Extra memory beyond FlashAttention-2: two LSE rows and one row-sum per query head, five per-key
 sums per KV head, all O(B H N) fp32.
 Triton is imported lazily, so importing this module is cheap and works without a GPU.
@@ -141,7 +142,7 @@ def nats_attention_triton(
 
     q (B,Hq,N,hd), k/v (B,Hkv,N,hd) (hd in 16..256, fp32/fp16/bf16), types_onehot (B,Hkv,N,3)
     or (B,Hkv,ceil(N/C),3) with `chunk_size=C`, hard one-hot in the order (G, L, S). Returns out
-    (B,Hq,N,hd); its backward gives dq, dk, dv and the type gradients of NATS_METHOD 3-4.
+    (B,Hq,N,hd); its backward gives dq, dk, dv and the type gradients (docs/METHOD.md, "Mask gradient").
     Runs on CUDA, or on the CPU under TRITON_INTERPRET=1 (set before triton is imported).
     `block` (query = key block) defaults by head dim and dtype, halved on OutOfResources.
     """

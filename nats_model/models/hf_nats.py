@@ -1,7 +1,7 @@
 """NAtS type scorers for Hugging Face causal LMs (Llama, Mistral, Qwen2, Qwen3): inference and training.
 
 `attach_nats_scorers(model, window=..., ...)` gives every decoder layer one
-`Linear(hidden, n_kv_heads * 3, bias=False)` (NATS_METHOD section 2: rows head-major, i.e. the output
+`Linear(hidden, n_kv_heads * 3, bias=False)` (docs/METHOD.md, "Type scorer": rows head-major, i.e. the output
 reshapes to (n_kv_heads, 3), types in (Global, Local, Sliding window) order) on the DETACHED normed
 attention input, i.e. the `hidden_states` the layer's `self_attn` receives. A forward pre-hook on each
 `self_attn` computes the per-token type logits `(B, Hkv, T, 3)` and stores them as
@@ -74,7 +74,7 @@ def pool_chunk_logits(logits: torch.Tensor, chunk_size: int | None) -> torch.Ten
     """Per-token logits (B, Hkv, N, 3) -> chunk logits (B, Hkv, ceil(N/C), 3) by the chunk mean.
 
     The scorer is linear without bias, so the mean of the token logits is the logit of the mean-pooled
-    input (NATS_METHOD section 2's chunk variant). chunk_size None or 1: unchanged.
+    input (docs/METHOD.md, "Chunk-level types"). chunk_size None or 1: unchanged.
     """
     if chunk_size is None or chunk_size == 1:
         return logits

@@ -19,10 +19,10 @@ _RANK_STEP = 1 << 40  # eviction-order key: rank * _RANK_STEP + position
 @dataclass
 class NatsPolicy(Policy):
     """NAtS (Deng & Lindauer, "Neural Attention Search", arXiv 2502.13251, NeurIPS 2025), inference
-    cache of NATS_METHOD sections 1, 2 and 6. Every new token of every (layer, sequence, KV head)
-    gets a type from the layer's NAtS scorer (per-token logits from the model; `infer_types`:
-    argmax after `global_bias` on the Global logit, position 0 Global). Global tokens stay for
-    good, a Local token stays until the next Global token of its head arrives, a Sliding-window
+    cache of docs/METHOD.md ("Visibility", "Type scorer", "Inference cache"). Every new token of
+    every (layer, sequence, KV head) gets a type from the layer's NAtS scorer (per-token logits from the
+    model; `infer_types`: argmax after `global_bias` on the Global logit, position 0 Global). Global tokens
+    stay for good, a Local token stays until the next Global token of its head arrives, a Sliding-window
     token stays for `window` steps: after a step that has seen positions 0..t the head holds exactly
     the keys a query at t+1 may see. Chunk variant (`chunk_size` C > 1): logits are averaged over
     each chunk of C positions (the scorer is linear, so this is the scorer of the pooled input), the
@@ -104,7 +104,7 @@ class NatsPolicy(Policy):
         self.__dict__.pop("_decode_pos", None)
 
     def visible(self, store: LayerStore, step: Step) -> torch.Tensor | None:
-        """(n_seg, T, row_cap): the rule of NATS_METHOD section 1 for every query of a prefill chunk,
+        """(n_seg, T, row_cap): the rule of docs/METHOD.md ("Visibility") for every query of a chunk,
         with the types known at that query (a chunk completed at or before it has its type). None for
         a one-token step: everything kept is visible to the next query."""
         if step.q_pos.shape[1] == 1:

@@ -2,8 +2,8 @@
 
 Greedy passkey generation with NAtS inference types (argmax + global bias, dense visibility mask
 of the inferred types = what the NAtS cache keeps; `quick_eval.evaluate`), the kept fraction as
-NATS_METHOD section 4 defines it (averaged over layers, heads, samples), the base model with full
-attention on the same examples, and the training facts from `metrics.jsonl` and
+docs/METHOD.md ("Regulariser", kept fraction) defines it (averaged over layers, heads, samples),
+the base model with full attention on the same examples, and the training facts from `metrics.jsonl` and
 `finetune_config.json`. Numbers in the card come from this script's JSON (`eval.json`), never
 typed by hand. Optionally `--calibrate-bias` picks the inference Global bias on validation
 examples (a different seed than the test examples) and writes it into `config.json` first.

@@ -1,8 +1,8 @@
 """The Triton NAtS attention (interpreter on the CPU) against the dense reference and the spec's loops.
 
 The reference is `nats_model.attention.nats_attention_reference` (another engineer's file); an
-independent slow loop over (m, n) written here from NATS_METHOD section 3-4 checks the token-level
-type gradients of both. Shapes are small because the interpreter is slow.
+independent slow loop over (m, n) written here from docs/METHOD.md ("Mask gradient") checks the
+token-level type gradients of both. Shapes are small because the interpreter is slow.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_without_type_gradient():
 
 
 def _loop_type_grads(q, k, v, d_out, types, window, lam, scale):
-    """dh (B, Hkv, N, 3) straight from NATS_METHOD 3-4 with python loops over keys and queries."""
+    """dh (B, Hkv, N, 3) from docs/METHOD.md ("Mask gradient") with python loops over keys, queries."""
     b, hq, n, _ = q.shape
     hkv = k.shape[1]
     group = hq // hkv

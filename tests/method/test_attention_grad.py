@@ -1,7 +1,7 @@
-"""NAtS attention: forward, exact dq/dk/dv, and the section 3-4 type gradients.
+"""NAtS attention: forward, exact dq/dk/dv, and the type gradients of docs/METHOD.md.
 
 The type gradients are checked against slow double loops over (m, n) written here from the
-formulas of NATS_METHOD sections 3-4, independently of nats_model.attention.
+formulas of docs/METHOD.md ("Mask gradient", "Regulariser"), independently of nats_model.attention.
 """
 
 import math
@@ -52,7 +52,7 @@ def dense_masked(q, k, v, vis, scale):
 
 
 def loop_d_mask(q, k, v, up, vis, scale, p_mode):
-    """dM[b][h][m][n] per query head for causal pairs, as nested lists (section 3)."""
+    """dM[b][h][m][n] per query head for causal pairs, as nested lists (docs/METHOD.md, "Mask gradient")."""
     b_, hq, n_pos, _ = q.shape
     group = hq // k.shape[1]
     out = dense_masked(q, k, v, vis, scale)
@@ -82,7 +82,7 @@ def loop_d_mask(q, k, v, up, vis, scale, p_mode):
 
 
 def loop_token_type_grads(d_m, types, window, lam, group):
-    """(B, Hkv, N, 3) type gradients from dM by the formulas of sections 3 and 4."""
+    """(B, Hkv, N, 3) type gradients from dM by the formulas of docs/METHOD.md ("Mask gradient")."""
     b_, hkv, n_pos = types.shape
     grads = torch.zeros(b_, hkv, n_pos, 3, dtype=F64)
     for b in range(b_):

@@ -1,4 +1,4 @@
-"""The visibility rule and segment ends against brute force written from NATS_METHOD section 1."""
+"""The visibility rule and segment ends against brute force written from docs/METHOD.md, "Visibility"."""
 
 import random
 

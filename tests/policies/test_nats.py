@@ -1,6 +1,6 @@
 """The `nats` policy: kept sets from the learned types, checked against a brute-force reference.
 
-`NatsReference` is a drop-in kv_engine written from NATS_METHOD section 1 with Python lists: after
+`NatsReference` is a drop-in kv_engine written from docs/METHOD.md ("Visibility") with Python lists: after
 a step that has seen positions 0..t, a head holds the keys that a query at t+1 may see (types from
 every logit received so far; chunk types from the chunk's mean logits once the chunk is complete,
 Global before), capped by the documented eviction order. No code is shared with the policy.
