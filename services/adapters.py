@@ -32,11 +32,11 @@ def check_adapter_for_model(model_name: str, adapter_dir: str | os.PathLike):
     loading the base's weights. Returns its `AdapterConfig`; ValueError naming the file and the first
     mismatch, or why the model cannot take an adapter."""
     from nats_model.adapter import load_adapter
-    from services import evaluation
+    from services.models import _random_model
 
     folder = _base_folder(model_name)
     if folder is None:  # a random test model: build it (tiny) to read its config
-        model, _, kind = evaluation._random_model(model_name)
+        model, _, kind = _random_model(model_name)
         base: Any = model
     else:
         kind = "hf" if _folder_model_type(folder) not in (None, "natsbench-gpt") else "gpt"
@@ -49,21 +49,10 @@ def check_adapter_for_model(model_name: str, adapter_dir: str | os.PathLike):
 
 
 def _base_folder(model_name: str) -> Path | None:
-    """The folder a model name stands for, as `services.evaluation.load_model` resolves it (None for a
-    `random:` test model); ValueError when there is none."""
-    from services import evaluation
+    """The folder a model name stands for (None for a `random:` test model); ValueError when there is none."""
+    from services.models import resolve_model
 
-    if model_name.startswith("random:"):
-        if model_name not in evaluation.RANDOM_MODELS:
-            raise ValueError(f"unknown random test model {model_name!r}; allowed: {', '.join(evaluation.RANDOM_MODELS)}")
-        return None
-    folder = Path(model_name).expanduser()
-    if not folder.is_dir() and (evaluation.MODELS_DIR / model_name).is_dir():
-        folder = evaluation.MODELS_DIR / model_name
-    if not folder.is_dir():
-        raise ValueError(f"model {model_name!r} not found (not a folder and not a shipped model): cannot check "
-                         "its adapter")
-    return folder
+    return resolve_model(model_name)
 
 
 def _folder_model_type(folder: Path) -> str | None:

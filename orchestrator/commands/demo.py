@@ -96,6 +96,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     missing = missing_models(spec)
     if missing:
+        from services import model_registry
+
+        for name in [n for n in missing if n in model_registry.FETCHABLE]:  # a real model: fetch it (cached)
+            try:
+                model_registry.fetch(name)
+            except model_registry.FetchError as exc:
+                print(f"natsbench demo: could not fetch {name}: {exc}", file=sys.stderr)
+        missing = missing_models(spec)
+    if missing:
         print(f"natsbench demo: model(s) {', '.join(missing)} not found: neither a folder, a shipped model "
               "(models/<name>/config.json) nor a random: test model", file=sys.stderr)
         present = [m for m in spec.models if m.name not in missing]

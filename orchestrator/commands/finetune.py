@@ -18,8 +18,8 @@ import sys
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML fine-tuning config (e.g. configs/finetune_tiny_nats.yaml)")
     parser.add_argument("--model", default=None, metavar="DIR",
-                        help="a local Hugging Face model folder (llama, mistral, qwen2, qwen3) to train scorers "
-                             "for; the output is then an adapter folder (default: the config's GPT `base`)")
+                        help="a local Hugging Face model folder (llama, mistral, qwen2, qwen3) or a model in models/ "
+                             "by name (e.g. smollm2-135m-instruct) to train scorers for; the output is then an adapter folder (default: the config's GPT `base`)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: model.safetensors + config.json (GPT) or adapter.safetensors + "
                              "adapter_config.json (--model), metrics.jsonl, train_state/")
@@ -52,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
 
             if args.device is not None and not (args.device == "cpu" or args.device.startswith("cuda")):
                 raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-            result = finetune_hf(cfg, args.model, args.out, max_steps=args.steps, resume=args.resume,
+            from services.evaluation import resolve_model
+
+            model_dir = resolve_model(args.model)  # a folder, or a model in models/ by name (smollm2-135m-instruct)
+            if model_dir is None:
+                raise ValueError(f"--model {args.model!r}: random test models cannot be fine-tuned here")
+            result = finetune_hf(cfg, str(model_dir), args.out, max_steps=args.steps, resume=args.resume,
                                  progress=not args.no_progress, device=args.device, dtype=args.dtype)
         else:
             if args.device is not None or args.dtype != "float32":
