@@ -18,6 +18,7 @@ from .base import CountTokens, Instance, Param, Workload, chat_param, chat_parts
 from .scoring import exact_match
 
 FIT_ROUNDS = 6
+HAYSTACKS = ("repeat", "text")
 
 
 def common_params(context_length: int) -> tuple[Param, ...]:
@@ -29,6 +30,11 @@ def common_params(context_length: int) -> tuple[Param, ...]:
         Param("depth", "float", None, "where the (asked) needle sits in the filler, 0 = start, 1 = end; "
               "null draws a depth per instance uniformly in [0, 1]", minimum=0.0, maximum=1.0, nullable=True),
         Param("filler", "str", DEFAULT_FILLER, "the text repeated around the needles"),
+        Param("haystack", "str", "repeat", "repeat: the filler repeated; text: real English text around the "
+              "needles (the standard library's docstrings, held-out split, or the .txt files of text_dir), a "
+              "passage drawn per instance", choices=HAYSTACKS),
+        Param("text_dir", "str", None, "haystack=text: a local folder of .txt files (default: the standard "
+              "library's docstrings)", nullable=True),
         chat_param(),
     )
 
@@ -91,7 +97,7 @@ class SyntheticWorkload(Workload):
     answer_margin_tokens: int = 2
 
     def task_kwargs(self, params: dict) -> dict:
-        skip = {"context_length", "depth", "chat"}
+        skip = {"context_length", "depth", "chat", "haystack", "text_dir"}
         return {k: v for k, v in params.items() if k not in skip}
 
     def check(self, params: dict) -> None:
@@ -100,6 +106,15 @@ class SyntheticWorkload(Workload):
         from nats_model.data import tasks
 
         kwargs = self.task_kwargs(params)
+        if params.get("haystack") == "text":
+            from nats_model.data.haystack import english_text
+
+            try:  # a bad or empty text_dir fails here, before any model runs
+                english_text(params.get("text_dir"))
+            except ValueError as exc:
+                raise ValueError(f"workload {self.name!r}: parameter 'text_dir': {exc}") from None
+        elif params.get("text_dir") is not None:
+            raise ValueError(f"workload {self.name!r}: parameter 'text_dir' needs haystack='text'")
         try:
             getattr(tasks, self.task)(random.Random(0), context_length=1 << 13, depth=0.5, **kwargs)
         except ValueError as exc:
@@ -111,6 +126,10 @@ class SyntheticWorkload(Workload):
 
         depth = params["depth"] if params["depth"] is not None else rng.random()
         kwargs = dict(self.task_kwargs(params), depth=depth)
+        if params.get("haystack") == "text":  # a real-text passage, longer than any prompt of this length
+            from nats_model.data.haystack import passage
+
+            kwargs["filler"] = passage(rng, 8 * params["context_length"] + 256, params.get("text_dir"))
         prompt, answer = fit_prompt(getattr(tasks, self.task), rng, kwargs, params["context_length"],
                                     count_tokens)
         meta = {"depth": round(depth, 6), "prompt_tokens": count_tokens(prompt)}
