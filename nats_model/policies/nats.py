@@ -9,7 +9,7 @@ import torch
 
 from nats_model.cache import LayerStore
 from nats_model.mask import GLOBAL, LOCAL, SLIDING
-from nats_model.policies.base import Policy, Step
+from nats_model.policies.base import Policy, Step, drop_lowest
 from nats_model.scorer import infer_types
 
 DEFAULT_GLOBAL_BIAS = 0.1  # infer_types' default, used when neither the policy nor the model sets one
@@ -127,6 +127,8 @@ class NatsPolicy(Policy):
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         window, _, _ = self.settings()
         ty = self._typed(store, step)
+        if not self.evicting(step):  # typed (the state moves on), nothing dropped
+            return None
         if ty.get("decode"):
             return self._select_decode(store, step, ty, window)
         occupied, typ, pos, cid, seen = store.valid_rows(), ty["typ"], ty["pos"], ty["cid"], step.seen
@@ -261,20 +263,11 @@ class NatsPolicy(Policy):
             if not bool(((low <= ty["last_global"]) | (keys == leaving).any(1)).any()):
                 if not capped:
                     return None
-                common_budget = self.step_budget_common(step)
-                if common_budget >= 0:  # every segment is n - budget over: no tensor op
-                    most = n - common_budget
-                    if most <= 0:
-                        return None
-                    if most == 1:
-                        return candidate
-                else:
-                    n_drop = store.lens - self.step_budget(step)
-                    most = int(n_drop.max())
-                    if most <= 0:
-                        return None
-                    if most == 1:
-                        return torch.where(n_drop > 0, candidate, -1)
+                n_drop, most = self.over_budget(store, step)  # n_drop None: every segment is `most` over
+                if most <= 0:
+                    return None
+                if most == 1:
+                    return candidate if n_drop is None else torch.where(n_drop > 0, candidate, -1)
         typ, pos = self.type_of(store.rows(store.aux["nats_order"])), store.rows(store.pos, fill=-1)
         if n >= 0:
             typ, pos = typ[:, :n], pos[:, :n]
@@ -318,7 +311,5 @@ class NatsPolicy(Policy):
         n_drop = keep.sum(1) - budget  # (n_seg,)
         if int(n_drop.max()) <= 0:
             return keep
-        order = NatsPolicy._cap_order(typ, pos, keep).argsort(dim=1)  # (n_seg, row_cap)
-        place = torch.empty_like(order)
-        place.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-        return keep & ~(place < n_drop.clamp(min=0)[:, None])
+        # the order keys are unique per row (they hold the position), so the tie rule never applies
+        return drop_lowest(NatsPolicy._cap_order(typ, pos, keep), pos, n_drop, keep)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from nats_model.cache import LayerStore
-from nats_model.policies.base import Policy, Step
+from nats_model.policies.base import Policy, Step, drop_lowest
 
 POOLINGS = ("max", "avg")
 
@@ -28,7 +28,9 @@ class SnapKVPolicy(Policy):
     tokens are kept. Decode tokens are appended and never evicted (as the original: the budget
     applies to the prompt only). Prompt chunks are observed, not evicted, until the last one, so
     chunked prefill keeps the same set as prefill at once; `score_run()` compresses at the end
-    of its `prompt_len` prompt and never without one (streaming has no end of prompt).
+    of its `prompt_len` prompt and never without one (streaming has no end of prompt). The compression
+    runs at `Policy.compress_point` (the end of the prompt, or of the context under "context"); earlier
+    prefill chunks and the question's chunks after it are observed only.
     """
 
     window_size: int = 32
@@ -41,6 +43,9 @@ class SnapKVPolicy(Policy):
     protocols: ClassVar[tuple[str, ...]] = ("prompt", "context")
     default_protocol: ClassVar[str] = "prompt"
     decode_evicts: ClassVar[bool] = False
+    # True: `choose` spreads a budget across a sequence's heads (AdaKV), so the scores are needed even
+    # when every head is within its own budget
+    pools_across_heads: ClassVar[bool] = False
     observe: ClassVar[str] = "probs"
 
     def __post_init__(self) -> None:
@@ -75,7 +80,7 @@ class SnapKVPolicy(Policy):
         W = self.window_size
         buf = self.__dict__["_window_queries"]
         prev = buf.pop(step.layer, None)
-        if not step.last_prefill:
+        if not self.compress_point(step):  # observe: remember the latest window_size queries
             latest = (step.q[:, :, -W:], step.q_pos[:, -W:], step.q_valid[:, -W:])
             if prev is not None and step.q.shape[2] < W:  # this chunk alone does not fill the window
                 latest = (torch.cat([prev[0], latest[0]], 2)[:, :, -W:], torch.cat([prev[1], latest[1]], 1)[:, -W:],
@@ -91,7 +96,7 @@ class SnapKVPolicy(Policy):
             rows = torch.cat([F.pad(prev_rows, (0, width - prev_rows.shape[2])),
                               F.pad(rows, (0, width - rows.shape[2]))], 1)
         lens, budget = store.lens, self.step_budget(step)
-        if bool((lens <= budget).all()):
+        if bool((lens <= budget).all()) and not self.pools_across_heads:
             return None
         n_win = torch.minimum(budget.clamp(max=self.window_size), lens)  # (n_seg,) observation window kept
         score = rows.sum(1)[:, :store.row_cap]  # (n_seg, row_cap) attention from the window's queries
@@ -100,23 +105,27 @@ class SnapKVPolicy(Policy):
         order = pos.argsort(dim=1)  # rows in position order, unoccupied last
         s = score.gather(1, order)
         j = torch.arange(order.shape[1], device=order.device)[None, :]
-        n_prefix = (lens - n_win)[:, None]
-        prefix = j < n_prefix  # sorted index before the observation window
+        prefix = j < (lens - n_win)[:, None]  # sorted index before the observation window
         if self.pooling == "max":
             pooled = F.max_pool1d(s.masked_fill(~prefix, float("-inf"))[:, None], self.kernel_size, 1,
                                   self.kernel_size // 2)[:, 0]
         else:
             pooled = F.avg_pool1d(s.masked_fill(~prefix, 0.0)[:, None], self.kernel_size, 1,
                                   self.kernel_size // 2, count_include_pad=True)[:, 0]
-        # highest pooled score first, ties to the earlier position (stable sort of position order)
-        by_score = (-pooled).masked_fill(~prefix, float("inf")).argsort(dim=1, stable=True)
-        place = torch.empty_like(by_score)
-        place.scatter_(1, by_score, j.expand_as(by_score))
-        n_top = (budget - n_win).clamp(min=0)[:, None]
-        keep_sorted = (prefix & (place < n_top)) | ((j >= n_prefix) & (j < lens[:, None]))
+        # the window and the unoccupied slots are never ranked; position rank j breaks exact ties
+        keep_sorted = self.choose(store, step, pooled.masked_fill(~prefix, float("inf")), j.expand_as(pooled),
+                                  j < lens[:, None], budget)
         keep = torch.empty_like(keep_sorted)
         keep.scatter_(1, order, keep_sorted)
-        return keep | ((lens <= budget)[:, None] & store.valid_rows())  # short prompts: all kept
+        return keep
+
+    def choose(self, store: LayerStore, step: Step, score: torch.Tensor, rank: torch.Tensor,
+               valid: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        """Keep mask over the rows in position order (n_seg, row_cap): `score` is the pooled window
+        attention of the keys before the window (+inf for the window and the unoccupied slots), `rank`
+        the position rank, `valid` the occupied slots, `budget (n_seg,)` the step budget. SnapKV: the
+        `lens - budget` lowest of each head go (ties: the later position)."""
+        return drop_lowest(score, rank, store.lens - budget, valid)
 
     @staticmethod
     def _attention_rows(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_valid: torch.Tensor,

@@ -82,15 +82,10 @@ class StreamingLLMPolicy(Policy):
             before = store.lens - step.q_valid.sum(1)
             new = step.new_slots >= 0
             store.aux["rope_pos"][step.new_slots[new]] = (before[:, None] + rank)[new].float()
-        sinks, recent, keep, leaving, min_recent, common_keep = self._split(step.seen)
-        common_len = store.common_len()
-        if common_len >= 0 and common_keep >= 0:  # every segment is over by the same count
-            over, most = None, common_len - common_keep
-        else:
-            over = store.lens - keep  # (n_seg,) tokens above the budget
-            most = int(over.max())
+        over, most = self.over_budget(store, step)  # over None: every segment is `most` above the budget
         if most <= 0:
             return None
+        sinks, recent, keep, leaving, min_recent, common_keep = self._split(step.seen)
         pos = store.rows(store.pos, fill=-1)
         if most == 1 and min_recent > 0:
             # Decode fast path: at most one token over per segment, and it can only be the one that
