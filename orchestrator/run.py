@@ -13,7 +13,9 @@ expiry on the database clock) that a background thread renews every third of its
 cell another driver holds is left alone while its lease is live; once this driver has nothing
 else to do it waits for such cells, and takes over any whose lease expires (that driver died)
 or that went back to pending. With `wait_elsewhere=False` it returns instead and the caller
-reports them as still running elsewhere.
+reports them as still running elsewhere. Recording a result is a compare-and-set on the lease
+(`Store.record(..., owner=)`): a driver that stalled past its lease while another driver took the
+cell over records nothing, says so on stderr and counts it in `lease_lost`.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ class SweepResult:
     skipped: int = 0
     running_elsewhere: int = 0  # running under other drivers' leases when this call returned
     pending: int = 0  # neither run nor held when this call returned (interrupted, or released elsewhere)
+    # executed here, but not recorded: this driver's lease had lapsed and another driver took the cell
+    lease_lost: int = 0
     interrupted: bool = False
-    records: list[dict[str, Any]] = field(default_factory=list)  # executed in this call
+    records: list[dict[str, Any]] = field(default_factory=list)  # executed and recorded in this call
     plan_keys: list[str] = field(default_factory=list)  # every cell of the sweep file
     # per executed cell: driver seconds from dispatch to stored, worker seconds, store seconds
     timings: list[dict[str, float]] = field(default_factory=list)
@@ -61,7 +65,8 @@ class SweepResult:
     def summary(self) -> dict[str, Any]:
         return {"sweep": self.sweep, "cells": self.cells, "executed": self.executed,
                 "done": self.done, "failed": self.failed, "skipped": self.skipped,
-                "running_elsewhere": self.running_elsewhere, "pending": self.pending}
+                "running_elsewhere": self.running_elsewhere, "pending": self.pending,
+                "lease_lost": self.lease_lost}
 
 
 def open_store(db_url: str) -> Any:
@@ -210,13 +215,19 @@ class _Dispatcher:
         record.update(run_key=cell.run_key, sweep=self.plan.sweep,
                       attempts=self.deaths.get(cell.run_key, 0) + 1)
         t_store = time.perf_counter()
-        self.store.record(record)
+        # compare-and-set on this driver's lease: a lapsed lease another driver took records nothing
+        written = self.store.record(record, owner=self.owner)
         t_end = time.perf_counter()
+        if not written:
+            self.result.lease_lost += 1
+            print(f"natsbench sweep: cell {cell.run_key[:12]} not recorded: driver {self.owner} lost its "
+                  "lease on it to another driver, whose result is the one kept", file=sys.stderr)
         worker = (record.get("extras") or {}).get("worker") or {}
         self.result.timings.append({"wall_s": t_end - t_sent, "store_s": t_end - t_store,
                                     "cell_s": float(worker.get("cell_s", 0.0))})
         self.result.executed += 1
-        self.result.records.append(record)
+        if written:
+            self.result.records.append(record)
         if self.progress is not None:
             self.progress.update(1)
             self.progress.set_postfix_str(f"failed={sum(r['status'] != DONE for r in self.result.records)}")

@@ -31,9 +31,11 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "cuda:N", "auto")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|auto)$")
 
-# The statuses a run moves through: pending -> running -> done | failed.
-RUN_STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed")
-FINISHED_STATUSES: tuple[str, ...] = ("done", "failed")
+# The statuses a run moves through: pending -> running -> done | failed. Code names them by these
+# constants, never by string literals (SQL included: bound parameters or the constants formatted in).
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+RUN_STATUSES: tuple[str, ...] = (PENDING, RUNNING, DONE, FAILED)
+FINISHED_STATUSES: tuple[str, ...] = (DONE, FAILED)
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,21 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.declaration import FINISHED_STATUSES, METRIC_FIELDS, METRICS, RUN_STATUSES
+from services.declaration import (
+    DONE,
+    FAILED,
+    FINISHED_STATUSES,
+    METRIC_FIELDS,
+    METRICS,
+    PENDING,
+    RUN_STATUSES,
+    RUNNING,
+)
 
 from .clock import db_now
 
-__all__ = ["FINISHED_STATUSES", "METRIC_FIELDS", "RUN_STATUSES", "Base", "Run", "Sweep", "SweepRun"]
+__all__ = ["DONE", "FAILED", "FINISHED_STATUSES", "METRIC_FIELDS", "PENDING", "RUNNING", "RUN_STATUSES", "Base", "Run",
+           "Sweep", "SweepRun"]
 
 # JSON everywhere; JSONB on PostgreSQL (indexable, compact).
 JSONType = JSON().with_variant(JSONB(), "postgresql")

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, case, func, select
+from sqlalchemy import Integer, and_, bindparam, case, func, select
 from sqlalchemy.sql.dml import Insert
 
 from .clock import db_now
-from .models import METRIC_FIELDS, Run, SweepRun
+from .models import DONE, METRIC_FIELDS, RUNNING, Run, SweepRun
 
 RUNS = Run.__table__
 SWEEP_RUNS = SweepRun.__table__
@@ -29,10 +29,13 @@ _RESULT_UPDATES = ("status", "error", "environment", "extras", "n_examples", "le
                    *METRIC_FIELDS)
 
 
-def record_upsert(insert: Callable[..., Any]) -> Insert:
+def record_upsert(insert: Callable[..., Any], *, leased: bool = False) -> Insert:
     """INSERT a finished run, or UPDATE the existing row unless it is already done; RETURNING id.
 
     Parameters: `p_<column>` for every column of RECORD_COLUMNS. No row returned = not written.
+    `leased`: the UPDATE is a compare-and-set on the lease, it happens only while the row is
+    running under the lease of `p_expected_owner` (a driver whose lease another driver took over
+    writes nothing; a row already done is never touched either).
     """
     values = {name: bindparam(f"p_{name}", type_=RUNS.c[name].type) for name in RECORD_COLUMNS}
     stmt = insert(RUNS).values(**values, **{name: db_now() for name in _TIMESTAMPS})
@@ -45,7 +48,11 @@ def record_upsert(insert: Callable[..., Any]) -> Insert:
         finished_at=new.finished_at,
         updated_at=new.updated_at,
     )
-    stmt = stmt.on_conflict_do_update(index_elements=["run_key"], set_=set_, where=RUNS.c.status != "done")
+    where = RUNS.c.status != DONE
+    if leased:
+        where = and_(RUNS.c.status == RUNNING,
+                     RUNS.c.lease_owner == bindparam("p_expected_owner", type_=RUNS.c.lease_owner.type))
+    stmt = stmt.on_conflict_do_update(index_elements=["run_key"], set_=set_, where=where)
     # RETURNING, not rowcount: an upsert's rowcount is not reliable across drivers.
     return stmt.returning(RUNS.c.id)
 

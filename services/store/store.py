@@ -81,6 +81,7 @@ class Store:
         self._schema_ok = False
         self._sweep_ids: dict[str, int] = {}  # sweep name -> id, filled after commits
         self._record_upsert = statements.record_upsert(self._insert)
+        self._record_leased = statements.record_upsert(self._insert, leased=True)
         self._membership_insert = statements.membership_insert(self._insert)
         self.owner_id: str = new_owner_id()  # the default lease owner of this Store's claims
 
@@ -343,11 +344,16 @@ class Store:
 
         return self._read(read) if keys else {}
 
-    def record(self, record: dict[str, Any]) -> bool:
+    def record(self, record: dict[str, Any], *, owner: str | None = None) -> bool:
         """Store a finished record (status done or failed); True if it was written.
 
         Creates the row if it is missing; a row already `done` is never overwritten (a late
-        duplicate returns False), so recording the same cell twice is harmless.
+        duplicate returns False), so recording the same cell twice is harmless. With `owner` (the
+        lease owner the caller claimed the run as) the write is a compare-and-set on the lease:
+        it happens only while the row is running under `owner`'s lease, so a driver whose lease
+        expired and was taken over by another driver writes nothing (False) and the live owner's
+        result is the one kept. (The run key holds the code version, so a done row of the same
+        key is a result of the same code: also False, nothing to do.)
         """
         config = record_config(record)
         columns = config_columns(config)
@@ -361,13 +367,17 @@ class Store:
         params = {f"p_{name}": value for name, value in columns.items()}
         params.update({f"p_{name}": value for name, value in results.items()}, p_attempts=attempts)
         params.update(p_lease_owner=None, p_lease_expires_at=None)  # a finished run holds no lease
+        upsert = self._record_upsert
+        if owner is not None:
+            upsert = self._record_leased
+            params["p_expected_owner"] = owner
 
         def write(conn: Connection) -> tuple[bool, int | None]:
             sweep_id = None
             if sweep:
                 sweep_id = self._sweep_ids.get(sweep) or self._sweep_id(conn, sweep)
             written = (
-                conn.execute(self._record_upsert, {**params, "p_sweep_id": sweep_id}).first() is not None
+                conn.execute(upsert, {**params, "p_sweep_id": sweep_id}).first() is not None
             )
             if sweep_id is not None:
                 conn.execute(

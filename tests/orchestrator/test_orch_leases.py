@@ -194,3 +194,57 @@ def test_a_running_driver_renews_leases_shorter_than_its_cells(fake_runner, tmp_
     assert tries >= 20  # the thief tried through well over one lease length
     assert all(r["attempts"] == 1 for r in thief.runs("renew"))
     assert sorted(c["config"]["seed"] for c in fake_calls(fake_runner["log"], model)) == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_driver_paused_past_its_lease_records_nothing_and_the_new_owners_result_is_kept(
+        fake_runner, tmp_path, request, backend):
+    """Driver A claims the one cell and is paused (SIGSTOP) while its worker runs it; its lease
+    lapses and driver B takes the cell over. A resumes while B's worker is still running the cell:
+    A's finished result is refused by the compare-and-set on the lease owner (A says so and counts
+    it), and the row ends with B's result."""
+    lease_s = 2.0
+    url = _url(backend, tmp_path, request)
+    model = f"fake:sleep=4,tag=pause-{backend}"
+    cfg = tmp_path / "pause.yaml"
+    _write_spec(cfg, "pause", model, seeds=1)
+    key = build_cells(load_spec(cfg))[0].run_key
+    store = Store(url)
+
+    def wait_for(condition, what: str, procs) -> None:
+        deadline = time.monotonic() + 120
+        while not condition():
+            for proc in procs:
+                assert proc.poll() is None, f"{what}: a driver exited early: {proc.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    driver_a = _start(cfg, url, fake_runner["address"], lease_s)
+    driver_b = None
+    try:
+        wait_for(lambda: fake_calls(fake_runner["log"], model), "driver A to dispatch its cell", [driver_a])
+        driver_a.send_signal(signal.SIGSTOP)  # A's worker goes on with the cell; A cannot renew or record
+        assert f":{driver_a.pid}:" in store.leases([key])[key]["lease_owner"]
+        wait_for(lambda: not store.leases([key])[key]["lease_live"], "A's lease to lapse", [])
+        driver_b = _start(cfg, url, fake_runner["address"], lease_s)
+        wait_for(lambda: f":{driver_b.pid}:" in (store.leases([key])[key]["lease_owner"] or ""),
+                 "driver B to take the cell over", [driver_b])
+    finally:
+        driver_a.send_signal(signal.SIGCONT)
+    # A's result (ready for seconds) arrives while B's worker still sleeps in the cell
+    code_a, summary_a, err_a = _finish(driver_a)
+    assert code_a == 3, err_a[-2000:]  # the cell is B's, still running: "not finished" exit
+    assert (summary_a["executed"], summary_a["lease_lost"], summary_a["running_elsewhere"]) == (1, 1, 1)
+    assert "lost its lease" in err_a
+    assert store.leases([key])[key]["status"] == "running"  # A's late write changed nothing
+    code_b, summary_b, err_b = _finish(driver_b)
+    assert code_b == 0, err_b[-2000:]
+    assert (summary_b["executed"], summary_b["done"], summary_b["lease_lost"]) == (1, 1, 0)
+
+    calls = fake_calls(fake_runner["log"], model)
+    assert len(calls) == 2 and calls[0]["pid"] != calls[1]["pid"]  # run by both drivers' workers
+    row = store.get_run(key)
+    assert (row["status"], row["attempts"]) == ("done", 2)
+    assert row["extras"]["worker"]["pid"] == calls[1]["pid"]  # B's worker's result, recorded once
+    assert len([r for r in store.runs("pause") if r["run_key"] == key]) == 1

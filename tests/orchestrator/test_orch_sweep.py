@@ -154,7 +154,7 @@ def test_cli_sweep_records_raising_and_crashing_cells_failed_and_reruns_only_the
     assert main(["sweep", str(cfg), "--db", url, "--no-progress"]) == 1  # 1: some cell failed
     out = capsys.readouterr().out.strip().splitlines()
     assert json.loads(out[-1]) == {"sweep": "clisweep", "cells": 5, "executed": 5, "done": 3, "failed": 2,
-                                   "skipped": 0, "running_elsewhere": 0, "pending": 0}
+                                   "skipped": 0, "running_elsewhere": 0, "pending": 0, "lease_lost": 0}
     # (Ray's own worker-died notices may precede the table on stdout)
     assert any(line.split()[:3] == ["model", "policy", "budget"] for line in out)
     assert sum(line.startswith(model[:16]) for line in out) == 5

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from services.store import Store
+from services.store import Store, run_key
 from services.store.schema import alembic_config
 
 
@@ -98,3 +98,44 @@ def test_migration_0003_expires_runs_left_running_by_an_older_driver(empty_url, 
         assert store.leases(["k1"])["k1"]["lease_live"] is False
         assert store.claim("k1", owner="driver-new")
         assert store.get_run("k1")["attempts"] == 2
+
+
+def test_a_record_under_a_lost_lease_writes_nothing_and_the_live_owners_is_kept(store, make_config, make_record):
+    """Driver A stalls past its lease, driver B takes the run over: A's late result is refused
+    before and after B's, B's is the one stored; recording is a compare-and-set on the owner."""
+    config = make_config(seed=7)
+    _keys(store, make_config, 8)
+    key = run_key(config)
+    assert store.claim(key, owner="driver-a", lease_s=0.2)
+    time.sleep(0.5)  # A is paused past its lease
+    assert store.claim(key, owner="driver-b", lease_s=30)
+
+    late_a = make_record(config, accuracy=0.1, environment={"host": "a"})
+    assert store.record(late_a, owner="driver-a") is False  # B holds the lease now
+    row = store.get_run(key)
+    assert (row["status"], row["accuracy"]) == ("running", None)
+    assert store.leases([key])[key] == {"status": "running", "lease_owner": "driver-b", "lease_live": True}
+
+    assert store.record(make_record(config, accuracy=0.9, environment={"host": "b"}), owner="driver-b")
+    assert store.record(late_a, owner="driver-a") is False  # and after B finished
+    assert store.record(make_record(config, accuracy=0.9), owner="driver-b") is False  # a done row stays
+    row = store.get_run(key)
+    assert (row["status"], row["accuracy"], row["environment"]["host"]) == ("done", 0.9, "b")
+    assert len([r for r in store.runs() if r["run_key"] == key]) == 1
+
+
+def test_a_lease_owner_records_its_run_even_after_its_lease_lapsed_if_nobody_took_it(
+        store, make_config, make_record):
+    config = make_config(seed=1)
+    _keys(store, make_config, 2)
+    key = run_key(config)
+    assert store.claim(key, owner="driver-a", lease_s=0.2)
+    time.sleep(0.5)  # expired, but still A's: nobody claimed it
+    assert store.record(make_record(config, status="failed"), owner="driver-a") is True
+    row = store.get_run(key)
+    assert row["status"] == "failed" and store.leases([key])[key]["lease_owner"] is None
+    # a released run (pending, no owner) is not A's to record any more
+    assert store.claim(key, owner="driver-a", retry_failed=True, lease_s=30)
+    assert store.release_running(owner="driver-a") == 1
+    assert store.record(make_record(config), owner="driver-a") is False
+    assert store.get_run(key)["status"] == "pending"
