@@ -51,6 +51,7 @@ class Step:
     type_logits (B, Hkv, T, 3) or None: NAtS scorer logits of the new tokens.
     q (n_seg, g, T, hd), k_new / v_new (n_seg, T, hd): the step's queries and new keys/values.
     n_kv_heads: KV heads per sequence (to group a sequence's segments, e.g. layer-wise scores).
+    evict / compress_point: see the fields (`nats_model.generate`, "Compression protocols").
     """
 
     layer: int
@@ -68,6 +69,11 @@ class Step:
     v_new: torch.Tensor
     n_kv_heads: int = 0  # KV heads per sequence (segment s = b * n_kv_heads + h); 0 = not given
     scale: float = 0.0  # the attention's softmax scale (0 = not given: head_dim ** -0.5)
+    # Set by the engine from the compression protocol (`compress`): False = keep every token this step
+    # (statistics still update); compress_point: the step where a one-shot compression runs (the end of
+    # the prompt, or of the context under "context"); None = not given: the prompt's last chunk.
+    evict: bool = True
+    compress_point: bool | None = None
 
 
 @dataclass

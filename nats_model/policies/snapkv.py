@@ -43,9 +43,6 @@ class SnapKVPolicy(Policy):
     protocols: ClassVar[tuple[str, ...]] = ("prompt", "context")
     default_protocol: ClassVar[str] = "prompt"
     decode_evicts: ClassVar[bool] = False
-    # True: `choose` spreads a budget across a sequence's heads (AdaKV), so the scores are needed even
-    # when every head is within its own budget
-    pools_across_heads: ClassVar[bool] = False
     observe: ClassVar[str] = "probs"
 
     def __post_init__(self) -> None:
@@ -96,7 +93,7 @@ class SnapKVPolicy(Policy):
             rows = torch.cat([F.pad(prev_rows, (0, width - prev_rows.shape[2])),
                               F.pad(rows, (0, width - rows.shape[2]))], 1)
         lens, budget = store.lens, self.step_budget(step)
-        if bool((lens <= budget).all()) and not self.pools_across_heads:
+        if bool((lens <= budget).all()):
             return None
         n_win = torch.minimum(budget.clamp(max=self.window_size), lens)  # (n_seg,) observation window kept
         score = rows.sum(1)[:, :store.row_cap]  # (n_seg, row_cap) attention from the window's queries

@@ -32,6 +32,14 @@ def keep_streaming(entries, seen, n_sink, budget):
     return [e for e in entries if e["pos"] < sinks or e["pos"] >= seen - recent]
 
 
+def keep_knorm(entries, budget):
+    """Knorm rule: the `budget` keys of smallest L2 norm (ties: the later position goes first)."""
+    if len(entries) <= budget:
+        return entries
+    ranked = sorted(entries, key=lambda e: (float(e["k"].float().norm()), e["pos"]))  # kept: smallest, earlier
+    return sorted(ranked[:budget], key=lambda e: e["pos"])
+
+
 def keep_h2o(entries, seen, budget, recent_ratio):
     """H2O real-drop rule: recent floor(budget * r) by position + top scores of the rest."""
     if len(entries) <= budget:
@@ -63,7 +71,7 @@ class BruteForceEngine:
 class ReferenceEngine(BruteForceEngine):
     """Drop-in `kv_engine` with the same `begin_step`/`attend` API as `KVEngine`.
 
-    rule: "full", "streaming_llm" or "h2o"; rerotate: StreamingLLM positions inside the cache.
+    rule: "full", "streaming_llm", "h2o" or "knorm" (its streaming form); rerotate: StreamingLLM positions inside the cache.
     `history` records, after every layer call, {(layer, b, h): sorted kept positions}.
     """
 
@@ -107,6 +115,8 @@ class ReferenceEngine(BruteForceEngine):
                     kept = keep_streaming(entries, seen, self.n_sink, budget)
                 elif self.rule == "h2o":
                     kept = keep_h2o(entries, seen, budget, self.recent_ratio)
+                elif self.rule == "knorm":
+                    kept = keep_knorm(entries, budget)
                 else:
                     kept = entries
                 if self.rerotate and len(kept) < len(entries):
@@ -136,6 +146,68 @@ class RecordingEngine(KVEngine):
         self.history.append({(layer, s // Hkv, s % Hkv): sorted(rows[s][valid[s]].tolist())
                              for s in range(store.n_seg)})
         return out
+
+
+class ProtocolEngine(RecordingEngine):
+    """The real engine under the "prompt" protocol as the engine contract states it: `Step.evict` is
+    False on prefill chunks before the prompt's last and, when the policy's `decode_evicts` is False, on
+    decode steps. Set here on the Step the policy receives (the engine sets it itself once it has the
+    `compress` parameter)."""
+
+    def begin_step(self, positions, valid, *, prefill, last_prefill=False):
+        super().begin_step(positions, valid, prefill=prefill, last_prefill=last_prefill)
+        self._evict = bool(last_prefill) if prefill else type(self.policy).decode_evicts
+
+    def attend(self, layer, q, k, v, **kw):
+        policy, select, evict = self.policy, type(self.policy).select, self._evict
+
+        def with_evict(store, step):
+            step.evict = evict
+            return select(policy, store, step)
+
+        policy.__dict__["select"] = with_evict
+        try:
+            return super().attend(layer, q, k, v, **kw)
+        finally:
+            del policy.__dict__["select"]
+
+
+class CaptureEngine(KVEngine):
+    """A full-cache engine recording every layer's rotated q (B, Hq, T, hd), k, v (B, Hkv, T, hd) per
+    step (`steps[i][layer]`), for references computed from the model's real tensors."""
+
+    def __init__(self, batch):
+        from nats_model.policies import build
+
+        super().__init__(build("full"), batch)
+        self.steps: list[dict] = []
+
+    def begin_step(self, positions, valid, *, prefill, last_prefill=False):
+        super().begin_step(positions, valid, prefill=prefill, last_prefill=last_prefill)
+        self.steps.append({})
+
+    def attend(self, layer, q, k, v, **kw):
+        self.steps[-1][layer] = (q.clone(), k.clone(), v.clone())
+        return super().attend(layer, q, k, v, **kw)
+
+
+def prompt_tensors(model, ids, mask, chunk):
+    """Per layer, the prompt's real rotated q (Hq, n_b, hd), k and v (Hkv, n_b, hd) of each sequence b
+    (its real tokens in position order), from a full-cache run: a policy compressing at the end of the
+    prompt has evicted nothing before, so these are what it saw. Returns {layer: [(q, k, v) per b]}."""
+    engine = CaptureEngine(ids.shape[0])
+    drive(model, engine, lambda p, kept, v: p, ids, mask, chunk, n_decode=0)
+    out = {}
+    for layer in engine.steps[0]:
+        q, k, v = (torch.cat([st[layer][i] for st in engine.steps], 2) for i in range(3))
+        out[layer] = [(q[b][:, mask[b]], k[b][:, mask[b]], v[b][:, mask[b]]) for b in range(ids.shape[0])]
+    return out
+
+
+def physical_bound_ok(result, n_layers, batch, n_kv_heads, head_dim, itemsize=4) -> bool:
+    """The cache invariant: physical K/V bytes <= 1.05 x kept bytes + one slot per segment."""
+    slack = n_layers * batch * n_kv_heads * 2 * head_dim * itemsize
+    return result.kv_bytes_physical <= 1.05 * result.kv_bytes_kept + slack
 
 
 def tiny_gpt(seed=0, n_layer=2, n_head=4, n_kv_head=2, d_model=64, sharpen=8.0, rope_theta=1e4) -> GPT:

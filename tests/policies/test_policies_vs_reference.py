@@ -21,6 +21,8 @@ CASES = [
     ("h2o", {"budget_tokens": 8}, 6),
     ("h2o", {"budget": 0.4, "recent_ratio": 0.25}, 9),
     ("h2o", {"budget": 0.25}, 40),
+    ("knorm", {"budget_tokens": 8}, 6),
+    ("knorm", {"budget": 0.3}, 40),
 ]
 
 
