@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from services.declaration import DONE  # noqa: E402 - after the path above
+
 NATS_MODEL = ROOT / "models" / "scratch-nats"
 FULL_MODEL = ROOT / "models" / "scratch-full"
 BASELINE_BUDGET = 0.125
@@ -76,7 +78,7 @@ def run_cell_nll(handle, policy: str, policy_params: dict, context: int, n: int,
     t0 = time.perf_counter()
     rec = run_cell(handle, {"workload": "lm_text", "workload_params": {"context_length": context},
                             "policy": policy, "policy_params": policy_params, "n_examples": n, "seed": seed})
-    if rec["status"] != "done":
+    if rec["status"] != DONE:
         raise RuntimeError(f"{policy} {policy_params} on {handle.name}: {rec['error']}")
     ex = rec["extras"]["examples"]
     return {"nll": [e["nll"] for e in ex], "tokens": [e["scored_tokens"] for e in ex],

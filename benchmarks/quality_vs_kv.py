@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from services.declaration import DONE  # noqa: E402 - after the path above
+
 BASELINES = ("streaming_llm", "h2o", "snapkv", "tova")
 FAMILIES = {
     "gpt": {"base": ("tiny-base", None), "nats": ("tiny-nats-ft", None)},
@@ -223,7 +225,7 @@ class Runner:
                   "workload_params": wparams, "n_examples": n, "seed": self.seed, **adapter_fields(adapter)}
         record = run_cell(self.handle(model, adapter), config)
         self.cells += 1
-        if record["status"] != "done":
+        if record["status"] != DONE:
             raise RuntimeError(f"cell {model} {policy} {params} {label} failed: {record['error']}")
         return record
 

@@ -7,19 +7,28 @@ tests check the specs as data (`chart.to_dict()`). Colours are fixed per policy 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import altair as alt
 import pandas as pd
 
 from dashboard import paper_reference
-from dashboard.data import DONE, HIGHER_IS_BETTER, latency_by_context, pareto_mask, with_intervals
+from dashboard.data import (
+    DONE,
+    FAILED,
+    HIGHER_IS_BETTER,
+    PENDING,
+    latency_by_context,
+    pareto_mask,
+    with_intervals,
+)
 from services.declaration import METRICS as DECLARED_METRICS
 
 # Ten distinguishable colours (Tableau 10); NAtS gets the first one when present.
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2",
            "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac")
-STATUS_COLORS = {"done": "#54a24b", "failed": "#e45756", "pending": "#bab0ac"}
+STATUS_COLORS = {DONE: "#54a24b", FAILED: "#e45756", PENDING: "#bab0ac"}
 AXIS_TITLES = {
     "accuracy": "accuracy", "perplexity": "perplexity (lower is better)",
     "kv_bytes_physical": "physical KV bytes held", "kept_fraction": "kept fraction of the KV cache",
@@ -147,7 +156,7 @@ def latency_chart(
 
 def overview_chart(overview: pd.DataFrame) -> alt.Chart:
     """A stacked bar per sweep: done / failed / pending run counts."""
-    long = overview.melt(id_vars=["sweep"], value_vars=["done", "failed", "pending"],
+    long = overview.melt(id_vars=["sweep"], value_vars=list(STATUS_COLORS),
                          var_name="status", value_name="count")
     order = list(STATUS_COLORS)
     return alt.Chart(long).mark_bar().encode(
@@ -158,7 +167,7 @@ def overview_chart(overview: pd.DataFrame) -> alt.Chart:
         order=alt.Order("status_order:Q"),
         tooltip=["sweep:N", "status:N", "count:Q"],
     ).transform_calculate(
-        status_order="indexof(['done','failed','pending'], datum.status)",
+        status_order=f"indexof({json.dumps(order)}, datum.status)",
     ).properties(height=alt.Step(28))
 
 

@@ -14,12 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from services.declaration import FINISHED_STATUSES, METRIC_FIELDS, RUN_STATUSES
+from services.declaration import DONE, FAILED, FINISHED_STATUSES, METRIC_FIELDS, PENDING, RUN_STATUSES
 from services.declaration import METRICS as DECLARED_METRICS
 from services.store.keys import CODE_VERSION
 
 # Run statuses (services.declaration). `done` and `failed` are final; the others count as pending.
-DONE, FAILED = FINISHED_STATUSES
 PENDING_STATUSES = tuple(s for s in RUN_STATUSES if s not in FINISHED_STATUSES)
 
 # Metric columns of a run record, in the order the views show them: the declared metrics, with
@@ -202,7 +201,7 @@ def sweep_overview(df: pd.DataFrame, sweeps: Iterable[str | dict] = ()) -> pd.Da
     count runs shared with other sweeps too), other sweeps are counted from `df`. Sweeps
     without runs get zeros. Sorted by last update, newest first.
     """
-    cols = ["sweep", "runs", "done", "failed", "pending", "progress", "last_update", "stale"]
+    cols = ["sweep", "runs", DONE, FAILED, PENDING, "progress", "last_update", "stale"]  # run counts per status
     given: dict[str, dict] = {}
     for item in sweeps:
         entry = item if isinstance(item, dict) else {"name": item}
@@ -228,7 +227,7 @@ def sweep_overview(df: pd.DataFrame, sweeps: Iterable[str | dict] = ()) -> pd.Da
             n = len(part)
             updated = part["_last"].max() if n else pd.NaT
         rows.append({
-            "sweep": name, "runs": n, "done": n_done, "failed": n_failed, "pending": n - n_done - n_failed,
+            "sweep": name, "runs": n, DONE: n_done, FAILED: n_failed, PENDING: n - n_done - n_failed,
             "progress": (n_done + n_failed) / n if n else 0.0, "last_update": updated, "stale": n_stale,
         })
     out = pd.DataFrame(rows, columns=cols)
@@ -339,7 +338,7 @@ def latency_by_context(df: pd.DataFrame) -> pd.DataFrame:
 def run_label(row: pd.Series) -> str:
     """A one-line name of a run for pickers: status, model, workload, policy, budget, seed."""
     seed = "" if pd.isna(row["seed"]) else f" seed {int(row['seed'])}"
-    mark = {"failed": "FAILED ", DONE: ""}.get(row["status"], f"{row['status'].upper()} ")
+    mark = {FAILED: "FAILED ", DONE: ""}.get(row["status"], f"{row['status'].upper()} ")
     if row.get("stale", False):
         mark = f"OLD CODE v{row['code_version']} {mark}"
     return (f"{mark}{row['policy']} @ {budget_label(row['budget'])} | {row['workload']} | "

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.spec import SweepSpec, grid
-from services.declaration import RUN_STATUSES
-
-PENDING, RUNNING, DONE, FAILED = RUN_STATUSES  # services.declaration
+from services.declaration import DONE, FAILED, PENDING, RUNNING  # noqa: F401 - re-exported for run.py
 
 
 def normalize_workload_params(name: str, params: dict[str, Any]) -> dict[str, Any]:

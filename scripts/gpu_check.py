@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from services.declaration import DONE
+
 REPO = Path(__file__).resolve().parents[1]
 TOL = 3e-2
 
@@ -202,7 +204,7 @@ def check_eval(tmp: Path, device: str) -> dict:
     rc, rec, err, seconds = _cli("eval", "--model", str(tmp / "tiny-llama"), "--adapter", str(tmp / "adapter"),
                                  "--policy", "nats", "--workload", "passkey", "--workload-param",
                                  "context_length=1024", "--n", "4", "--device", device, timeout=180)
-    ok = rc in (0, 1) and rec is not None and rec.get("status") == "done"
+    ok = rc in (0, 1) and rec is not None and rec.get("status") == DONE
     fields = {k: (rec or {}).get(k) for k in ("status", "error", "accuracy", "kept_fraction", "ttft_s", "tpot_s",
                                               "peak_memory_bytes", "adapter_sha256")}
     log(f"eval nats + adapter on {device}: rc {rc}, {seconds:.1f} s, {fields} ({'ok' if ok else 'FAIL'})")

@@ -16,6 +16,7 @@ import json
 import re
 from pathlib import Path
 
+from services.declaration import DONE
 from services.evaluation import load_model, run_cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def table(rows: list[dict]) -> list[str]:
     for r in rows:
         pol = r["policy"] + (f" {json.dumps(r['policy_params'])}" if r["policy_params"] else "")
         wl = f"{r['workload']} {json.dumps(r['workload_params'])}"
-        acc = _fmt(r["accuracy"], ".3f") if r["status"] == "done" else f"failed: {r['error']}"
+        acc = _fmt(r["accuracy"], ".3f") if r["status"] == DONE else f"failed: {r['error']}"
         tpot = None if r["tpot_s"] is None else 1000 * r["tpot_s"]
         out.append(f"| {r['model']} | {pol} | {wl} | {r['n_examples']} | {acc} | {_fmt(r['kept_fraction'], '.3f')} "
                    f"| {_fmt(r['kv_bytes_physical'], 'd')} / {_fmt(r['kv_bytes_full'], 'd')} | {_fmt(tpot, '.2f')} |")

@@ -31,7 +31,9 @@ from typing import Any
 
 from services.declaration import (
     CONFIG_KEYS,
+    DONE,
     DTYPES,
+    FAILED,
     METRIC_FIELDS,
     check_config_field,
     check_device,
@@ -302,7 +304,7 @@ def _run_key(cfg: dict) -> str:
 def _new_record(config: Any) -> dict:
     base = config if isinstance(config, dict) else {}
     record = {k: base.get(k, CONFIG_DEFAULTS.get(k)) for k in _config_keys(base)}
-    record.update(run_key=base.get("run_key"), sweep=base.get("sweep"), status="failed", error=None,
+    record.update(run_key=base.get("run_key"), sweep=base.get("sweep"), status=FAILED, error=None,
                   attempts=base.get("attempts", 1), environment={}, **dict.fromkeys(METRIC_FIELDS),
                   n_examples=base.get("n_examples"), extras={})
     return record
@@ -384,9 +386,9 @@ def run_cell(handle: ModelHandle, config: dict) -> dict:
         record.update(fields)
         record["extras"] = {"workload_params_resolved": wparams, "model_info": handle.info,
                             "metric": workload.metric, **extras}
-        record["status"], record["error"] = "done", None
+        record["status"], record["error"] = DONE, None
     except Exception as exc:  # noqa: BLE001 - a cell reports its failure, it never raises
-        record["status"] = "failed"
+        record["status"] = FAILED
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["extras"] = {**record.get("extras", {}), "traceback": traceback.format_exc(limit=20)[-8000:]}
         if str(getattr(handle, "device", "cpu")).startswith("cuda") and torch.cuda.is_available():

@@ -21,6 +21,8 @@ from typing import Any
 
 import ray
 
+from services.declaration import FAILED
+
 DEFAULT_RUNNER = "services.evaluation"
 RUNNER_ENV = "NATSBENCH_CELL_RUNNER"
 
@@ -28,7 +30,7 @@ RUNNER_ENV = "NATSBENCH_CELL_RUNNER"
 def failed_record(config: dict[str, Any], error: str) -> dict[str, Any]:
     """A record for a cell that produced no measurement: the config plus status and error."""
     record = dict(config)
-    record.update(status="failed", error=error, extras={})
+    record.update(status=FAILED, error=error, extras={})
     return record
 
 

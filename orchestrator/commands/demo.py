@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.commands.common import DEFAULT_DB_URL, checked_db_url
+from services.declaration import DONE
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -59,8 +60,8 @@ def comparison_table(records: list[dict[str, Any]]) -> str:
         cells, kept, kv = [], [], []
         for w in workloads:
             rs = by_w.get(w, [])
-            ok = [r for r in rs if r.get("status") == "done" and r.get("accuracy") is not None]
-            ppl = [r["extras"]["ppl"] for r in rs if r.get("status") == "done" and r.get("accuracy") is None
+            ok = [r for r in rs if r.get("status") == DONE and r.get("accuracy") is not None]
+            ppl = [r["extras"]["ppl"] for r in rs if r.get("status") == DONE and r.get("accuracy") is None
                    and (r.get("extras") or {}).get("ppl") is not None]
             if ppl:  # lm_text reports streaming perplexity, not accuracy
                 cells.append(f"ppl {sum(ppl) / len(ppl):.2f}")

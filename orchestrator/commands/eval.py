@@ -14,6 +14,8 @@ import json
 import sys
 from typing import Any
 
+from services.declaration import DONE
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="NAME_OR_PATH",
@@ -141,4 +143,4 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_summary(record), file=sys.stderr)
         print(json.dumps(record, default=str, allow_nan=False))
-    return 0 if record.get("status") == "done" else 1
+    return 0 if record.get("status") == DONE else 1

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from orchestrator.commands.common import add_db_argument, checked_db_url
+from services.declaration import FAILED
 
 EXIT_CODES = (
     "exit codes: 0 every cell of the sweep is done; "
@@ -73,7 +74,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for rec in records:
         lines.append(" ".join(f"{_cell_value(rec, n)[:w]:<{w}}" for n, w in TABLE_COLUMNS))
-        if rec.get("status") == "failed" and rec.get("error"):
+        if rec.get("status") == FAILED and rec.get("error"):
             lines.append(f"    error: {str(rec['error']).strip().splitlines()[0][:150]}")
     return "\n".join(lines)
 

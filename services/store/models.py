@@ -99,7 +99,7 @@ class Run(Base):
     # The CODE_VERSION that planned (and measured) this row; part of its run key.
     code_version: Mapped[str] = mapped_column(String(20), nullable=False)
     # Lifecycle; timestamps come from the database clock.
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=PENDING)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

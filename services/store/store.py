@@ -28,7 +28,7 @@ from .engine import (
     parse_url,
 )
 from .errors import SchemaError, StoreError
-from .models import RUN_STATUSES, Run, Sweep, SweepRun
+from .models import FAILED, PENDING, RUN_STATUSES, RUNNING, Run, Sweep, SweepRun
 from .records import check_status, config_columns, iso, record_config, result_columns, run_to_dict
 
 T = TypeVar("T")
@@ -257,7 +257,7 @@ class Store:
             statuses: dict[str, str] = {}
             for start in range(0, len(ordered), _CHUNK):
                 chunk = ordered[start : start + _CHUNK]
-                values = [{**row, "sweep_id": sweep_id, "status": "pending", "attempts": 0} for row in chunk]
+                values = [{**row, "sweep_id": sweep_id, "status": PENDING, "attempts": 0} for row in chunk]
                 conn.execute(
                     self._insert(statements.RUNS).on_conflict_do_nothing(index_elements=["run_key"]), values
                 )
@@ -290,16 +290,16 @@ class Store:
         be claimed too.
         """
         lease_s = _check_lease(lease_s)
-        allowed = ["pending", "failed"] if retry_failed else ["pending"]
+        allowed = [PENDING, FAILED] if retry_failed else [PENDING]
         expired = and_(
-            Run.status == "running",
+            Run.status == RUNNING,
             or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < db_now()),
         )
         stmt = (
             update(Run)
             .where(Run.run_key == run_key, or_(Run.status.in_(allowed), expired))
             .values(
-                status="running",
+                status=RUNNING,
                 attempts=Run.attempts + 1,
                 started_at=db_now(),
                 finished_at=None,
@@ -317,7 +317,7 @@ class Store:
         lease_s = _check_lease(lease_s)
         stmt = (
             update(Run)
-            .where(Run.lease_owner == (owner or self.owner_id), Run.status == "running")
+            .where(Run.lease_owner == (owner or self.owner_id), Run.status == RUNNING)
             .values(lease_expires_at=db_later(lease_s))
         )
         return self._write(lambda conn: conn.execute(stmt).rowcount)
@@ -339,7 +339,7 @@ class Store:
                 ).all()
                 for key, status, owner, is_live in rows:
                     out[key] = {"status": status, "lease_owner": owner,
-                                "lease_live": bool(status == "running" and is_live)}
+                                "lease_live": bool(status == RUNNING and is_live)}
             return out
 
         return self._read(read) if keys else {}
@@ -397,8 +397,8 @@ class Store:
         def write(conn: Connection) -> int:
             stmt = (
                 update(Run)
-                .where(Run.status == "running")
-                .values(status="pending", updated_at=db_now(), lease_owner=None, lease_expires_at=None)
+                .where(Run.status == RUNNING)
+                .values(status=PENDING, updated_at=db_now(), lease_owner=None, lease_expires_at=None)
             )
             if owner is not None:
                 stmt = stmt.where(Run.lease_owner == owner)
