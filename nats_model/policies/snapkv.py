@@ -50,13 +50,13 @@ class SnapKVPolicy(Policy):
         for field in ("window_size", "kernel_size"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"snapkv: {field} must be an int >= 1, got {value!r}")
+                raise ValueError(f"{self.name}: {field} must be an int >= 1, got {value!r}")
         if self.kernel_size % 2 == 0:
-            raise ValueError(f"snapkv: kernel_size must be odd (same-length pooling), got {self.kernel_size}")
+            raise ValueError(f"{self.name}: kernel_size must be odd (same-length pooling), got {self.kernel_size}")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"snapkv: pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise ValueError(f"{self.name}: pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.budget_tokens is not None and self.budget_tokens <= self.window_size:
-            raise ValueError(f"snapkv: budget_tokens ({self.budget_tokens}) must exceed window_size "
+            raise ValueError(f"{self.name}: budget_tokens ({self.budget_tokens}) must exceed window_size "
                              f"({self.window_size})")
         self.reset()
 

@@ -40,3 +40,35 @@ def top_positions(scores: list[float], budget: int, always: set[int] = frozenset
 
 
 __all__ = ["budget_tokens", "expected_with_decode", "final_kept", "run_prompt_protocol", "top_positions"]
+
+
+def snap_pooled(q, k, n_win, window_size, kernel_size, pooling):
+    """SnapKV's pooled scores of the keys before the kept window, written out: q (g, n, hd) one KV
+    head's query heads, k (n, hd). The last `window_size` queries' causal attention (scale hd^-0.5)
+    summed over them and the group, pooled over the n - n_win prefix keys (max: padding ignored; avg:
+    zero padding counted)."""
+    g, n, hd = q.shape
+    raw = [0.0] * n
+    for m in range(max(0, n - window_size), n):
+        for j in range(g):
+            p = torch.softmax((k[: m + 1] @ q[j, m]).double() * hd ** -0.5, -1)
+            for i in range(m + 1):
+                raw[i] += float(p[i])
+    n_prefix = n - n_win
+    r, pooled = kernel_size // 2, []
+    for i in range(n_prefix):
+        near = [raw[x] for x in range(i - r, i + r + 1) if 0 <= x < n_prefix]
+        pooled.append(max(near) if pooling == "max" else sum(near) / kernel_size)
+    return pooled
+
+
+def pyramid_budget(n: int, uniform: int, window: int, beta: float, layer: int, n_layers: int) -> int:
+    """kvpress' PyramidKV layer budget, in plain Python."""
+    lo = uniform / beta
+    hi = 2 * uniform - lo
+    if hi >= n - window:
+        hi = n - window
+        lo = 2 * uniform - hi
+    if n_layers == 1 or not (n >= hi >= lo >= window):
+        return uniform
+    return round(hi - layer * (hi - lo) / (n_layers - 1))
