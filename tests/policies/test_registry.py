@@ -39,3 +39,18 @@ def test_bad_parameters_name_the_input_and_allowed_values(name, params, needle):
     assert needle in str(err.value)
     if name == "nope":
         assert "full" in str(err.value) and "h2o" in str(err.value)
+
+
+def test_new_policies_are_discovered():
+    assert {"knorm", "expected_attention", "pyramidkv", "adakv"} <= set(available())
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_policy_declares_its_protocols(name):
+    from nats_model.policies import policy_class
+    from nats_model.policies.base import PROTOCOLS
+
+    cls = policy_class(name)
+    assert cls.protocols and set(cls.protocols) <= set(PROTOCOLS)
+    assert cls.default_protocol in cls.protocols
+    assert isinstance(cls.decode_evicts, bool)
