@@ -53,12 +53,15 @@ def normalize_policy_params(name: str, params: dict[str, Any]) -> dict[str, Any]
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     """All cell configs of a sweep, model-major (then workload, policy, seed); parameter values are
     normalised by their declared types, so one cell has one run key. A model entry with an
-    `adapter` adds `adapter` and `adapter_sha256` (its content hash) to its cells' configs."""
+    `adapter` adds `adapter` and `adapter_sha256` (its content hash) to its cells' configs; a folder
+    model adds `model_sha256` (its weights' hash, services.model_hash)."""
     from services.adapters import adapter_fields
+    from services.model_hash import model_fields
 
     configs: list[dict[str, Any]] = []
     for m in spec.models:
         adapter = adapter_fields(m.adapter)  # hashed once per model entry
+        weights = model_fields(m.name)
         for w in spec.workloads:
             if w.models is not None and m.name not in w.models:
                 continue
@@ -82,6 +85,7 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
                                     "device": m.device,
                                     "dtype": m.dtype,
                                     **adapter,
+                                    **weights,
                                 }
                             )
     return configs

@@ -274,15 +274,33 @@ def normalize_config(config: dict, handle: ModelHandle | None = None) -> dict:
         check_config_matches(cfg, handle.adapter, handle.adapter_sha256)
         if handle.adapter is not None:
             cfg["adapter_sha256"] = handle.adapter_sha256
+        _fill_model_sha256(cfg, handle)
     return cfg
+
+
+def _fill_model_sha256(cfg: dict, handle: ModelHandle) -> None:
+    """`model_sha256` of a folder model (services.model_hash): checked against the loaded folder's
+    weights when the planner set it (ValueError: the folder changed since), filled in otherwise."""
+    from services.model_hash import model_sha256
+
+    if "model_sha256" not in handle.info:
+        handle.info["model_sha256"] = None if handle.source.startswith("random:") else model_sha256(handle.source)
+    loaded = handle.info["model_sha256"]
+    if cfg.get("model_sha256") not in (None, loaded):
+        raise ValueError(f"cell config model_sha256 {str(cfg['model_sha256'])[:12]}... does not match the weights "
+                         f"of the model folder {handle.source!r} ({str(loaded)[:12]}...): the folder changed after "
+                         "the cell was planned; plan the sweep again")
+    if loaded is not None:
+        cfg["model_sha256"] = loaded
 
 
 def _config_keys(cfg: dict) -> tuple[str, ...]:
     """The config fields a record carries and the run key hashes: the adapter's only when it has one
-    (cells without an adapter keep their keys)."""
+    (cells without an adapter keep their keys), the model's weights hash for a folder model."""
     from services.adapters import ADAPTER_KEYS
+    from services.model_hash import MODEL_KEYS
 
-    return RECORD_KEYS + tuple(k for k in ADAPTER_KEYS if cfg.get(k) is not None)
+    return RECORD_KEYS + tuple(k for k in (*ADAPTER_KEYS, *MODEL_KEYS) if cfg.get(k) is not None)
 
 
 def build_policy(name: str, params: dict):
