@@ -24,8 +24,11 @@ def test_train_step_prints_a_table_and_a_json_last_line():
     for key in ("nats_over_full_step_64", "nats_over_full_step_128", "reference_over_full_step_64"):
         assert summary[key] > 0, key
     assert set(summary["step_s"]) == {"full@64", "nats@64", "reference@64", "full@128", "nats@128"}
-    assert all(v >= 0 for v in summary["peak_mib"].values()) and len(summary["peak_mib"]) == 5
-    assert summary["nats_peak_128_over_64"] is None or summary["nats_peak_128_over_64"] >= 0
+    peak = summary["peak_mib"]
+    assert set(peak) == set(summary["step_s"]) and all(isinstance(v, float) for v in peak.values()), peak
+    for kind in ("full", "nats"):  # the growth ratio is the one of the two measured peaks (None: 0 MiB at 64)
+        lo, hi = peak[f"{kind}@64"], peak[f"{kind}@128"]
+        assert summary[f"{kind}_peak_128_over_64"] == (round(hi / lo, 3) if lo else None), (kind, lo, hi)
     for kind in ("full", "nats", "reference"):
         assert any(line.startswith(kind) for line in lines), kind
 
