@@ -41,9 +41,11 @@ def sidebar_filters(df):
         return chosen if chosen else options
 
     sweeps = pick("Sweeps", "sweep", "f_sweep")
+    bases = pick("Base models", "base", "f_base")
     models = pick("Models", "model", "f_model")
     workloads = pick("Workloads", "workload", "f_workload")
     policies = pick("Policies", "policy", "f_policy")
+    protocols = pick("Protocols", "compress", "f_compress")
     budgets = df["budget"].dropna()
     budget_range, include_none = None, True
     if len(budgets):
@@ -57,7 +59,7 @@ def sidebar_filters(df):
         f"Include {n_stale} runs of older code versions", value=False, key="f_stale",
         help=f"Measured by code older than version {data.CODE_VERSION}: marked OLD, never compared by default.")
     return data.filter_runs(df, sweeps=sweeps, models=models, workloads=workloads, policies=policies,
-                            budget_range=budget_range, include_unbudgeted=include_none, include_stale=include_stale)
+                            bases=bases, protocols=protocols, budget_range=budget_range, include_unbudgeted=include_none, include_stale=include_stale)
 
 
 def main() -> None:

@@ -17,13 +17,14 @@ from dashboard import paper_reference
 from dashboard.data import (
     DONE,
     FAILED,
-    HIGHER_IS_BETTER,
     PENDING,
+    full_cache_reference,
     latency_by_context,
-    pareto_mask,
+    pareto_points,
     with_intervals,
 )
 from services.declaration import METRICS as DECLARED_METRICS
+from services.declaration import PROTOCOLS
 
 # Ten distinguishable colours (Tableau 10); NAtS gets the first one when present.
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2",
@@ -35,6 +36,7 @@ AXIS_TITLES = {
     "tpot_s": "time per output token (s)", "ttft_s": "time to first token (s)",
     "tpot_ms": "time per output token (ms)", "ttft_ms": "time to first token (ms)",
     "context_length": "context length (tokens)",
+    "full_cache_fraction": "KV bytes held / the full cache's",
 }
 _BYTES = {m.name for m in DECLARED_METRICS if m.unit == "bytes"}  # formatted as 1.2M etc.
 _TOOLTIP = ("policy", "budget", "model", "workload", "seed", "sweep", "run_key")
@@ -48,7 +50,7 @@ def policy_scale(policies: Sequence[str]) -> alt.Scale:
 
 
 def _axis(col: str) -> alt.Axis:
-    fmt = {"kept_fraction": ".0%", "accuracy": ".2f"}.get(col, ".2~s" if col in _BYTES else None)
+    fmt = {"kept_fraction": ".0%", "full_cache_fraction": ".0%", "accuracy": ".2f"}.get(col, ".2~s" if col in _BYTES else None)
     return alt.Axis(title=AXIS_TITLES.get(col, col), format=fmt) if fmt else alt.Axis(title=AXIS_TITLES.get(col, col))
 
 
@@ -59,6 +61,8 @@ def _tooltip(cols: Sequence[str]) -> list[alt.Tooltip]:
             out.append(alt.Tooltip(f"{col}:Q", format=",.0f", title=col))
         elif col in ("accuracy", "kept_fraction", "perplexity", "tpot_s", "ttft_s", "tpot_ms", "ttft_ms", "budget"):
             out.append(alt.Tooltip(f"{col}:Q", format=".4~g", title=col))
+        elif col == "full_cache_fraction":
+            out.append(alt.Tooltip(f"{col}:Q", format=".1%", title="of the full cache"))
         elif col == "seed":
             out.append(alt.Tooltip(f"{col}:Q", format="d"))
         else:
@@ -66,31 +70,44 @@ def _tooltip(cols: Sequence[str]) -> list[alt.Tooltip]:
     return out
 
 
+# Pareto x axes: physical bytes held, those bytes as a fraction of the setting's full cache, kept tokens.
+PARETO_X = ("kv_bytes_physical", "full_cache_fraction", "kept_fraction")
+# Marker fill per compression protocol (services.declaration.PROTOCOLS): streaming filled, prompt half,
+# context hollow (the stroke keeps the policy's colour).
+PROTOCOL_FILL = {"streaming": 0.9, "prompt": 0.35, "context": 0.0}
+_PARETO_TIP = ("setting", "setting_params", "context_length", "base", "variant", "origin", "policy", "compress",
+               "budget")
+
+
 def pareto_data(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Finished runs with both `x` and `y`, plus `on_frontier` per (workload, model)."""
-    higher = HIGHER_IS_BETTER.get(y, True)
-    part = df[(df["status"] == DONE) & df[x].notna() & df[y].notna()]
-    cols = list(dict.fromkeys([*_TOOLTIP, x, y, "kept_fraction", "kv_bytes_physical", "n_examples"]))
-    part = part[[c for c in cols if c in part.columns]].copy()
+    """Finished runs with both `x` and `y` (`dashboard.data.pareto_points`: `on_front` per workload
+    setting and base over every variant and protocol, `best_protocol` per policy), with the full cache's
+    place per (setting, base) (`x_full`, `y_full`: the reference lines) and, for accuracy, each run's
+    Wilson 95% interval."""
+    points = pareto_points(df, x, y)
+    cols = list(dict.fromkeys([*_PARETO_TIP, *_TOOLTIP, x, y, "kept_fraction", "kv_bytes_physical",
+                               "kv_bytes_full", "full_cache_fraction", "n_examples", "on_front", "best_protocol"]))
+    part = points[[c for c in cols if c in points.columns]].copy()
     if y == "accuracy":  # each run's Wilson 95% interval, drawn as an error bar
         part = with_intervals(part)
-    part["on_frontier"] = False
-    for _, group in part.groupby(["workload", "model"], sort=False):
-        mask = pareto_mask(group[x], group[y], higher_is_better=higher)
-        part.loc[mask[mask].index, "on_frontier"] = True
-    return part.sort_values(["workload", "model", x]).reset_index(drop=True)
+    ref = full_cache_reference(part, x, y)
+    part = part.merge(ref, on=["setting", "base"], how="left")
+    return part.sort_values(["setting", "base", x]).reset_index(drop=True)
 
 
 def pareto_chart(
     df: pd.DataFrame, x: str = "kv_bytes_physical", y: str = "accuracy", *,
     policies: Sequence[str] | None = None, log_x: bool | None = None, columns: int = 2,
 ) -> alt.FacetChart:
-    """`y` against `x` per run, colour per policy, the Pareto frontier as a dashed line, one
-    panel per workload (`columns` panels a row); hovering a point shows the run. Accuracy gets an
-    error bar per run: its Wilson 95% interval on the run's examples. `log_x` defaults to log when
-    x spans more than 20x."""
-    if x not in ("kv_bytes_physical", "kept_fraction"):
-        raise ValueError(f"pareto x={x!r}: use 'kv_bytes_physical' or 'kept_fraction'")
+    """`y` against `x` per run, one panel per workload setting (workload and context length; the other
+    workload parameters in the tooltip), `columns` panels a row. Colour per policy, marker shape per
+    variant (the base, a fine-tuned checkpoint, base + adapter), marker fill per protocol; the Pareto front
+    of each base (over its variants and protocols) as a dashed line (a dash pattern per base where a panel
+    has several), the full cache as grey reference lines (its size on x, its `y`), and a dark ring on the
+    runs of each policy's best protocol where it ran several. Accuracy gets an error bar per run (Wilson
+    95%). `log_x` defaults to log when x spans more than 20x. Drawn as SVG (points readable in the page)."""
+    if x not in PARETO_X:
+        raise ValueError(f"pareto x={x!r}: use one of {', '.join(PARETO_X)}")
     data = pareto_data(df, x, y)
     if log_x is None:
         pos = data[x][data[x] > 0]
@@ -98,30 +115,51 @@ def pareto_chart(
     xscale = alt.Scale(type="log", nice=False, padding=12) if log_x else alt.Scale(zero=False, padding=12)
     color = alt.Color("policy:N", scale=policy_scale(policies or data["policy"].unique().tolist()),
                       legend=alt.Legend(title="policy", orient="right"))
-    shape_by_model = data["model"].nunique() > 1
-    points = alt.Chart().mark_point(filled=True, size=90, opacity=0.85).encode(
+    protocols = [p for p in PROTOCOLS if p in set(data["compress"])] or list(PROTOCOLS)
+    fill = alt.FillOpacity("compress:N", scale=alt.Scale(domain=protocols, range=[PROTOCOL_FILL[p] for p in protocols]),
+                           legend=alt.Legend(title="protocol", orient="right", symbolStrokeWidth=2))
+    several_bases = data["base"].nunique() > 1
+    tips = [*_PARETO_TIP, y, "kv_bytes_physical", "full_cache_fraction", "kept_fraction", "on_front",
+            "best_protocol", "seed", "sweep", "run_key"]
+    points = alt.Chart().mark_point(filled=True, opacity=0.9, strokeWidth=1.5).encode(
         x=alt.X(f"{x}:Q", scale=xscale, axis=_axis(x)),
         y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False), axis=_axis(y)),
-        color=color,
-        shape=alt.Shape("model:N") if shape_by_model else alt.value("circle"),
-        tooltip=_tooltip(list(dict.fromkeys([*_TOOLTIP[:4], y, "kv_bytes_physical", "kept_fraction", *_TOOLTIP[4:]]))),
+        color=color, fillOpacity=fill,
+        shape=alt.Shape("variant:N", legend=alt.Legend(title="model (variant)", orient="right")),
+        size=alt.condition("datum.best_protocol", alt.value(150), alt.value(80)),
+        tooltip=_tooltip(list(dict.fromkeys(tips))),
     )
-    frontier = alt.Chart().transform_filter("datum.on_frontier").mark_line(
-        color="#333333", strokeDash=[5, 3], strokeWidth=1.5, interpolate="step-after",
-    ).encode(x=f"{x}:Q", y=f"{y}:Q", detail="model:N", order=f"{x}:Q")
-    layers = [frontier, points]
+    best = alt.Chart().transform_filter("datum.best_protocol").mark_point(
+        filled=False, size=320, color="#222222", strokeWidth=1.2, opacity=0.8,
+    ).encode(x=f"{x}:Q", y=f"{y}:Q")
+    dash = (alt.StrokeDash("base:N", legend=alt.Legend(title="front of base", orient="right"))
+            if several_bases else alt.value([5, 3]))
+    frontier = alt.Chart().transform_filter("datum.on_front").mark_line(
+        color="#333333", strokeWidth=1.5, interpolate="step-after",
+    ).encode(x=f"{x}:Q", y=f"{y}:Q", detail="base:N", order=f"{x}:Q", strokeDash=dash)
+    ref_style = {"color": "#999999", "strokeWidth": 1, "strokeDash": [2, 2]}
+    full_x = alt.Chart().mark_rule(**ref_style).encode(x="mean(x_full):Q", detail="base:N",
+                                                       tooltip=[alt.Tooltip("base:N", title="full cache of")])
+    full_y = alt.Chart().mark_rule(**ref_style).encode(y="mean(y_full):Q", detail="base:N",
+                                                       tooltip=[alt.Tooltip("base:N", title="full cache of")])
+    layers = [full_x, full_y, frontier, points, best]
     if "ci_low" in data.columns:
-        errorbars = alt.Chart().mark_rule(strokeWidth=1.5, opacity=0.6).encode(
+        errorbars = alt.Chart().mark_rule(strokeWidth=1.5, opacity=0.5).encode(
             x=f"{x}:Q", y="ci_low:Q", y2="ci_high:Q", color=color,
-            tooltip=_tooltip(["policy", "budget", "model", y]) + [
+            tooltip=_tooltip(["policy", "budget", "variant", y]) + [
                 alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
                 alt.Tooltip("ci_high:Q", format=".3f", title="95% CI high"),
                 alt.Tooltip("n_examples:Q", format="d", title="examples")],
         )
-        layers = [frontier, errorbars, points]
-    return alt.layer(*layers, data=data).properties(width=320, height=240).facet(
-        facet=alt.Facet("workload:N", title=None), columns=columns,
-    ).properties(title=f"{AXIS_TITLES.get(y, y)} vs {AXIS_TITLES.get(x, x)} (dashed: Pareto frontier)")
+        layers = [full_x, full_y, frontier, errorbars, points, best]
+    return alt.layer(*layers, data=data).properties(width=300, height=230).facet(
+        facet=alt.Facet("setting:N", title=None, header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
+        columns=columns,
+    ).properties(
+        title=f"{AXIS_TITLES.get(y, y)} vs {AXIS_TITLES.get(x, x)}: a panel per workload setting, dashed: "
+              "the Pareto front of each base model, grey: the full cache",
+        usermeta={"embedOptions": {"renderer": "svg"}},
+    )
 
 
 def latency_chart(
@@ -129,8 +167,9 @@ def latency_chart(
     policies: Sequence[str] | None = None, columns: int = 2,
 ) -> alt.Chart | alt.FacetChart:
     """`y` (TPOT / TTFT in ms, physical KV bytes or kept fraction) against context length, a
-    line per policy. With `budget` set, only runs at that budget and runs without one (the
-    full cache) are drawn; a panel per model when there are several, `columns` panels a row."""
+    line per policy and variant (marker shape: the variant, e.g. base + adapter). With `budget` set, only
+    runs at that budget and runs without one (the full cache) are drawn; a panel per base model when there
+    are several (its variants beside its baselines), `columns` panels a row."""
     allowed = ("tpot_ms", "ttft_ms", "kv_bytes_physical", "kept_fraction")
     if y not in allowed:
         raise ValueError(f"latency y={y!r}: use one of {', '.join(allowed)}")
@@ -139,18 +178,22 @@ def latency_chart(
         data = data[(data["budget"] == budget) | data["budget"].isna()]
     data = data[data[y].notna()]
     color = alt.Color("policy:N", scale=policy_scale(policies or data["policy"].unique().tolist()))
-    chart = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=60, filled=True)).encode(
+    several_variants = data["model"].nunique() > data["base"].nunique()
+    marker = alt.OverlayMarkDef(size=60, filled=True)
+    chart = alt.Chart(data).mark_line(point=marker).encode(
         x=alt.X("context_length:Q", axis=_axis("context_length"), scale=alt.Scale(zero=False)),
         y=alt.Y(f"{y}:Q", axis=_axis(y)),
         color=color,
-        detail="budget_label:N",
-        tooltip=_tooltip(["policy", "budget", "model", "context_length", y, "runs"]),
+        shape=alt.Shape("model:N", legend=alt.Legend(title="model (variant)")) if several_variants
+        else alt.value("circle"),
+        detail=["budget_label:N", "model:N", "compress:N"],
+        tooltip=_tooltip(["policy", "budget", "base", "model", "compress", "context_length", y, "runs"]),
     ).properties(width=380, height=260, title=AXIS_TITLES.get(y, y))
-    if data["model"].nunique() > 1:
-        # a panel per model, `columns` a row (wrapping), narrower panels: fits a 1500 px page
+    if data["base"].nunique() > 1:
+        # a panel per base, `columns` a row (wrapping), narrower panels: fits a 1500 px page
         return chart.properties(title="", width=300, height=200).facet(
-            facet=alt.Facet("model:N", title=None), columns=columns,
-        ).properties(title=AXIS_TITLES.get(y, y))
+            facet=alt.Facet("base:N", title=None), columns=columns,
+        ).properties(title=f"{AXIS_TITLES.get(y, y)} (a panel per base model)")
     return chart
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from services.declaration import DONE, FAILED, FINISHED_STATUSES, METRIC_FIELDS, PENDING, RUN_STATUSES
 from services.declaration import METRICS as DECLARED_METRICS
+from services.model_base import base_model
 from services.store.keys import CODE_VERSION
 
 # Run statuses (services.declaration). `done` and `failed` are final; the others count as pending.
@@ -30,12 +31,20 @@ PERPLEXITY_KEYS = ("ppl", "perplexity")
 HIGHER_IS_BETTER = {"perplexity": False,
                     **{m.name: m.higher_is_better for m in DECLARED_METRICS if m.higher_is_better is not None}}
 
+# The protocol of a cell without a `compress` field: the policy's default (the policy classes'
+# `default_protocol`, through services.declaration.default_protocol; copied here so that reading the
+# store never imports torch; a test checks the two agree).
+DEFAULT_PROTOCOL = {"snapkv": "prompt"}
+DEFAULT_PROTOCOL_OTHERS = "streaming"
+# Workload parameters that are not part of a setting's name (shown in the tooltip instead).
+_SETTING_QUIET = ("context_length", "n_examples")
+
 _DICT_FIELDS = ("policy_params", "workload_params", "environment", "extras", "config")
 _COLUMNS = (
-    "run_key", "sweep", "model", "adapter", "policy", "budget", "workload", "seed", "code_version", "stale",
-    "status", "error",
-    "attempts", "started_at", "finished_at", "updated_at", "n_examples", *METRICS, "context_length",
-    *_DICT_FIELDS,
+    "run_key", "sweep", "model", "adapter", "base", "variant", "origin", "real", "policy", "compress", "budget",
+    "workload", "setting", "setting_params", "seed", "code_version", "stale", "status", "error",
+    "attempts", "started_at", "finished_at", "updated_at", "n_examples", *METRICS, "full_cache_fraction",
+    "context_length", *_DICT_FIELDS,
 )
 
 
@@ -57,6 +66,34 @@ def model_label(model: str | None, adapter: str | None) -> str | None:
     if not adapter or model is None:
         return model
     return f"{model} + {str(adapter).rstrip('/').rsplit('/', 1)[-1]}"
+
+
+def protocol_of(policy: str, compress: str | None) -> str:
+    """The compression protocol a cell ran: its `compress` field, else the policy's default."""
+    if compress:
+        return str(compress)
+    return DEFAULT_PROTOCOL.get(str(policy), DEFAULT_PROTOCOL_OTHERS)
+
+
+def base_of(model: str | None, adapter: str | None, extras: dict) -> dict:
+    """The base model of a run (`services.model_base.base_model`): what the run recorded in
+    `extras.model_info.base_model`, else derived now from the model name and adapter (older rows)."""
+    info = extras.get("model_info") if isinstance(extras.get("model_info"), dict) else {}
+    recorded = info.get("base_model")
+    if isinstance(recorded, dict) and recorded.get("base"):
+        return recorded
+    return base_model(str(model or ""), adapter or None)
+
+
+def setting_name(workload: str, context_length: Any) -> str:
+    """A workload setting's name: "passkey @1024" (the workload alone without a context length)."""
+    ctx = _number(context_length)
+    return workload if math.isnan(ctx) else f"{workload} @{int(ctx)}"
+
+
+def setting_params(workload_params: dict) -> str:
+    """The workload parameters besides the context length, as "k=v, k=v" (sorted; '' when none)."""
+    return ", ".join(f"{k}={workload_params[k]}" for k in sorted(workload_params) if k not in _SETTING_QUIET)
 
 
 def _number(value: Any) -> float:
@@ -85,7 +122,13 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
         extras, wparams = row["extras"], row["workload_params"]
         # base + NAtS adapter is one model: the label names both (the base alone stays `model`)
         row["adapter"] = row["config"].get("adapter") or rec.get("adapter")
+        base = base_of(row["model"], row["adapter"], extras)
         row["model"] = model_label(row["model"], row["adapter"])
+        row["base"], row["origin"], row["real"] = base["base"], base.get("origin", ""), bool(base.get("real"))
+        row["variant"] = row["model"]  # the model as run (the base's name for a run on the base)
+        row["compress"] = protocol_of(row["policy"], rec.get("compress") or row["config"].get("compress"))
+        row["setting"] = setting_name(str(row["workload"] or ""), wparams.get("context_length"))
+        row["setting_params"] = setting_params(wparams)
         if row.get("budget") is None:
             row["budget"] = row["policy_params"].get("budget")
         if row.get("perplexity") is None:
@@ -101,11 +144,16 @@ def records_frame(records: Iterable[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(_COLUMNS))
     for col in (*METRICS, "budget", "context_length", "seed", "attempts", "n_examples"):
         df[col] = pd.to_numeric(df[col].map(_number), errors="coerce").astype(float)
+    # the bytes held as a fraction of what the full cache holds for the same tokens (x axis option)
+    full = df["kv_bytes_full"].where(df["kv_bytes_full"] > 0)
+    df["full_cache_fraction"] = (df["kv_bytes_physical"] / full).astype(float)
     for col in ("started_at", "finished_at", "updated_at"):
         df[col] = pd.to_datetime(df[col], errors="coerce", utc=True)
-    for col in ("sweep", "model", "adapter", "policy", "workload", "status", "run_key"):
+    for col in ("sweep", "model", "adapter", "base", "variant", "origin", "policy", "compress", "workload", "setting",
+                "setting_params", "status", "run_key"):
         df[col] = df[col].fillna("").astype(str)
     df["stale"] = df["stale"].fillna(False).astype(bool)
+    df["real"] = df["real"].fillna(False).astype(bool)
     return df
 
 
@@ -171,6 +219,8 @@ def filter_runs(
     models: Sequence[str] | None = None,
     workloads: Sequence[str] | None = None,
     policies: Sequence[str] | None = None,
+    bases: Sequence[str] | None = None,
+    protocols: Sequence[str] | None = None,
     budget_range: tuple[float, float] | None = None,
     include_unbudgeted: bool = True,
     include_stale: bool = False,
@@ -182,7 +232,8 @@ def filter_runs(
     unless `include_stale`: their numbers are not what this code computes.
     """
     keep = pd.Series(True, index=df.index) if include_stale else ~df["stale"]
-    for col, allowed in (("sweep", sweeps), ("model", models), ("workload", workloads), ("policy", policies)):
+    for col, allowed in (("sweep", sweeps), ("model", models), ("workload", workloads), ("policy", policies),
+                         ("base", bases), ("compress", protocols)):
         if allowed is not None:
             keep &= df[col].isin(list(allowed))
     if budget_range is not None:
@@ -235,10 +286,12 @@ def sweep_overview(df: pd.DataFrame, sweeps: Iterable[str | dict] = ()) -> pd.Da
     return out.sort_values("last_update", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def leaderboard(df: pd.DataFrame, model: str | None = None, workload: str | None = None) -> pd.DataFrame:
-    """Finished runs of one model and workload, one row per (policy, budget), seeds averaged.
+def leaderboard(df: pd.DataFrame, model: str | None = None, workload: str | None = None, *,
+                base: str | None = None) -> pd.DataFrame:
+    """Finished runs of one model (or of every variant of one `base`: the base itself, its fine-tuned
+    checkpoints, base + adapter) and workload, one row per (variant, policy, budget, protocol), seeds averaged.
 
-    Columns: policy, budget, accuracy, ci_low, ci_high, n, perplexity, kept_fraction,
+    Columns: variant, policy, compress, budget, accuracy, ci_low, ci_high, n, perplexity, kept_fraction,
     kv_bytes_physical, kv_bytes_full, ttft_s, tpot_s, tokens_per_s, runs. `n` is the examples of
     the runs with an accuracy summed, `ci_low` / `ci_high` the Wilson 95% interval of the accuracy
     on those `n` examples. Sorted by accuracy (else perplexity), best first.
@@ -246,14 +299,16 @@ def leaderboard(df: pd.DataFrame, model: str | None = None, workload: str | None
     part = df[df["status"] == DONE]
     if model is not None:
         part = part[part["model"] == model]
+    if base is not None:
+        part = part[part["base"] == base]
     if workload is not None:
         part = part[part["workload"] == workload]
     metrics = [m for m in METRICS if m != "peak_memory_bytes"]
-    cols = ["policy", "budget", "accuracy", "ci_low", "ci_high", "n", *metrics[1:], "runs"]
+    cols = ["variant", "policy", "compress", "budget", "accuracy", "ci_low", "ci_high", "n", *metrics[1:], "runs"]
     if part.empty:
         return pd.DataFrame(columns=cols)
     part = part.assign(n=part["n_examples"].where(part["accuracy"].notna()))
-    grouped = part.groupby(["policy", "budget"], dropna=False)
+    grouped = part.groupby(["variant", "policy", "compress", "budget"], dropna=False)
     out = grouped[metrics].mean().join(grouped["n"].sum(min_count=1)).join(grouped.size().rename("runs"))
     out = with_intervals(out.reset_index(), "n")
     if out["accuracy"].notna().any():
@@ -264,7 +319,8 @@ def leaderboard(df: pd.DataFrame, model: str | None = None, workload: str | None
 
 
 def best_per_policy(lb: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """From a leaderboard: each policy's best row by `metric` (ties: fewer KV bytes), best first."""
+    """From a leaderboard: each policy's best row by `metric` over its variants, budgets and protocols
+    (ties: fewer KV bytes), best first."""
     higher = HIGHER_IS_BETTER.get(metric, True)
     rows = lb[lb[metric].notna()]
     if rows.empty:
@@ -296,7 +352,8 @@ def pareto_mask(x: pd.Series, y: pd.Series, *, higher_is_better: bool = True) ->
 
 
 def pareto_frontier(
-    df: pd.DataFrame, x: str, y: str, *, higher_is_better: bool | None = None, by: str | None = None,
+    df: pd.DataFrame, x: str, y: str, *, higher_is_better: bool | None = None,
+    by: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The Pareto-optimal rows of `df` (lower `x`, better `y`), per group of `by`, sorted by x.
 
@@ -313,24 +370,63 @@ def pareto_frontier(
         for _, part in df.groupby(by, sort=False):
             mask |= pareto_mask(part[x], part[y], higher_is_better=higher_is_better).reindex(
                 df.index, fill_value=False)
-    keys = [by, x] if by else [x]
+    keys = [*([by] if isinstance(by, str) else list(by or [])), x]
     return df[mask].sort_values(keys)
 
 
-def latency_by_context(df: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs with a context length, averaged per (model, policy, budget, context_length).
+def pareto_points(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The finished runs with both `x` and `y`, each flagged: `on_front` (no run of the same workload
+    setting and base is at least as good in both, one strictly: the front over every variant and
+    protocol of the base) and `best_protocol` (the run's protocol is its policy's best one in that
+    setting and base: highest mean `y`, ties fewer mean `x`; False where the policy ran one protocol).
+    Sorted by setting, base, x."""
+    higher = HIGHER_IS_BETTER.get(y, True)
+    part = df[(df["status"] == DONE) & df[x].notna() & df[y].notna()].copy()
+    part["on_front"] = False
+    part["best_protocol"] = False
+    for _, group in part.groupby(["setting", "base"], sort=False):
+        mask = pareto_mask(group[x], group[y], higher_is_better=higher)
+        part.loc[mask[mask].index, "on_front"] = True
+        for _, runs in group.groupby(["variant", "policy"], sort=False):
+            if runs["compress"].nunique() < 2:
+                continue
+            means = runs.groupby("compress")[[y, x]].mean()
+            means = means.sort_values([y, x], ascending=[not higher, True])
+            part.loc[runs.index[runs["compress"] == means.index[0]], "best_protocol"] = True
+    return part.sort_values(["setting", "base", x]).reset_index(drop=True)
 
-    Columns: model, policy, budget, budget_label, context_length, tpot_s, ttft_s,
+
+def full_cache_reference(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Per (setting, base): the full cache's `y` (mean over its full-policy runs, NaN without one)
+    and where the full cache sits on `x` (`full_cache_fraction`: 1; bytes: the mean `kv_bytes_full`;
+    kept fraction: 1): the reference lines of a Pareto panel."""
+    cols = ["setting", "base", "x_full", "y_full"]
+    if points.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (setting, base), group in points.groupby(["setting", "base"], sort=True):
+        full = group[group["policy"] == "full"]
+        x_full = group["kv_bytes_full"].mean() if x == "kv_bytes_physical" else 1.0
+        rows.append({"setting": setting, "base": base, "x_full": x_full,
+                     "y_full": full[y].mean() if len(full) else math.nan})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def latency_by_context(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs with a context length, averaged per (base, model, policy, compress, budget,
+    context_length): `model` is the variant run (the base, a fine-tuned checkpoint, base + adapter).
+
+    Columns: base, model, policy, compress, budget, budget_label, context_length, tpot_s, ttft_s,
     kv_bytes_physical, kept_fraction, runs, tpot_ms, ttft_ms.
     """
     part = df[(df["status"] == DONE) & df["context_length"].notna()]
-    keys = ["model", "policy", "budget", "context_length"]
+    keys = ["base", "model", "policy", "compress", "budget", "context_length"]
     vals = ["tpot_s", "ttft_s", "kv_bytes_physical", "kept_fraction"]
     if part.empty:
         return pd.DataFrame(columns=[*keys, "budget_label", *vals, "runs", "tpot_ms", "ttft_ms"])
     grouped = part.groupby(keys, dropna=False)
     out = grouped[vals].mean().join(grouped.size().rename("runs")).reset_index()
-    out.insert(3, "budget_label", out["budget"].map(budget_label))
+    out.insert(5, "budget_label", out["budget"].map(budget_label))
     out["tpot_ms"], out["ttft_ms"] = out["tpot_s"] * 1e3, out["ttft_s"] * 1e3
     return out.sort_values(keys).reset_index(drop=True)
 

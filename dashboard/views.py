@@ -84,10 +84,11 @@ def _leaderboard_display(lb: pd.DataFrame) -> pd.DataFrame:
     out["kv_kib_physical"] = out["kv_bytes_physical"] / 1024
     out["ttft_ms"] = out["ttft_s"] * 1e3
     out["tpot_ms"] = out["tpot_s"] * 1e3
-    cols = ["policy", "budget", "accuracy", "ci_low", "ci_high", "n", "perplexity", "kept_fraction",
-            "kv_kib_physical", "ttft_ms", "tpot_ms", "tokens_per_s", "runs"]
+    cols = ["variant", "policy", "compress", "budget", "accuracy", "ci_low", "ci_high", "n", "perplexity",
+            "kept_fraction", "kv_kib_physical", "ttft_ms", "tpot_ms", "tokens_per_s", "runs"]
     # a metric no row has (e.g. accuracy on lm_text, bytes on a scoring-only workload) is left out
-    return out[[c for c in cols if c in ("policy", "budget", "runs") or out[c].notna().any()]]
+    keep = ("variant", "policy", "compress", "budget", "runs")
+    return out[[c for c in cols if c in keep or out[c].notna().any()]]
 
 
 def _best_per_policy(lb: pd.DataFrame, metric: str) -> None:
@@ -103,7 +104,8 @@ def _best_per_policy(lb: pd.DataFrame, metric: str) -> None:
                       f"(95% Wilson interval, n = {row['n']:.0f})")
             col.metric(row["policy"], f"{row[metric]:.3f}", delta=kept or None, delta_color="off",
                        delta_arrow="off", border=True,
-                       help=f"best {metric} of {row['policy']} (budget {data.budget_label(row['budget'])}){ci}")
+                       help=f"best {metric} of {row['policy']} ({row['variant']}, {row['compress']} protocol, "
+                            f"budget {data.budget_label(row['budget'])}){ci}")
 
 
 def leaderboard(ctx: Context) -> None:
@@ -113,27 +115,35 @@ def leaderboard(ctx: Context) -> None:
         st.warning("No runs match the filters.")
         return
     c1, c2, c3 = st.columns(3)
-    model = c1.selectbox("Model", sorted(df["model"].unique()), key="lb_model")
-    workloads = sorted(df[df["model"] == model]["workload"].unique())
+    # the comparison unit is the base model: its own runs, its fine-tuned checkpoints, base + adapter
+    bases = sorted(df["base"].unique())
+    done = df[df["status"] == data.DONE]
+    first_base = (done[done["policy"] == "full"]["base"].value_counts().index.tolist() or bases)[0]
+    base = c1.selectbox("Base model", bases, index=bases.index(first_base), key="lb_base",
+                        help="Runs of the base, of checkpoints fine-tuned from it and of base + adapter, ranked "
+                             "together")
+    mine = df[df["base"] == base]
+    workloads = sorted(mine["workload"].unique())
     # opens on the workload the full cache solves best, not on the first name
-    first = data.default_workload(df, model)
+    first = data.default_workload(mine)
     workload = c2.selectbox("Workload", workloads, index=workloads.index(first) if first in workloads else 0,
                             key="lb_workload")
-    part = df[(df["model"] == model) & (df["workload"] == workload)]
+    part = mine[mine["workload"] == workload]
     contexts = sorted(part["context_length"].dropna().unique().tolist())
     ctx_choice = c3.selectbox("Context length", ["all (averaged)", *[int(c) for c in contexts]], key="lb_ctx",
                               disabled=len(contexts) < 2)
     if ctx_choice != "all (averaged)":
         part = part[part["context_length"] == ctx_choice]
-    lb = data.leaderboard(part, model, workload)
+    lb = data.leaderboard(part, workload=workload, base=base)
     if lb.empty:
-        st.warning(f"No finished runs of {model} on {workload} under these filters.")
+        st.warning(f"No finished runs of base {base} on {workload} under these filters.")
         return
     metric = "accuracy" if lb["accuracy"].notna().any() else "perplexity"
     ci = (" 95% CI: Wilson interval of the accuracy on the n examples of the row's runs."
           if metric == "accuracy" else "")
-    st.caption(f"{model} on {workload}: one row per policy and budget (seeds averaged), "
-               f"sorted by {metric}. Click a column header to sort.{ci}")
+    origins = "; ".join(f"{v}: {o}" for v, o in part[["variant", "origin"]].drop_duplicates().itertuples(index=False))
+    st.caption(f"Base {base} on {workload}: one row per model variant, policy, protocol and budget (seeds "
+               f"averaged), sorted by {metric}. Click a column header to sort.{ci} Variants: {origins}.")
     _best_per_policy(lb, metric)
     st.dataframe(_leaderboard_display(lb), hide_index=True, width="stretch", height=min(38 + 35 * len(lb), 800),
                  column_config={
@@ -150,7 +160,7 @@ def leaderboard(ctx: Context) -> None:
         "tpot_ms": st.column_config.NumberColumn("TPOT (ms)", format="%.3f"),
         "tokens_per_s": st.column_config.NumberColumn("tokens/s", format="%.0f"),
     })
-    st.download_button("Download CSV", lb.to_csv(index=False).encode(), file_name=f"leaderboard_{model}_{workload}.csv",
+    st.download_button("Download CSV", lb.to_csv(index=False).encode(), file_name=f"leaderboard_{base}_{workload}.csv",
                        mime="text/csv", icon=":material/download:")
 
 
@@ -158,8 +168,10 @@ def pareto(ctx: Context) -> None:
     st.title("Pareto: quality vs memory")
     df = ctx.runs
     c1, c2 = st.columns(2)
-    x = c1.radio("x axis", ["kv_bytes_physical", "kept_fraction"], horizontal=True, key="pareto_x",
-                 format_func=lambda c: {"kv_bytes_physical": "physical KV bytes", "kept_fraction": "kept fraction"}[c])
+    x_names = {"kv_bytes_physical": "physical KV bytes", "full_cache_fraction": "fraction of the full cache",
+               "kept_fraction": "kept fraction (tokens)"}
+    x = c1.radio("x axis", list(charts.PARETO_X), horizontal=True, key="pareto_x", format_func=x_names.get,
+                 help="Bytes held, or those bytes as a fraction of what the full cache holds in the same setting")
     has_acc = df["accuracy"].notna().any()
     y = c2.radio("y axis", ["accuracy", "perplexity"], index=0 if has_acc else 1, horizontal=True, key="pareto_y")
     done = df[df["status"] == data.DONE]
@@ -175,9 +187,14 @@ def pareto(ctx: Context) -> None:
         other = "perplexity" if y == "accuracy" else "accuracy"
         st.caption(f"{missing} finished runs have no {y} and are not shown (lm_text reports perplexity, "
                    f"the task workloads accuracy): switch the y axis to {other} to see them.")
-    front = data.pareto_frontier(shown, x, y, by="workload")
-    with st.expander(f"Runs on the frontier ({len(front)})", expanded=False):
-        st.dataframe(front[["workload", "model", "policy", "budget", x, y, "run_key"]], hide_index=True, width="stretch")
+    st.caption("A panel per workload setting (workload @ context length; other parameters in the tooltip). "
+               "The dashed front is per base model, over its variants (marker shape: the base, a fine-tuned "
+               "checkpoint, base + adapter) and protocols (marker fill: streaming filled, prompt half, context "
+               "hollow; a ring: the policy's best protocol where it ran several).")
+    front = data.pareto_frontier(shown, x, y, by=["setting", "base"])
+    with st.expander(f"Runs on the fronts ({len(front)})", expanded=False):
+        st.dataframe(front[["setting", "base", "variant", "policy", "compress", "budget", x, y, "run_key"]],
+                     hide_index=True, width="stretch")
 
 
 def latency_memory(ctx: Context) -> None:
@@ -220,7 +237,9 @@ def run_detail(ctx: Context) -> None:
     badge = {data.DONE: ":green-badge[done]", data.FAILED: ":red-badge[failed]"}.get(status, f":gray-badge[{status}]")
     if row["stale"]:
         badge += f" :orange-badge[old code version {row['code_version']}]"
-    st.markdown(f"{badge} `{row['run_key']}` in sweep **{row['sweep']}**, attempts: {row['attempts']:g}")
+    st.markdown(f"{badge} `{row['run_key']}` in sweep **{row['sweep']}**, attempts: {row['attempts']:g}; "
+                f"model **{row['variant']}** ({row['origin']}), base **{row['base']}**, protocol "
+                f"**{row['compress']}**")
     if row["stale"]:
         st.warning(f"This run was measured by code version {row['code_version']}, not by this code "
                    f"({data.CODE_VERSION}): its numbers may differ from what this code computes. A sweep reruns "

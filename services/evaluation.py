@@ -179,6 +179,9 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
     if kind != "hf" and hasattr(model, "cpu_decode_layout"):
         model.cpu_decode_layout()  # our GPT on the CPU: decode-friendly weight layout (see its docstring)
     info = {"kind": kind, "source": source, "n_parameters": sum(p.numel() for p in model.parameters())}
+    from services.model_base import base_model  # the base a dashboard compares this run on
+
+    info["base_model"] = base_model(name, adapter)
     handle = ModelHandle(name=name, model=model, tokenizer=tok, kind=kind, device=device, dtype=dtype,
                          source=source, info=info)
     if adapter is not None:

@@ -20,3 +20,13 @@ def filled_store_models(tmp_path_factory) -> tuple[str, list[dict]]:
     path = tmp_path_factory.mktemp("dashboard_store_models") / "natsbench.sqlite"
     url = f"sqlite:///{path}"
     return url, fill_store(url, fixture_records() + other_model_records())
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory) -> tuple[str, list[dict]]:
+    """(URL, records) of a store holding results shaped like `make demo`'s (fixture_runs.demo_records)."""
+    from fixture_runs import demo_records
+
+    path = tmp_path_factory.mktemp("dashboard_store_demo") / "natsbench.sqlite"
+    url = f"sqlite:///{path}"
+    return url, fill_store(url, demo_records())

@@ -110,3 +110,63 @@ def fill_store(url: str, records: list[dict] | None = None) -> list[dict]:
                     assert store.claim(run_key(rec["config"]))
             rec["run_key"] = run_key(rec["config"])
     return records
+
+
+# The demo's kind of results (configs/demo.yaml): the baselines on tiny-base, NAtS on the two variants of
+# tiny-base (tiny-nats-ft: fine-tuned from it; tiny-llama-base + tiny-llama-nats: converted from it, with an
+# adapter), perplexity of tiny-nats-scratch (its own base). On niah_multikey NAtS dominates (near full-cache
+# accuracy at the fewest bytes, the baselines far below); on passkey @512 it is dominated (snapkv at 0.1 keeps
+# fewer bytes and scores higher), so a test can tell "on the front" from "always flagged".
+DEMO_ADAPTER = "models/tiny-llama-nats"
+DEMO_BASELINES = ("streaming_llm", "h2o", "snapkv", "tova")
+DEMO_NATS = (("tiny-nats-ft", None), ("tiny-llama-base", DEMO_ADAPTER))
+
+
+def _demo_record(model: str, adapter: str | None, policy: str, budget: float | None, workload: str, ctx: int,
+                 kept: float, accuracy: float | None, *, compress: str | None = None, ppl: float | None = None,
+                 recorded_base: bool = False) -> dict:
+    full_bytes = 2 * 3 * 4 * 32 * ctx * 4  # layers * (k, v) * heads * head_dim * tokens * fp32
+    params = {} if budget is None else {"budget": budget}
+    wparams = {"context_length": ctx, **({"num_keys": 2} if workload == "niah_multikey" else {})}
+    config = {"model": model, "policy": policy, "policy_params": params, "workload": workload,
+              "workload_params": wparams, "n_examples": 50, "seed": 0, "device": "cpu", "dtype": "float32",
+              **({"adapter": adapter} if adapter else {}), **({"compress": compress} if compress else {})}
+    extras: dict = {} if ppl is None else {"ppl": ppl}
+    if recorded_base:  # a run of the new code: the base as services.model_base recorded it
+        from services.model_base import base_model
+
+        extras["model_info"] = {"kind": "hf" if adapter else "gpt", "base_model": base_model(model, adapter)}
+    tpot = 0.0012 + 0.0000008 * ctx * kept
+    return {**config, "sweep": "demo", "budget": budget, "status": "done", "error": None, "attempts": 1,
+            "environment": ENV, "config": config, "accuracy": accuracy,
+            "kv_bytes_physical": int(full_bytes * kept), "kv_bytes_full": full_bytes, "kept_fraction": kept,
+            "ttft_s": 0.01 * ctx / 256, "tpot_s": tpot, "tokens_per_s": 1 / tpot, "peak_memory_bytes": None,
+            "extras": extras}
+
+
+def demo_records() -> list[dict]:
+    """Records shaped like `make demo`'s (see above): 4 task settings x (full + 4 baselines x 2 budgets
+    + 2 NAtS variants) + snapkv's context protocol at 0.25 + tiny-nats-scratch on lm_text."""
+    out = []
+    for workload in ("passkey", "niah_multikey"):
+        for ctx in (512, 1024):
+            hard = workload == "niah_multikey"
+            out.append(_demo_record("tiny-base", None, "full", None, workload, ctx, 1.0, 1.0 if not hard else 0.96))
+            for i, policy in enumerate(DEMO_BASELINES):
+                for budget in (0.1, 0.25):
+                    acc = (0.3 + 0.4 * budget + 0.02 * i) if hard else min(1.0, 0.55 + 1.6 * budget + 0.03 * i)
+                    out.append(_demo_record("tiny-base", None, policy, budget, workload, ctx, budget, round(acc, 3)))
+            out.append(_demo_record("tiny-base", None, "snapkv", 0.25, workload, ctx, 0.25,
+                                    0.5 if hard else 1.0, compress="context"))
+            for j, (model, adapter) in enumerate(DEMO_NATS):
+                kept = (0.07 + 0.01 * j) if hard or ctx == 1024 else 0.14  # passkey @512: more than snapkv@0.1
+                acc = (0.93 + 0.03 * j) if hard or ctx == 1024 else 0.6
+                out.append(_demo_record(model, adapter, "nats", None, workload, ctx, kept, acc,
+                                        recorded_base=adapter is not None))
+    for policy, kept, ppl in (("full", 1.0, 3.1), ("nats", 0.2, 3.3)):
+        out.append(_demo_record("tiny-nats-scratch", None, policy, None, "lm_text", 512, kept, None, ppl=ppl))
+    return out
+
+
+# the settings where the demo fixture's NAtS runs dominate the baselines of their base
+DEMO_NATS_DOMINATES = ("niah_multikey @512", "niah_multikey @1024", "passkey @1024")

@@ -100,7 +100,7 @@ def test_pareto_switches_metric(monkeypatch, filled_store):
     at.radio(key="pareto_x").set_value("kept_fraction").run()
     _ok(at)
     front = at.dataframe[0].value
-    assert set(front["workload"]) == {"lm_text"} and front["perplexity"].is_monotonic_decreasing
+    assert set(front["setting"]) == {"lm_text @512"} and front["perplexity"].is_monotonic_decreasing
 
 
 def test_latency_budget_choice(monkeypatch, filled_store):

@@ -22,13 +22,23 @@ def _layers(spec: dict) -> list[dict]:
 
 def test_pareto_chart_spec(df):
     spec = charts.pareto_chart(df, "kv_bytes_physical", "accuracy").to_dict()
-    assert spec["facet"]["field"] == "workload"
+    assert spec["facet"]["field"] == "setting"  # a panel per workload + context length
+    assert spec["usermeta"]["embedOptions"]["renderer"] == "svg"
     rows = _dataset(spec)
+    assert {r["setting"] for r in rows} == {"passkey @256", "passkey @512", "passkey @1024", "kv_recall @512"}
     # only finished runs with accuracy: lm_text (perplexity) and the failed / pending runs are out
     assert {r["workload"] for r in rows} == {"passkey", "kv_recall"}
     assert len(rows) == int(((df["status"] == "done") & df["accuracy"].notna()).sum())
-    frontier, errorbars, points = _layers(spec)
-    assert frontier["mark"]["type"] == "line" and frontier["transform"] == [{"filter": "datum.on_frontier"}]
+    full_x, full_y, frontier, errorbars, points, best = _layers(spec)
+    assert frontier["mark"]["type"] == "line" and frontier["transform"] == [{"filter": "datum.on_front"}]
+    assert frontier["encoding"]["detail"]["field"] == "base"  # a front per base model
+    assert (full_x["encoding"]["x"]["field"], full_y["encoding"]["y"]["field"]) == ("x_full", "y_full")
+    assert best["transform"] == [{"filter": "datum.best_protocol"}]
+    assert points["encoding"]["shape"]["field"] == "variant"
+    assert points["encoding"]["fillOpacity"]["field"] == "compress"
+    for r in rows:  # the full cache's reference: its bytes in the same setting, its accuracy
+        full = [f["accuracy"] for f in rows if f["setting"] == r["setting"] and f["policy"] == "full"]
+        assert r["x_full"] == pytest.approx(r["kv_bytes_full"]) and r["y_full"] == pytest.approx(sum(full) / len(full))
     # an error bar per run: the Wilson 95% interval of its accuracy on its examples
     assert errorbars["mark"]["type"] == "rule"
     assert (errorbars["encoding"]["y"]["field"], errorbars["encoding"]["y2"]["field"]) == ("ci_low", "ci_high")
@@ -38,13 +48,14 @@ def test_pareto_chart_spec(df):
         assert r["ci_low"] <= r["accuracy"] <= r["ci_high"]
     assert points["encoding"]["color"]["field"] == "policy"
     tips = {t["field"] for t in points["encoding"]["tooltip"]}
-    assert {"policy", "budget", "model", "workload", "run_key", "accuracy", "kv_bytes_physical"} <= tips
+    assert {"policy", "budget", "variant", "base", "compress", "setting", "setting_params", "context_length",
+            "run_key", "accuracy", "kv_bytes_physical"} <= tips
     # the frontier flags agree with the tested frontier function
-    flagged = {(r["workload"], r["policy"], r["budget"], r["kv_bytes_physical"]) for r in rows if r["on_frontier"]}
+    flagged = {(r["setting"], r["policy"], r["budget"], r["kv_bytes_physical"]) for r in rows if r["on_front"]}
     done = df[(df["status"] == "done") & df["accuracy"].notna()]
-    front = data.pareto_frontier(done, "kv_bytes_physical", "accuracy", by="workload")
+    front = data.pareto_frontier(done, "kv_bytes_physical", "accuracy", by=["setting", "base"])
     expected = {(w, p, None if b != b else b, k) for w, p, b, k in
-                front[["workload", "policy", "budget", "kv_bytes_physical"]].itertuples(index=False)}
+                front[["setting", "policy", "budget", "kv_bytes_physical"]].itertuples(index=False)}
     assert flagged == expected
     assert points["encoding"]["x"]["scale"]["type"] == "log"  # bytes span > 20x
 
@@ -54,8 +65,8 @@ def test_pareto_chart_perplexity_and_kept_fraction(df):
     rows = _dataset(spec)
     assert {r["workload"] for r in rows} == {"lm_text"}
     layers = _layers(spec)
-    assert len(layers) == 2 and "ci_low" not in rows[0]  # no interval for perplexity
-    assert layers[1]["encoding"]["x"]["field"] == "kept_fraction"
+    assert len(layers) == 5 and "ci_low" not in rows[0]  # no interval for perplexity
+    assert layers[3]["encoding"]["x"]["field"] == "kept_fraction"
     with pytest.raises(ValueError, match="kv_bytes_physical"):
         charts.pareto_chart(df, "tpot_s", "accuracy")
 
@@ -81,9 +92,14 @@ def test_latency_chart_wraps_model_panels(df):
 
     four = data.records_frame([*fixture_records(), *other_model_records()])
     spec = charts.latency_chart(four, "tpot_ms", budget=0.25).to_dict()
-    # a panel per model, wrapped two a row (not one column per model side by side)
-    assert spec["facet"]["field"] == "model" and spec["columns"] == 2
-    assert spec["spec"]["width"] == 300 and len({r["model"] for r in _dataset(spec)}) == 4
+    # a panel per base model, wrapped two a row (not one column per model side by side): tiny-nats-ft is
+    # drawn in tiny-base's panel (fine-tuned from it), marked by its shape
+    assert spec["facet"]["field"] == "base" and spec["columns"] == 2
+    rows = _dataset(spec)
+    assert spec["spec"]["width"] == 300 and len({r["model"] for r in rows}) == 4
+    assert {r["base"] for r in rows} == {"gpt-tiny-nats", "tiny-base", "tiny-nats-scratch"}
+    assert {r["base"] for r in rows if r["model"] == "tiny-nats-ft"} == {"tiny-base"}
+    assert spec["spec"]["encoding"]["shape"]["field"] == "model"
 
 
 def test_overview_chart_counts(df):
