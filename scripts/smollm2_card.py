@@ -1,0 +1,99 @@
+"""Write models/smollm2-135m-nats/MODEL_CARD.md from what was measured; numbers are never typed by hand.
+
+Inputs: the adapter folder (adapter_config.json, finetune_config.json, metrics.jsonl, `train_record.json`:
+the command, wall time and machine of the training run, written by `--record` below), the quality_vs_kv
+result of the smollm2 family (benchmarks/results/quality_vs_kv_smollm2.json: its `points`), and
+`attempts.json` in the adapter folder when earlier attempts exist.
+
+    python scripts/smollm2_card.py --record --command "natsbench finetune ..." --wall-s 3400   # once, after training
+    python scripts/smollm2_card.py                                                           # the card
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTER = ROOT / "models" / "smollm2-135m-nats"
+RESULT = ROOT / "benchmarks" / "results" / "quality_vs_kv_smollm2.json"
+
+
+def _machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), no GPU"
+
+
+def points_table(points: list[dict]) -> list[str]:
+    lines = ["| workload | policy | protocol | budget | physical KV fraction | accuracy / ppl | 95% interval | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        budget = "-" if p.get("budget") is None else f"{p['budget']:g}"
+        lines.append(f"| {p['workload']} | {p['policy']} | {p.get('compress', '-')} | {budget} | "
+                     f"{p['kv_fraction']:.3f} | {p['value']:.3f} | {p['ci_low']:.3f}-{p['ci_high']:.3f} | {p['n']} |")
+    return lines
+
+
+def card() -> str:
+    cfg = json.loads((ADAPTER / "adapter_config.json").read_text())
+    train = json.loads((ADAPTER / "train_record.json").read_text())
+    metrics = [json.loads(x) for x in (ADAPTER / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    last = metrics[-1] if metrics else {}
+    out = ["# smollm2-135m-nats", "",
+           "NAtS type scorers (the only trained weights) for the frozen SmolLM2-135M-Instruct "
+           "(`natsbench model fetch smollm2-135m-instruct`). Written by `scripts/smollm2_card.py`.", "",
+           "| field | value |", "|---|---|",
+           f"| base | models/smollm2-135m-instruct (weights sha256 `{cfg['base_sha256'][:16]}...`) |",
+           f"| window W / chunk / Global bias / lambda | {cfg['window']} / {cfg['chunk_size']} / "
+           f"{cfg['global_bias']} / {cfg['lam']} |",
+           f"| steps | {cfg['steps']} |",
+           f"| last logged loss / kept fraction | {last.get('loss', float('nan')):.4f} / "
+           f"{last.get('kept_fraction', float('nan')):.4f} (step {last.get('step')}, T={last.get('seq_len')}) |",
+           f"| config | `{train['config']}` |",
+           f"| command | `{train['command']}` |",
+           f"| wall time | {train['wall_s']:.0f} s |",
+           f"| machine | {train['machine']} |", ""]
+    if RESULT.is_file():
+        res = json.loads(RESULT.read_text())
+        out += ["## Evaluation (benchmarks/quality_vs_kv.py --families smollm2)", "",
+                f"Command: `{res.get('command', '')}`; seed {res.get('seed')}, fp32, {res.get('threads')} thread(s).", ""]
+        out += points_table(res.get("points", []))
+        out.append("")
+    attempts = ADAPTER / "attempts.json"
+    if attempts.is_file():
+        out += ["## Attempts that did not ship", ""]
+        for a in json.loads(attempts.read_text()):
+            out.append(f"- {a}")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--record", action="store_true", help="write train_record.json (after training)")
+    ap.add_argument("--command", default=None)
+    ap.add_argument("--config", default="configs/finetune_smollm2_nats.yaml")
+    ap.add_argument("--wall-s", type=float, default=None)
+    args = ap.parse_args()
+    if args.record:
+        (ADAPTER / "train_record.json").write_text(json.dumps(
+            {"command": args.command, "config": args.config, "wall_s": args.wall_s, "machine": _machine()},
+            indent=2) + "\n")
+    (ADAPTER / "MODEL_CARD.md").write_text(card())
+    print(json.dumps({"card": str(ADAPTER / "MODEL_CARD.md")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
