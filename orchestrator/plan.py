@@ -9,6 +9,7 @@ model-first, so a worker that holds a model finds its next cell next to it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,7 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     `adapter` adds `adapter` and `adapter_sha256` (its content hash) to its cells' configs; a folder
     model adds `model_sha256` (its weights' hash, services.model_hash)."""
     from services.adapters import adapter_fields
+    from services.declaration import check_compress
     from services.model_hash import model_fields
 
     configs: list[dict[str, Any]] = []
@@ -70,14 +72,16 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
                 for p in spec.policies:
                     if p.models is not None and m.name not in p.models:
                         continue
-                    for p_params in grid(p.params):
+                    for p_params, compress in itertools.product(grid(p.params), p.compress_values()):
                         p_params = normalize_policy_params(p.name, p_params)
+                        compress = check_compress(p.name, compress)  # None: the policy's default
                         for seed in spec.seeds:
                             configs.append(
                                 {
                                     "model": m.name,
                                     "policy": p.name,
                                     "policy_params": p_params,
+                                    "compress": compress,
                                     "workload": w.name,
                                     "workload_params": w_params,
                                     "n_examples": w.examples,
@@ -147,8 +151,9 @@ def describe(config: dict[str, Any]) -> str:
         return ",".join(f"{k}={v}" for k, v in d.items())
 
     model = config["model"] + (f" + {config['adapter']}" if config.get("adapter") else "")
+    compress = f" compress={config['compress']}" if config.get("compress") else ""
     return (
-        f"{model} | {config['policy']}({fmt(config['policy_params'])}) | "
+        f"{model} | {config['policy']}({fmt(config['policy_params'])}){compress} | "
         f"{config['workload']}({fmt(config['workload_params'])}) x{config['n_examples']} | "
         f"seed={config['seed']}"
     )

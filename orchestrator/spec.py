@@ -8,12 +8,15 @@ A sweep file (YAML or JSON) looks like::
     policies:
       - {name: full}
       - {name: streaming_llm, params: {budget: [0.1, 0.5]}}
+      - {name: h2o, compress: [streaming, prompt], params: {budget: 0.25}}
     workloads:
       - {name: passkey, params: {context_length: [256, 512]}, examples: 4}
     seeds: [0]
     resources: {workers: 2, gpus_per_worker: 0}
 
-A list in `params` is a grid axis (the cells take its product); a scalar is fixed. Every
+A list in `params` is a grid axis (the cells take its product); a scalar is fixed. A policy's
+`compress` (the compression protocol: streaming, prompt or context; default the policy's own) is
+an axis the same way: one value or a list, each one the policy must support. Every
 problem is reported with its field path (`policies[1].params.budget[0]`) and, where the set is
 closed, the allowed values; `load_spec` raises `SpecError` before anything runs.
 """
@@ -64,9 +67,16 @@ class PolicySpec(_Strict):
 
     name: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    # The compression protocol(s) (services.declaration.PROTOCOLS): one value or a list (a grid axis);
+    # None: the policy's default_protocol. Each must be one of the policy's `protocols`.
+    compress: str | list[str] | None = None
     # Restrict the policy to these model names (default: every model of the sweep). The demo
     # runs `nats` only on the models that have NAtS scorers.
     models: list[str] | None = None
+
+    def compress_values(self) -> list[str | None]:
+        """The protocols of this entry's cells (None: the policy's default)."""
+        return _axis(self.compress)
 
 
 class WorkloadSpec(_Strict):
@@ -100,8 +110,13 @@ class SweepSpec(_Strict):
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON of the spec (stable across key order)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of the spec (stable across key order; a policy without
+        `compress` digests as it did before the field existed)."""
+        data = self.model_dump(mode="json")
+        for policy in data["policies"]:
+            if policy.get("compress") is None:
+                policy.pop("compress", None)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -144,6 +159,32 @@ def _workload_names() -> list[str]:
 
 def _axis(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
+
+
+def _check_compress(i: int, p: PolicySpec, spec: SweepSpec, problems: list[str]) -> None:
+    """Every `compress` value is a protocol the policy supports, and "context" meets only workloads
+    whose instances have a context/question split."""
+    from services import workloads
+    from services.declaration import check_compress
+
+    raw = p.compress
+    if isinstance(raw, list) and not raw:
+        problems.append(f"policies[{i}].compress: an empty list gives no cells; give one or more protocols")
+        return
+    for j, value in enumerate(p.compress_values()):
+        where = f"policies[{i}].compress" + (f"[{j}]" if isinstance(raw, list) else "")
+        try:
+            check_compress(p.name, value, where)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        if value != "context":
+            continue
+        for k, w in enumerate(spec.workloads):
+            known = w.name in workloads.available()
+            if known and not getattr(workloads.get(w.name), "context_split", True):
+                problems.append(f"{where}: workload {w.name!r} (workloads[{k}]) has no question after its context; "
+                                "compress='context' needs one (allowed here: streaming, prompt)")
 
 
 def _check_budgets(path: str, params: dict[str, Any], problems: list[str]) -> None:
@@ -261,6 +302,8 @@ def check_semantics(spec: SweepSpec) -> list[str]:
         _check_budgets(f"policies[{i}].params", p.params, problems)
         if p.name in policy_names and len(problems) == before:
             _check_policy_params(i, p, problems)
+        if p.name in policy_names:
+            _check_compress(i, p, spec, problems)
     workload_names = _workload_names()
     for i, w in enumerate(spec.workloads):
         if w.name not in workload_names:

@@ -80,6 +80,16 @@ CONFIG_FIELDS: tuple[ConfigField, ...] = (
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in CONFIG_FIELDS)
 CONFIG_FIELD: dict[str, ConfigField] = {f.name: f for f in CONFIG_FIELDS}
 
+# Compression protocols (the same tuple as nats_model.policies.base.PROTOCOLS; a test checks it):
+# when a policy may evict. streaming: as tokens arrive (prefill chunks and decode); prompt: once, at the
+# end of the whole prompt; context: once, at the end of the context, before the question is appended.
+PROTOCOLS: tuple[str, ...] = ("streaming", "prompt", "context")
+# The optional config field `compress`: a config without it ran the policy's `default_protocol` (what
+# the policy did before the field existed), and the run key hashes it only when it differs from that
+# default (`key_config`), so the keys of such cells did not change.
+COMPRESS = ConfigField("compress", "str", "compression protocol: when the policy may evict (README)",
+                       choices=PROTOCOLS)
+
 METRICS: tuple[Metric, ...] = (
     Metric("accuracy", "float", "fraction", "mean workload score (None for lm_text)", "acc", True),
     Metric("kept_fraction", "float", "fraction", "kept / seen tokens, mean over layers, heads, examples",
@@ -168,7 +178,46 @@ def check_config(config: Any) -> dict[str, Any]:
     out = dict(config)
     for name in CONFIG_KEYS:
         out[name] = check_config_field(name, config[name], f"cell config field {name!r}")
+    if "compress" in config:
+        out["compress"] = check_compress(out["policy"], config["compress"], "cell config field 'compress'")
     return out
+
+
+def policy_protocols(policy: str) -> tuple[tuple[str, ...], str]:
+    """(the protocols the policy supports, its default) from its class in nats_model.policies (imported
+    here, lazily); (("streaming",), "streaming") for a name that is not a registered policy."""
+    from nats_model import policies
+
+    if policy not in policies.available():
+        return ("streaming",), "streaming"
+    cls = policies.policy_class(policy)
+    return (tuple(getattr(cls, "protocols", ("streaming",))),
+            str(getattr(cls, "default_protocol", "streaming")))
+
+
+def default_protocol(policy: str) -> str:
+    """The protocol a cell of `policy` without a `compress` field ran (`policy_protocols`)."""
+    return policy_protocols(policy)[1]
+
+
+def check_compress(policy: str, value: Any, where: str = "compress") -> str:
+    """`value` (None: the policy's default) if the policy supports it; ValueError naming `where`, the
+    policy and the allowed values otherwise."""
+    allowed, default = policy_protocols(policy)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise ValueError(f"{where}: policy {policy!r} does not support compress={value!r}; allowed: "
+                         f"{', '.join(allowed)}")
+    return value
+
+
+def key_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a cell config its run key hashes: all of it, less `compress` when that is the
+    policy's default (cells that ran the default before the field existed keep their keys)."""
+    if "compress" in config and config["compress"] == default_protocol(str(config.get("policy"))):
+        return {k: v for k, v in config.items() if k != "compress"}
+    return config
 
 
 def check_status(status: Any) -> str:

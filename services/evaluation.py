@@ -35,6 +35,7 @@ from services.declaration import (
     DTYPES,
     FAILED,
     METRIC_FIELDS,
+    check_compress,
     check_config_field,
     check_device,
     resolve_device,
@@ -267,6 +268,8 @@ def normalize_config(config: dict, handle: ModelHandle | None = None) -> dict:
         cfg.setdefault("dtype", handle.dtype)
     for key in CONFIG_KEYS:  # types, ranges, devices, dtypes: services.declaration
         cfg[key] = check_config_field(key, cfg.get(key), f"cell config field {key!r}")
+    # the compression protocol: absent = the policy's default (the run key hashes it only when it differs)
+    cfg["compress"] = check_compress(cfg["policy"], cfg.get("compress"), "cell config field 'compress'")
     # "auto" is kept in the config (and its run key); the model was loaded on what it resolved to
     if handle is not None and (resolve_device(cfg["device"]), cfg["dtype"]) != (handle.device, handle.dtype):
         raise ValueError(f"cell asks for device={cfg['device']!r} dtype={cfg['dtype']!r} but the model was "
@@ -303,7 +306,7 @@ def _config_keys(cfg: dict) -> tuple[str, ...]:
     from services.adapters import ADAPTER_KEYS
     from services.model_hash import MODEL_KEYS
 
-    return RECORD_KEYS + tuple(k for k in (*ADAPTER_KEYS, *MODEL_KEYS) if cfg.get(k) is not None)
+    return RECORD_KEYS + ("compress",) + tuple(k for k in (*ADAPTER_KEYS, *MODEL_KEYS) if cfg.get(k) is not None)
 
 
 def build_policy(name: str, params: dict):
@@ -331,7 +334,39 @@ def _new_record(config: Any) -> dict:
     return record
 
 
-def _run_generate(handle: ModelHandle, workload, instances, make_policy, metrics) -> None:
+def encode_split(handle: ModelHandle, inst) -> tuple[list[int], int]:
+    """(token ids of the instance as `ModelHandle.encode_instance` makes them, how many of them are its
+    context): the longest prefix of the ids that the context's text alone encodes to (a token that
+    straddles the boundary counts as the question's), the chat template's opening included with
+    `meta["chat"]`. ValueError when the instance has no split or no question token follows."""
+    ids = handle.encode_instance(inst)
+    n_chars = getattr(inst, "context_chars", None)
+    if n_chars is None:
+        raise ValueError(f"compress: workload {inst.workload!r} gives no context/question split; allowed: "
+                         "streaming, prompt")
+    chat = inst.meta.get("chat")
+    if chat is None:
+        context = handle.encode(inst.prompt[:n_chars])
+    else:
+        text = handle.tokenizer.apply_chat_template([{"role": "user", "content": chat["user"]}],
+                                                    add_generation_prompt=True, tokenize=False)
+        start = text.find(chat["user"])
+        if start < 0:
+            raise ValueError(f"compress: the chat template of {handle.name!r} does not hold the user turn verbatim: "
+                             "cannot find where the context ends; allowed: streaming, prompt")
+        cut = text[: start + min(n_chars, len(chat["user"]))]
+        context = list(handle.tokenizer(cut, add_special_tokens=False)["input_ids"])
+    n = 0
+    while n < min(len(context), len(ids)) and context[n] == ids[n]:
+        n += 1
+    if not 0 < n < len(ids):
+        raise ValueError(f"compress='context': instance {inst.id!r} has {n} context tokens of {len(ids)}; "
+                         "a context and a question after it are needed")
+    return ids, n
+
+
+def _run_generate(handle: ModelHandle, workload, instances, make_policy, metrics,
+                  compress: str | None = None) -> None:
     import torch
 
     from nats_model.generate import generate
@@ -341,15 +376,18 @@ def _run_generate(handle: ModelHandle, workload, instances, make_policy, metrics
     generate(handle.model, torch.tensor([first], device=device), make_policy(), max_new_tokens=2)  # warm-up
     metrics.start()
     for inst in instances:
-        ids = handle.encode_instance(inst)
+        if compress == "context":
+            ids, context_len = encode_split(handle, inst)
+        else:
+            ids, context_len = handle.encode_instance(inst), None
         result = generate(handle.model, torch.tensor([ids], device=device), make_policy(),
-                          max_new_tokens=inst.max_new_tokens)
+                          max_new_tokens=inst.max_new_tokens, compress=compress, context_len=context_len)
         tokens = result.tokens[0].tolist()  # (max_new_tokens,)
         prediction = handle.decode(tokens)
         metrics.add_generation(inst, result, prediction, workload.score(prediction, inst), len(ids), len(tokens))
 
 
-def _run_nll(handle: ModelHandle, instances, make_policy, metrics) -> None:
+def _run_nll(handle: ModelHandle, instances, make_policy, metrics, compress: str | None = None) -> None:
     import torch
 
     from nats_model.generate import score_run
@@ -365,7 +403,7 @@ def _run_nll(handle: ModelHandle, instances, make_policy, metrics) -> None:
         t0 = time.perf_counter()
         out = score_run(handle.model, torch.tensor([ids], device=device), make_policy(),
                         prefill_chunk_size=inst.meta.get("chunk_size", 1),
-                        prompt_len=inst.meta.get("prompt_tokens", 0))
+                        prompt_len=inst.meta.get("prompt_tokens", 0), compress=compress)
         device_sync(device)
         elapsed = time.perf_counter() - t0
         metrics.add_nll(inst, out.nll, elapsed, stats=out)
@@ -386,6 +424,9 @@ def run_cell(handle: ModelHandle, config: dict) -> dict:
         record.update({k: cfg[k] for k in _config_keys(cfg)})
         record["run_key"] = record["run_key"] or _run_key(cfg)
         workload = workloads.get(cfg["workload"])
+        if cfg["compress"] == "context" and not getattr(workload, "context_split", True):
+            raise ValueError(f"cell config field 'compress': workload {cfg['workload']!r} has no question after "
+                             "its context; allowed: streaming, prompt")
         wparams = workload.validate(cfg["workload_params"])
         if wparams.get("chat") == "on":
             handle.check_chat(cfg["workload"])  # before any work
@@ -400,9 +441,9 @@ def run_cell(handle: ModelHandle, config: dict) -> dict:
         torch.manual_seed(cfg["seed"])
         with torch.no_grad():
             if kind == "nll":
-                _run_nll(handle, instances, make_policy, metrics)
+                _run_nll(handle, instances, make_policy, metrics, cfg["compress"])
             else:
-                _run_generate(handle, workload, instances, make_policy, metrics)
+                _run_generate(handle, workload, instances, make_policy, metrics, cfg["compress"])
         fields, extras = metrics.summary(kind)
         record.update(fields)
         record["extras"] = {"workload_params_resolved": wparams, "model_info": handle.info,

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from services.declaration import DONE
+from services.declaration import DONE, check_compress
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +27,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", required=True, metavar="NAME", help="KV policy (full, streaming_llm, h2o, ...)")
     parser.add_argument("--policy-param", action="append", default=[], metavar="K=V",
                         help="policy parameter, repeatable (e.g. budget=0.2)")
+    parser.add_argument("--compress", default=None, metavar="PROTOCOL",
+                        help="compression protocol: streaming (evict as tokens arrive), prompt (once, at the end "
+                        "of the prompt) or context (once, at the end of the context, before the question); "
+                        "default: the policy's own (README, 'Compression protocols')")
     parser.add_argument("--workload", required=True, metavar="NAME", help="workload (see `natsbench workloads`)")
     parser.add_argument("--workload-param", action="append", default=[], metavar="K=V",
                         help="workload parameter, repeatable (e.g. context_length=1024)")
@@ -88,6 +92,8 @@ def _summary(record: dict) -> str:
     bits = [f"{model} / {record['policy']} / {record['workload']}: {record['status']}"]
     if record.get("error"):
         bits.append(record["error"])
+    if record.get("compress"):
+        bits.append(f"compress {record['compress']}")
     if acc is not None:
         bits.append(f"accuracy {acc:.3f}")
     if extras.get("ppl") is not None:
@@ -112,10 +118,15 @@ def run(args: argparse.Namespace) -> int:
 
     # bad input is reported before the model is loaded or anything runs
     try:
-        workloads.get(args.workload).validate(workload_params)
+        workload = workloads.get(args.workload)
+        workload.validate(workload_params)
         evaluation.build_policy(args.policy, policy_params)
+        compress = check_compress(args.policy, args.compress, "--compress")
     except (ValueError, TypeError) as exc:
         return _fail(str(exc))
+    if compress == "context" and not getattr(workload, "context_split", True):
+        return _fail(f"--compress: workload {args.workload!r} has no question after its context; allowed: "
+                     "streaming, prompt")
     if args.adapter is not None:  # another base, a wrong shape, a missing file: refused before loading
         from services.adapters import check_adapter_for_model
 
@@ -134,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = {"model": args.model, "policy": args.policy, "policy_params": policy_params,
               "workload": args.workload, "workload_params": workload_params, "n_examples": args.n,
-              "seed": args.seed, "device": args.device, "dtype": args.dtype}
+              "seed": args.seed, "device": args.device, "dtype": args.dtype, "compress": compress}
     if handle.adapter is not None:
         config.update(adapter=handle.adapter, adapter_sha256=handle.adapter_sha256)
     record = evaluation.run_cell(handle, config)

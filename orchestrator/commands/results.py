@@ -21,6 +21,7 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("model", "model"),
     ("policy", "policy"),
     ("budget", "budget"),
+    ("compress", "compress"),  # the compression protocol (streaming / prompt / context)
     ("workload", "workload"),
     ("seed", "seed"),
     ("code_version", "code"),

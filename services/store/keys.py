@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from services.declaration import CONFIG_KEYS as _CONFIG_KEYS
+from services.declaration import key_config
 
 # Bump when results of an unchanged config would change (new decode loop, metric fix, ...).
 CODE_VERSION = "3"
@@ -56,7 +57,9 @@ def run_key(config: dict[str, Any]) -> str:
     """sha256 hex of the canonical JSON of a cell config plus `CODE_VERSION`.
 
     Every key of the config takes part (so a new config key can never make two different
-    cells collide); all of `CONFIG_KEYS` must be present.
+    cells collide), except `compress` when it is the policy's default protocol
+    (`services.declaration.key_config`: a cell keeps the key it had before the field existed); all
+    of `CONFIG_KEYS` must be present.
     """
     if not isinstance(config, dict):
         raise TypeError(f"run_key needs a cell config dict, got {type(config).__name__}")
@@ -64,5 +67,5 @@ def run_key(config: dict[str, Any]) -> str:
     if missing:
         raise ValueError(f"cell config lacks {missing}; a config has the keys {list(CONFIG_KEYS)}")
     _check_json_value(config, "config")
-    payload = canonical_json({"code_version": CODE_VERSION, "config": config})
+    payload = canonical_json({"code_version": CODE_VERSION, "config": key_config(config)})
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()

@@ -89,6 +89,9 @@ class Run(Base):
     policy: Mapped[str] = mapped_column(String(100), nullable=False)
     policy_params: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     budget: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The compression protocol (services.declaration.PROTOCOLS); a config without one ran the policy's
+    # default, which is what the column then holds (migration 0004 filled the rows stored before it).
+    compress: Mapped[str] = mapped_column(String(20), nullable=False)
     workload: Mapped[str] = mapped_column(String(100), nullable=False)
     workload_params: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     seed: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -13,6 +13,7 @@ from services.declaration import (
     METRIC,
     METRIC_FIELDS,
     RUN_STATUSES,
+    check_compress,
     check_config,
 )
 
@@ -21,12 +22,14 @@ from .engine import jsonable
 from .keys import run_key
 
 # The fields of a run dict as `Store.runs()` returns them, in this order: the key, the config
-# fields (with `budget` read from policy_params), the code version, the lifecycle, the metrics.
+# fields (with `budget` read from policy_params and `compress` filled with the policy's default when the
+# config has none), the code version, the lifecycle, the metrics.
 RUN_FIELDS: tuple[str, ...] = (
     "run_key",
     "sweep",
     *CONFIG_KEYS[:3],
     "budget",
+    "compress",
     *CONFIG_KEYS[3:],
     "code_version",
     "status",
@@ -55,12 +58,14 @@ def config_columns(config: dict[str, Any]) -> dict[str, Any]:
     """The `runs` columns a cell config fills (run_key included); validates the config."""
     key = run_key(config)  # checks the keys and that the values are JSON
     check_config(config)  # types, ranges the columns hold, devices, dtypes (services.declaration)
+    compress = check_compress(config["policy"], config.get("compress"), "cell config field 'compress'")
     return {
         "run_key": key,
         "model": config["model"],
         "policy": config["policy"],
         "policy_params": jsonable(config["policy_params"]),
         "budget": _budget(config["policy_params"]),
+        "compress": compress,
         "workload": config["workload"],
         "workload_params": jsonable(config["workload_params"]),
         "seed": config["seed"],
@@ -73,11 +78,12 @@ def config_columns(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_config(record: dict[str, Any]) -> dict[str, Any]:
-    """The cell config inside a record: its `config` entry, else its config fields."""
+    """The cell config inside a record: its `config` entry, else its config fields (`compress`
+    included when the record has it)."""
     config = record.get("config")
     if isinstance(config, dict):
         return config
-    return {k: record[k] for k in CONFIG_KEYS if k in record}
+    return {k: record[k] for k in (*CONFIG_KEYS, "compress") if k in record and record[k] is not None}
 
 
 def _metric(name: str, value: Any) -> int | float | None:

@@ -146,7 +146,11 @@ class Instance:
     carries what the scorer needs (e.g. the queried values) and what a reader wants to see
     (depth, task); with the workload parameter `chat="on"` it holds `chat` (`chat_parts`), which
     the evaluator encodes through the model's chat template instead of the plain prompt.
-    `content_hash` is the sha256 of everything but the id.
+    `context_chars`: how many leading characters of `prompt` are the context; the rest is the
+    question and the answer prefix (the chat user turn starts with the same context). The
+    compression protocol "context" compresses there, before the question is appended; None: the
+    instance has no such split. `content_hash` is the sha256 of everything but the id (the split is
+    a function of the prompt, so it is left out and the hashes stayed what they were).
     """
 
     id: str
@@ -157,6 +161,7 @@ class Instance:
     kind: str = "generate"
     meta: dict = field(default_factory=dict)
     content_hash: str = ""
+    context_chars: int | None = None
 
     def __post_init__(self) -> None:
         if not self.content_hash:
@@ -190,6 +195,9 @@ class Workload:
     description: str = ""
     params: tuple[Param, ...] = ()
     metric: str = "accuracy"
+    # whether instances carry a context/question split (`Instance.context_chars`), which the
+    # compression protocol "context" needs (a spec pairing "context" with a workload without it is refused)
+    context_split: bool = True
 
     def param(self, name: str) -> Param:
         for p in self.params:

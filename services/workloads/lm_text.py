@@ -49,6 +49,7 @@ class LmText(Workload):
     name = "lm_text"
     description = "streaming perplexity over held-out real text (stdlib source, or text_dir of .txt)"
     metric = "perplexity (accuracy None; extras.ppl, extras.nll)"
+    context_split = False  # a scored text has no question: compress="context" is refused for it
     params = (
         Param("context_length", "int", 1024, "tokens scored per instance", minimum=2, maximum=10_000_000),
         Param("text_dir", "str", None, "a local folder of .txt files (default: the Python stdlib's source)",

@@ -123,7 +123,7 @@ class LocalDataset(Workload):
         if p["chat"] == "on":  # kvpress: context and question in the user turn, the prefix opens the answer
             meta["chat"] = chat_parts(user, prefix)
         return Instance(id=f"{self.name}/row{row_index}", workload=self.name, prompt=prompt,
-                        answer=answers[0], max_new_tokens=max_new, meta=meta)
+                        answer=answers[0], max_new_tokens=max_new, meta=meta, context_chars=len(context))
 
     def score(self, prediction: str, instance: Instance) -> float:
         answers, metric = instance.meta["answers"], instance.meta["metric"]

@@ -45,6 +45,18 @@ def split_question(prompt: str) -> dict:
     return chat_parts(*tasks_split_question(prompt))
 
 
+def context_chars(prompt: str) -> int | None:
+    """Characters of a task prompt before its question: the last line when it holds the question
+    ("What is the pass key? The pass key is "), else the line before the answer prefix ("Recall q e o."
+    then "Answer: "). None when the prompt has no line break."""
+    line_start = prompt.rfind("\n") + 1
+    if line_start == 0:
+        return None
+    if prompt.rfind("? ", line_start) >= 0:
+        return line_start
+    return prompt.rfind("\n", 0, line_start - 1) + 1 or None
+
+
 def fit_prompt(task, rng: random.Random, kwargs: dict, context_length: int,
                count_tokens: CountTokens) -> tuple[str, str]:
     """(prompt, answer) of `task` whose prompt has at most `context_length` tokens (as close as
@@ -138,7 +150,7 @@ class SyntheticWorkload(Workload):
             meta["chat"] = split_question(prompt)
         max_new = count_tokens(answer) + self.answer_margin_tokens
         return Instance(id=self.instance_id(seed, index), workload=self.name, prompt=prompt, answer=answer,
-                        max_new_tokens=max_new, meta=meta)
+                        max_new_tokens=max_new, meta=meta, context_chars=context_chars(prompt))
 
     def extra_meta(self, prompt: str, answer: str, params: dict) -> dict:
         return {}

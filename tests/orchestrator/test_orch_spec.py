@@ -45,7 +45,7 @@ def test_grid_expands_to_product_with_stable_distinct_keys():
     again = build_cells(parse_spec(base_spec()))
     assert [c.run_key for c in cells] == [c.run_key for c in again]
     # model-major order, and the config has exactly the DESIGN.md keys
-    assert set(configs[0]) == {"model", "policy", "policy_params", "workload", "workload_params",
+    assert set(configs[0]) == {"model", "policy", "policy_params", "compress", "workload", "workload_params",
                                "n_examples", "seed", "device", "dtype"}
 
 
@@ -161,7 +161,8 @@ def test_the_example_in_the_spec_docstring_is_a_valid_sweep():
     end = doc.index("\n", doc.index("resources:", start))
     parsed = parse_spec(yaml.safe_load(textwrap.dedent("    " + doc[start:end])))
     assert parsed.workloads[0].params == {"context_length": [256, 512]}
-    assert len(build_cells(parsed)) == 2 * 3  # two context lengths x (full + two budgets)
+    # two context lengths x (full + two budgets + h2o under two protocols)
+    assert len(build_cells(parsed)) == 2 * 5
 
 
 def test_workload_models_restrict_the_cells_and_must_name_sweep_models():
