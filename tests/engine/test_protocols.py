@@ -120,3 +120,26 @@ def test_unsupported_protocol_and_missing_context_end_are_refused(model, ids):
         generate(model, ids, build("h2o", budget=0.5), max_new_tokens=1, compress="context", context_len=P)
     with pytest.raises(ValueError, match=r"score_run has no question"):
         gen.score_run(model, ids, build("h2o", budget=0.5), compress="context")
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_encode_split_finds_the_context_end_in_the_models_tokens(chat, monkeypatch):
+    from services import workloads
+    from services.evaluation import encode_split, load_model
+
+    handle = load_model("random:tiny-llama")
+    if chat:  # a minimal template: the user turn verbatim between markers
+        monkeypatch.setattr(handle.tokenizer, "chat_template",
+                            "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
+                            "{% if add_generation_prompt %}<a>{% endif %}", raising=False)
+    params = {"context_length": 96, "chat": "on" if chat else "off"}
+    for name in ("passkey", "kv_recall"):
+        inst = workloads.get(name).instances(params, 1, 0, count_tokens=handle.count_tokens)[0]
+        ids, n = encode_split(handle, inst)
+        assert ids == handle.encode_instance(inst) and 0 < n < len(ids)
+        question = inst.prompt[inst.context_chars:]
+        text = handle.tokenizer.decode(ids[n:])
+        # the question's text is all after the split, and the context's last word before it
+        assert question.split("\n")[0].split("?")[0].strip() in text
+        context_words = inst.prompt[:inst.context_chars].split()
+        assert context_words[-1] in handle.tokenizer.decode(ids[:n])
