@@ -28,6 +28,10 @@ POLICIES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("h2o", {"budget": 0.3}),
     ("snapkv", {"budget": 0.3}),
     ("tova", {"budget": 0.3}),
+    ("knorm", {"budget": 0.3}),
+    ("expected_attention", {"budget": 0.3}),
+    ("pyramidkv", {"budget": 0.3}),
+    ("adakv", {"budget": 0.3}),
     ("nats", {}),
 )
 WORKLOADS: tuple[tuple[str, dict[str, Any]], ...] = (
