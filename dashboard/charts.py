@@ -152,8 +152,11 @@ def pareto_chart(
                 alt.Tooltip("n_examples:Q", format="d", title="examples")],
         )
         layers = [full_x, full_y, frontier, errorbars, points, best]
+    # panels by workload, then context length as a number (512 before 1024)
+    order = data.sort_values(["workload", "context_length"])["setting"].drop_duplicates().tolist()
     return alt.layer(*layers, data=data).properties(width=300, height=230).facet(
-        facet=alt.Facet("setting:N", title=None, header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
+        facet=alt.Facet("setting:N", title=None, header=alt.Header(labelFontSize=13, labelFontWeight="bold"),
+                        sort=order),
         columns=columns,
     ).properties(
         title=f"{AXIS_TITLES.get(y, y)} vs {AXIS_TITLES.get(x, x)}: a panel per workload setting, dashed: "

@@ -118,7 +118,9 @@ def leaderboard(ctx: Context) -> None:
     # the comparison unit is the base model: its own runs, its fine-tuned checkpoints, base + adapter
     bases = sorted(df["base"].unique())
     done = df[df["status"] == data.DONE]
-    first_base = (done[done["policy"] == "full"]["base"].value_counts().index.tolist() or bases)[0]
+    # opens on the base with the most finished runs (the widest comparison), ties: the first name
+    counts = done["base"].value_counts()
+    first_base = min(counts[counts == counts.max()].index) if len(counts) else bases[0]
     base = c1.selectbox("Base model", bases, index=bases.index(first_base), key="lb_base",
                         help="Runs of the base, of checkpoints fine-tuned from it and of base + adapter, ranked "
                              "together")

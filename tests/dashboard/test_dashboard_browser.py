@@ -155,3 +155,92 @@ def _leaderboard_rendered(d) -> bool:
     cells = d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"] td[role="gridcell"]')
     cards = d.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]')
     return len(cells) > 10 and len(cards) >= 6
+
+
+# Every drawn Pareto point (SVG, role graphics-symbol): its panel (the facet cell it is drawn in) and its
+# aria-label, the "field: value; ..." text Vega writes from the point's tooltip fields.
+POINTS_JS = """
+const out = [];
+document.querySelectorAll('[data-testid="stVegaLiteChart"] svg g.mark-group.role-scope > g').forEach((cell, i) => {
+  cell.querySelectorAll('path[aria-roledescription="point"]').forEach((p) => {
+    out.push({cell: i, label: p.getAttribute('aria-label') || ''});
+  });
+});
+return out;
+"""
+
+
+def _aria_fields(label: str) -> dict[str, str]:
+    out = {}
+    for part in label.split("; "):
+        key, _, value = part.partition(": ")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@pytest.mark.slow
+def test_pareto_in_chromium_puts_nats_on_its_bases_front(demo_store, tmp_path):
+    """On results shaped like the demo's: each panel draws one context length, and every NAtS variant of
+    tiny-base (fine-tuned checkpoint, base + adapter) is on tiny-base's front in the settings where it
+    dominates the baselines, and off it where a baseline dominates it, as computed from the drawn points."""
+    from fixture_runs import DEMO_NATS_DOMINATES
+
+    chromium, chromedriver = _system_binary("chromium"), _system_binary("chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, records = demo_store
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "NATSBENCH_DB_URL"}
+    proc = subprocess.Popen([*_natsbench(), "dashboard", "--db", url, "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    driver = None
+    n_points = sum(1 for r in records if r["accuracy"] is not None)
+    try:
+        _wait_healthy(proc, port, timeout_s=90)
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for flag in CHROME_FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}")
+        driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+        driver.get(f"http://127.0.0.1:{port}/?view=Pareto")
+        WebDriverWait(driver, 90, poll_frequency=0.5).until(lambda d: len(d.execute_script(POINTS_JS)) >= n_points)
+        time.sleep(1.0)
+        drawn = driver.execute_script(POINTS_JS)
+        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+        driver.set_window_size(1500, 1350)  # the whole chart with its legends in the screenshot
+        time.sleep(1.5)
+        driver.save_screenshot(str(ARTIFACT.with_name("dashboard-pareto-demo.png")))
+    finally:
+        if driver is not None:
+            driver.quit()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # the runs' points (the rings on each policy's best protocol are extra marks without a run key); the
+    # label shows x and y as the axes format them, so exact numbers come from the records by run key
+    points = [{"cell": d["cell"], **_aria_fields(d["label"])} for d in drawn]
+    points = [p for p in points if "run_key" in p]
+    exact = {r["run_key"]: r for r in records}
+    assert len(points) == n_points and {p["run_key"] for p in points} <= set(exact)
+    cells: dict[int, list[dict]] = {}
+    for p in points:
+        cells.setdefault(p["cell"], []).append(p)
+    assert len(cells) == 4  # passkey / niah_multikey at 512 / 1024
+    for cell in cells.values():  # a panel never mixes two context lengths (nor two settings)
+        assert len({p["context_length"] for p in cell}) == 1 and len({p["setting"] for p in cell}) == 1
+    nats = [p for p in points if p["policy"] == "nats"]
+    assert {p["base"] for p in nats} == {"tiny-base"} and len({p["variant"] for p in nats}) == 2
+    for run in nats:
+        x, y = exact[run["run_key"]]["kv_bytes_physical"], exact[run["run_key"]]["accuracy"]
+        rivals = [(exact[p["run_key"]]["kv_bytes_physical"], exact[p["run_key"]]["accuracy"])
+                  for p in cells[run["cell"]] if p["base"] == run["base"]]
+        dominated = any(rx <= x and ry >= y and (rx < x or ry > y) for rx, ry in rivals)
+        assert (run["on_front"] == "true") == (not dominated), run
+        assert (not dominated) == (run["setting"] in DEMO_NATS_DOMINATES), run
