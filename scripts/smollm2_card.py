@@ -49,7 +49,8 @@ def card() -> str:
     cfg = json.loads((ADAPTER / "adapter_config.json").read_text())
     train = json.loads((ADAPTER / "train_record.json").read_text())
     metrics = [json.loads(x) for x in (ADAPTER / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    last = metrics[-1] if metrics else {}
+    steps = [m for m in metrics if "step" in m]
+    last = steps[-1] if steps else {}
     out = ["# smollm2-135m-nats", "",
            "NAtS type scorers (the only trained weights) for the frozen SmolLM2-135M-Instruct "
            "(`natsbench model fetch smollm2-135m-instruct`). Written by `scripts/smollm2_card.py`.", "",
@@ -64,6 +65,18 @@ def card() -> str:
            f"| command | `{train['command']}` |",
            f"| wall time | {train['wall_s']:.0f} s |",
            f"| machine | {train['machine']} |", ""]
+    quick = ADAPTER / "eval.json"
+    if quick.is_file():
+        ev = json.loads(quick.read_text())
+        out += ["## Evaluation: passkey@1024 through the chat template (scripts/smollm2_eval.py)", "",
+                f"One `services.evaluation.run_cell` per row, n={ev['n']} examples, seed {ev['seed']} (the training "
+                "draws its examples from its own seeds), fp32, 1 thread. `kept` is the kept fraction of the tokens "
+                "seen (mean over layers, heads); `KV bytes` the physical K+V bytes the cache held at the end.", "",
+                "| policy | budget | accuracy | 95% Wilson interval | kept | KV bytes |", "|---|---|---|---|---|---|"]
+        for r in ev["rows"]:
+            out.append(f"| {r['policy']} | {r.get('budget', '-')} | {r['acc']:.2f} | {r['ci'][0]:.2f}-{r['ci'][1]:.2f} | "
+                       f"{r['kept']:.3f} | {r['kv_phys']:,} |")
+        out.append("")
     if RESULT.is_file():
         res = json.loads(RESULT.read_text())
         out += ["## Evaluation (benchmarks/quality_vs_kv.py --families smollm2)", "",
