@@ -37,6 +37,7 @@ def main() -> int:
     import torch
 
     from services.adapters import adapter_fields
+    from services.declaration import DONE
     from services.evaluation import load_model, run_cell
 
     torch.set_num_threads(1)
@@ -46,7 +47,7 @@ def main() -> int:
     def cell(handle, policy, params, extra=None):
         r = run_cell(handle, {"model": MODEL, "policy": policy, "policy_params": params, "workload": "passkey",
                               "workload_params": wp, "n_examples": args.n, "seed": args.seed, **(extra or {})})
-        if r["status"] != "done":
+        if r["status"] != DONE:
             raise SystemExit(f"{policy} {params}: {r['error']}")
         row = {"policy": policy, "budget": params.get("budget", "-"), "acc": r["accuracy"],
                "ci": wilson(r["accuracy"] * args.n, args.n), "kept": r["kept_fraction"],

@@ -52,11 +52,14 @@ def run(args: argparse.Namespace) -> int:
 
             if args.device is not None and not (args.device == "cpu" or args.device.startswith("cuda")):
                 raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-            from services.evaluation import resolve_model
+            from pathlib import Path
 
-            model_dir = resolve_model(args.model)  # a folder, or a model in models/ by name (smollm2-135m-instruct)
-            if model_dir is None:
-                raise ValueError(f"--model {args.model!r}: random test models cannot be fine-tuned here")
+            from services.models import MODELS_DIR
+
+            # a folder as given, or a model in models/ by name (smollm2-135m-instruct); finetune_hf checks the folder
+            model_dir = Path(args.model).expanduser()
+            if not model_dir.is_dir() and (MODELS_DIR / args.model).is_dir():
+                model_dir = MODELS_DIR / args.model
             result = finetune_hf(cfg, str(model_dir), args.out, max_steps=args.steps, resume=args.resume,
                                  progress=not args.no_progress, device=args.device, dtype=args.dtype)
         else:

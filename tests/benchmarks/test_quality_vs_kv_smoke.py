@@ -100,7 +100,7 @@ def test_bad_option_is_one_line_exit_2():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--families", "gpt,bogus"], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "--families: unknown ['bogus']; allowed: gpt, tiny_llama"
+    assert proc.stderr.strip() == "--families: unknown ['bogus']; allowed: gpt, tiny_llama, smollm2"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -47,7 +47,10 @@ def test_eval_with_adapter_runs_nats_with_the_adapters_window(folders, capsys):
 
     keys = ("model", "policy", "policy_params", "workload", "workload_params", "n_examples", "seed", "device", "dtype")
     plain = {k: rec[k] for k in keys}
-    assert rec["run_key"] == run_key({**plain, "adapter": str(ad), "adapter_sha256": rec["adapter_sha256"]})
+    # a folder model's weights are part of the key too (services.model_hash)
+    assert rec["model_sha256"] == A.base_weights_sha256(base)
+    assert rec["run_key"] == run_key({**plain, "model_sha256": rec["model_sha256"], "adapter": str(ad),
+                                      "adapter_sha256": rec["adapter_sha256"]})
     assert rec["run_key"] != run_key(plain)
 
 
