@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,16 +22,12 @@ RESULT = ROOT / "benchmarks" / "results" / "quality_vs_kv_smollm2.json"
 
 def _machine() -> str:
     import os
+    import sys
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), no GPU"
+    sys.path.insert(0, str(ROOT))
+    from services.evaluation import _cpu_name
+
+    return f"{os.cpu_count()} cores ({_cpu_name()}), no GPU"
 
 
 def points_table(points: list[dict]) -> list[str]:
