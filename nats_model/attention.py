@@ -38,30 +38,8 @@ from __future__ import annotations
 
 import torch
 
-from nats_model.mask import GLOBAL, LOCAL, chunk_count, next_global_after, previous_global_before
-
-P_TILDE_MODES = ("unmasked", "masked_clamped", "masked")
-
-
-def _check_inputs(q, k, v, types_onehot, window, chunk_size, p_tilde) -> tuple[int, int]:
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"q, k, v must be 4-D (B, H, N, hd); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    b, hq, n, hd = q.shape
-    if k.shape != v.shape or k.shape[0] != b or k.shape[2] != n or k.shape[3] != hd:
-        raise ValueError(f"k and v must be (B, Hkv, N, hd) = ({b}, Hkv, {n}, {hd}); got {tuple(k.shape)}, {tuple(v.shape)}")
-    hkv = k.shape[1]
-    if hq % hkv:
-        raise ValueError(f"query heads ({hq}) must be a multiple of KV heads ({hkv})")
-    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
-    n_types = n if chunk_size is None else chunk_count(n, chunk_size)
-    if tuple(types_onehot.shape) != (b, hkv, n_types, 3):
-        raise ValueError(f"types_onehot must be (B, Hkv, N_types, 3) = ({b}, {hkv}, {n_types}, 3); got {tuple(types_onehot.shape)}")
-    if int(window) != window or window < 0:
-        raise ValueError(f"window must be an integer >= 0, got {window!r}")
-    if p_tilde not in P_TILDE_MODES:
-        raise ValueError(f"p_tilde must be one of {P_TILDE_MODES}, got {p_tilde!r}")
-    return hkv, hq // hkv
+from nats_model.attention_contract import check_inputs
+from nats_model.mask import GLOBAL, LOCAL, next_global_after, previous_global_before
 
 
 def _layout(types_onehot: torch.Tensor, n: int, c: int) -> dict[str, torch.Tensor]:
@@ -282,7 +260,7 @@ def nats_attention_reference(
     gradient ("unmasked", "masked_clamped", "masked"); None = the spec's choice for the level.
     """
     p_mode = p_tilde if p_tilde is not None else ("unmasked" if chunk_size is None else "masked_clamped")
-    _check_inputs(q, k, v, types_onehot, window, chunk_size, p_mode)
+    check_inputs(q, k, v, types_onehot, window, chunk_size, p_mode)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return NatsAttentionFunction.apply(q, k, v, types_onehot, window, lam, chunk_size, scale, p_tilde)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import torch
 
+from nats_model.attention_contract import check_inputs
 from nats_model.kernels.bounds import collected_term, key_bounds, prev_global_strict
 
 DEFAULT_BLOCK = 64  # measured: 64 ~ 32 < 128 < 256 at N=1024, B=8, 4 heads of 32 (2 threads)
@@ -284,10 +285,8 @@ def nats_attention_blockwise(
     with chunk_size=C, a hard one-hot in (G, L, S) order (straight-through values allowed).
     `block`: query rows per block (memory ~ B Hq block N); any integer >= 1.
     """
-    from nats_model.attention import _check_inputs
-
     p_mode = "unmasked" if chunk_size is None else "masked_clamped"
-    _check_inputs(q, k, v, types_onehot, window, chunk_size, p_mode)
+    check_inputs(q, k, v, types_onehot, window, chunk_size, p_mode)
     if isinstance(block, bool) or int(block) != block or block < 1:
         raise ValueError(f"block must be an integer >= 1, got {block!r}")
     if scale is None:

@@ -23,6 +23,7 @@ closed, the allowed values; `load_spec` raises `SpecError` before anything runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -217,10 +218,43 @@ def grid(params: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
 
 
+def normalize_workload_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The given workload parameters as the workload's `validate` types them (`"128"`, `128.0`
+    and `128` are one int), so equal cells hash to one run key; defaults are not added (the keys
+    stay what the sweep file wrote). ValueError naming the parameter for a bad value."""
+    from services import workloads
+
+    validated = workloads.get(name).validate(dict(params))
+    return {k: validated[k] for k in params}
+
+
+def normalize_policy_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The given policy parameters typed by the policy dataclass's field annotations: an int
+    for a float field becomes a float (`budget: 1` is `1.0`), an integral float for an int field
+    an int; a non-integral number for an int field is a ValueError naming the parameter."""
+    from nats_model import policies
+
+    kinds = {f.name: {part.strip() for part in str(f.type).split("|")}
+             for f in dataclasses.fields(policies.policy_class(name))}
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        kind = kinds.get(key, set())
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            out[key] = value
+        elif "float" in kind and "int" not in kind:
+            out[key] = float(value)
+        elif "int" in kind and "float" not in kind and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"policy {name!r}: parameter {key!r} must be an integer, got {value!r}")
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out
+
+
 def _check_policy_params(i: int, p: PolicySpec, problems: list[str]) -> None:
     """Build the policy once per grid combination: its own validator names bad fields/values."""
     from nats_model import policies
-    from orchestrator.plan import normalize_policy_params
 
     seen: set[str] = set()
     for combo in grid(p.params):
