@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# GGUF architectures transformers dequantises into a model natsbench's engine runs (one list,
-# shared with the HF adapters through `nats_model.models.hf.SUPPORTED_MODEL_TYPES`).
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+from nats_model.models.families import SUPPORTED_MODEL_TYPES
+
+# GGUF architectures accepted: the families natsbench's engine runs (transformers dequantises them).
+SUPPORTED_ARCHITECTURES = SUPPORTED_MODEL_TYPES
 IMPORT_DTYPES = ("bfloat16", "float32")
 IMPORT_RECORD = "natsbench_import.json"
 GGUF_MAGIC = b"GGUF"

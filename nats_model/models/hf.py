@@ -20,10 +20,10 @@ import contextvars
 
 import torch
 
+from nats_model.models.families import SUPPORTED_MODEL_TYPES
 from nats_model.models.hf_decode import lean_decode_problem, lean_llama_forward
 
 ATTN_IMPLEMENTATION = "natsbench_kv"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _ENGINE: contextvars.ContextVar = contextvars.ContextVar("natsbench_kv_engine", default=None)
 _registered = False
 _MASK_BUILT_BY_ENGINE = torch.ones(1, 1, 1, 1, dtype=torch.bool)  # see HFAdapter.forward

@@ -36,9 +36,9 @@ from torch import nn
 
 from nats_model import mask as mask_mod
 from nats_model import scorer as scorer_mod
+from nats_model.models.families import SUPPORTED_MODEL_TYPES
 from nats_model.models.hf import ATTN_IMPLEMENTATION
 
-SCORER_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 TRAIN_ATTN_IMPLEMENTATION = "natsbench_nats_train"
 CONFIG_ATTRS = ("nats_window", "nats_chunk_size", "nats_global_bias")
 _registered = False
@@ -265,9 +265,9 @@ def attach_nats_scorers(model, *, window: int, chunk_size: int | None = None, gl
     model_type (listing the supported ones), a model that already has scorers, or bad settings.
     """
     mtype = getattr(getattr(model, "config", None), "model_type", None)
-    if mtype not in SCORER_MODEL_TYPES:
+    if mtype not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"NAtS scorers: unsupported Hugging Face model_type {mtype!r}; "
-                         f"supported: {', '.join(SCORER_MODEL_TYPES)}")
+                         f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
         raise ValueError(f"window must be an integer >= 0, got {window!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):

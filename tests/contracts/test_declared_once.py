@@ -1,0 +1,37 @@
+"""Contracts written once: the supported Hugging Face families are one tuple
+(`nats_model.models.families`), which the engine, the scorers and the GGUF import read."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def family_lists() -> list[str]:
+    """Every list / tuple / set literal in the project's code that names two or more HF families."""
+    from nats_model.models.families import SUPPORTED_MODEL_TYPES
+
+    found = []
+    for pkg in ("nats_model", "services", "orchestrator", "dashboard", "benchmarks", "scripts"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text(), str(f))):
+                if isinstance(node, ast.Tuple | ast.List | ast.Set):
+                    names = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                    if len(names & set(SUPPORTED_MODEL_TYPES)) >= 2:
+                        found.append(f"{f.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_one_family_list():
+    assert family_lists() == ["nats_model/models/families.py:5"]
+
+
+def test_readers_share_it():
+    from nats_model.models import families, hf, hf_nats
+    from services import model_import
+
+    assert hf.SUPPORTED_MODEL_TYPES is families.SUPPORTED_MODEL_TYPES
+    assert hf_nats.SUPPORTED_MODEL_TYPES is families.SUPPORTED_MODEL_TYPES
+    assert model_import.SUPPORTED_ARCHITECTURES is families.SUPPORTED_MODEL_TYPES
