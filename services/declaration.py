@@ -40,8 +40,11 @@ FINISHED_STATUSES: tuple[str, ...] = (DONE, FAILED)
 
 @dataclass(frozen=True)
 class ConfigField:
-    """One field of a cell config: its name, type ("str", "int", "dict"), unit, meaning and
-    allowed values (`choices`, or the inclusive range `minimum`..`maximum` for ints)."""
+    """One field of a cell config: its name, type ("str", "int", "dict"; "float" only for a derived
+    column), unit, meaning and allowed values (`choices`, or the inclusive range `minimum`..`maximum`
+    for ints), and its `runs` column: `length` of a str column, `nullable`. The store's config columns
+    (services.store.models.Run) and the values a config fills into them (services.store.records)
+    are generated from these declarations, as the metric columns are from METRICS."""
 
     name: str
     type: str
@@ -50,6 +53,8 @@ class ConfigField:
     choices: tuple[str, ...] | None = None
     minimum: int | None = None
     maximum: int | None = None
+    length: int | None = None
+    nullable: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,15 +72,17 @@ class Metric:
 
 
 CONFIG_FIELDS: tuple[ConfigField, ...] = (
-    ConfigField("model", "str", "a shipped model name (models/<name>), a model folder, or a random: test model"),
-    ConfigField("policy", "str", "a KV policy of nats_model.policies"),
+    ConfigField("model", "str", "a shipped model name (models/<name>), a model folder, or a random: test model",
+                length=500),
+    ConfigField("policy", "str", "a KV policy of nats_model.policies", length=100),
     ConfigField("policy_params", "dict", "the policy's parameters (budget: kept fraction in (0, 1])"),
-    ConfigField("workload", "str", "a workload of services.workloads"),
+    ConfigField("workload", "str", "a workload of services.workloads", length=100),
     ConfigField("workload_params", "dict", "the workload's parameters, normalised by its validate()"),
-    ConfigField("n_examples", "int", "instances per cell", unit="examples", minimum=1, maximum=INT32_MAX),
+    ConfigField("n_examples", "int", "instances per cell", unit="examples", minimum=1, maximum=INT32_MAX,
+                nullable=True),
     ConfigField("seed", "int", "instance and sampling seed", minimum=0, maximum=INT32_MAX),
-    ConfigField("device", "str", "where the model runs", choices=DEVICES),
-    ConfigField("dtype", "str", "the model's weights and activations", choices=DTYPES),
+    ConfigField("device", "str", "where the model runs", choices=DEVICES, length=50, nullable=True),
+    ConfigField("dtype", "str", "the model's weights and activations", choices=DTYPES, length=20, nullable=True),
 )
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in CONFIG_FIELDS)
 CONFIG_FIELD: dict[str, ConfigField] = {f.name: f for f in CONFIG_FIELDS}
@@ -88,7 +95,12 @@ PROTOCOLS: tuple[str, ...] = ("streaming", "prompt", "context")
 # the policy did before the field existed), and the run key hashes it only when it differs from that
 # default (`key_config`), so the keys of such cells did not change.
 COMPRESS = ConfigField("compress", "str", "compression protocol: when the policy may evict (README)",
-                       choices=PROTOCOLS)
+                       choices=PROTOCOLS, length=20)
+# A column derived from the config for filtering: policy_params["budget"] (None for a policy without one).
+BUDGET = ConfigField("budget", "float", "policy_params['budget'], the kept fraction asked for", unit="fraction",
+                     nullable=True)
+# The config columns of `runs`, in table order (every config field, `budget`, `compress`).
+RUN_CONFIG_COLUMNS: tuple[ConfigField, ...] = (*CONFIG_FIELDS[:3], BUDGET, COMPRESS, *CONFIG_FIELDS[3:])
 
 METRICS: tuple[Metric, ...] = (
     Metric("accuracy", "float", "fraction", "mean workload score (None for lm_text)", "acc", True),

@@ -37,8 +37,10 @@ from services.declaration import (
     METRIC_FIELDS,
     METRICS,
     PENDING,
+    RUN_CONFIG_COLUMNS,
     RUN_STATUSES,
     RUNNING,
+    ConfigField,
 )
 
 from .clock import db_now
@@ -48,6 +50,12 @@ __all__ = ["DONE", "FAILED", "FINISHED_STATUSES", "METRIC_FIELDS", "PENDING", "R
 
 # JSON everywhere; JSONB on PostgreSQL (indexable, compact).
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _column_type(field: ConfigField):
+    """The SQL type of a declared config column."""
+    return {"str": lambda: String(field.length), "int": lambda: Integer, "float": lambda: Float,
+            "dict": lambda: JSONType}[field.type]()
 
 
 class Base(DeclarativeBase):
@@ -84,20 +92,13 @@ class Run(Base):
     sweep_id: Mapped[int | None] = mapped_column(
         ForeignKey("sweeps.id", name="fk_runs_sweep_id", ondelete="SET NULL"), nullable=True
     )
-    # The config, column by column for filtering, and whole in `config`.
-    model: Mapped[str] = mapped_column(String(500), nullable=False)
-    policy: Mapped[str] = mapped_column(String(100), nullable=False)
-    policy_params: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
-    budget: Mapped[float | None] = mapped_column(Float, nullable=True)
-    # The compression protocol (services.declaration.PROTOCOLS); a config without one ran the policy's
-    # default, which is what the column then holds (migration 0004 filled the rows stored before it).
-    compress: Mapped[str] = mapped_column(String(20), nullable=False)
-    workload: Mapped[str] = mapped_column(String(100), nullable=False)
-    workload_params: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
-    seed: Mapped[int] = mapped_column(Integer, nullable=False)
-    n_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    device: Mapped[str | None] = mapped_column(String(50), nullable=True)
-    dtype: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    # The config, column by column for filtering (one column per services.declaration.RUN_CONFIG_COLUMNS:
+    # every config field, `budget` from policy_params and the compression protocol `compress`, which for
+    # a config without one holds the policy's default; migration 0004 filled the rows stored before it),
+    # and whole in `config`. A new config field needs its declaration and a migration, not an edit here.
+    for _field in RUN_CONFIG_COLUMNS:
+        locals()[_field.name] = mapped_column(_column_type(_field), nullable=_field.nullable)
+    del _field
     config: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     # The CODE_VERSION that planned (and measured) this row; part of its run key.
     code_version: Mapped[str] = mapped_column(String(20), nullable=False)

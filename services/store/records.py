@@ -12,6 +12,7 @@ from services.declaration import (
     FINISHED_STATUSES,
     METRIC,
     METRIC_FIELDS,
+    RUN_CONFIG_COLUMNS,
     RUN_STATUSES,
     check_compress,
     check_config,
@@ -27,10 +28,7 @@ from .keys import run_key
 RUN_FIELDS: tuple[str, ...] = (
     "run_key",
     "sweep",
-    *CONFIG_KEYS[:3],
-    "budget",
-    "compress",
-    *CONFIG_KEYS[3:],
+    *(f.name for f in RUN_CONFIG_COLUMNS),
     "code_version",
     "status",
     "error",
@@ -58,23 +56,17 @@ def config_columns(config: dict[str, Any]) -> dict[str, Any]:
     """The `runs` columns a cell config fills (run_key included); validates the config."""
     key = run_key(config)  # checks the keys and that the values are JSON
     check_config(config)  # types, ranges the columns hold, devices, dtypes (services.declaration)
-    compress = check_compress(config["policy"], config.get("compress"), "cell config field 'compress'")
-    return {
-        "run_key": key,
-        "model": config["model"],
-        "policy": config["policy"],
-        "policy_params": jsonable(config["policy_params"]),
-        "budget": _budget(config["policy_params"]),
-        "compress": compress,
-        "workload": config["workload"],
-        "workload_params": jsonable(config["workload_params"]),
-        "seed": config["seed"],
-        "n_examples": config["n_examples"],
-        "device": None if config["device"] is None else str(config["device"]),
-        "dtype": None if config["dtype"] is None else str(config["dtype"]),
-        "config": jsonable(config),
-        "code_version": keys.CODE_VERSION,
-    }
+    derived = {"budget": _budget(config["policy_params"]),
+               "compress": check_compress(config["policy"], config.get("compress"), "cell config field 'compress'")}
+    columns = {"run_key": key}
+    for field in RUN_CONFIG_COLUMNS:  # services.declaration: one column per declared config field
+        value = derived[field.name] if field.name in derived else config[field.name]
+        if field.type == "dict":
+            value = jsonable(value)
+        elif field.type == "str" and value is not None:
+            value = str(value)
+        columns[field.name] = value
+    return {**columns, "config": jsonable(config), "code_version": keys.CODE_VERSION}
 
 
 def record_config(record: dict[str, Any]) -> dict[str, Any]:
