@@ -56,7 +56,7 @@ class ModelSpec(_Strict):
     `adapter`: a NAtS scorer adapter folder for a Hugging Face model (checked against the
     base before anything runs; its cells carry its path and content hash)."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=500)  # runs.model is VARCHAR(500)
     dtype: str = "float32"
     device: str = "cpu"
     adapter: str | None = Field(default=None, min_length=1)
@@ -103,7 +103,7 @@ class ResourceSpec(_Strict):
 class SweepSpec(_Strict):
     """A whole sweep: its unique name, what to cross, and the resources to use."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")  # sweeps.name is VARCHAR(200)
     models: list[ModelSpec] = Field(min_length=1)
     policies: list[PolicySpec] = Field(min_length=1)
     workloads: list[WorkloadSpec] = Field(min_length=1)
@@ -372,16 +372,74 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     return spec
 
 
+# A sweep file is a few kilobytes; anything past this is not one (and is not read into memory).
+MAX_SPEC_BYTES = 1 << 20
+
+
+def _yaml_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one
+    silently, so `budget: 0.1` followed by `budget: 0.5` would run only 0.5)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str | int | float | bool) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (a key may appear once per mapping)", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise ValueError(f"duplicate key {dup!r} (a key may appear once per object)")
+    return dict(pairs)
+
+
+def _parse_error(exc: Exception) -> str:
+    """A YAML / JSON parse error as one line: where (line, column) and what."""
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    text = f"{where}{what}" + (f" ({context})" if context else "")
+    return " ".join(text.split())
+
+
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep file (.yaml/.yml/.json); raises `SpecError`."""
+    """Read and validate a sweep file (.yaml/.yml/.json, UTF-8, at most MAX_SPEC_BYTES, one document,
+    no key twice in a mapping); raises `SpecError`, one line per problem, for anything else."""
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise SpecError(str(path), [f"<file>: {str(path)!r} is a folder, not a sweep file"])
     if not p.is_file():
         raise SpecError(str(path), [f"<file>: no such file {str(path)!r}"])
-    text = p.read_text()
+    size = p.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(str(path), [f"<file>: {size} bytes; a sweep file is at most {MAX_SPEC_BYTES} bytes"])
+    raw = p.read_bytes()
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SpecError(str(path), [f"<file>: not valid YAML/JSON: {exc}"]) from None
-    return parse_spec(data, str(path))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [f"<file>: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"]) \
+            from None
+    kind = "JSON" if p.suffix == ".json" else "YAML"
+    try:
+        data = json.loads(text, object_pairs_hook=_json_object) if kind == "JSON" else yaml.load(text, _yaml_loader())
+    except (yaml.YAMLError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise SpecError(str(path), [f"<file>: not valid {kind}: {_parse_error(exc)}"]) from None
+    except RecursionError:
+        raise SpecError(str(path), [f"<file>: not a sweep: {kind} nested too deeply"]) from None
+    try:
+        return parse_spec(data, str(path))
+    except RecursionError:
+        raise SpecError(str(path), ["<file>: not a sweep: nested too deeply"]) from None
