@@ -22,6 +22,7 @@ A step that may not evict still updates the policy's statistics (`Policy.evictin
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from nats_model.policies.base import PROTOCOLS, Policy, Step
 from nats_model.prefill_attention import (
     DEFAULT_OBSERVE_BLOCK,
     attend_prefill,
+    attend_visible_until,
     check_observe_block,
     valid_is_suffix,
 )
@@ -63,6 +65,9 @@ class KVEngine:
         self.cache = KVCache(batch, tuple(policy.aux_fields), policy.aux_dtypes)
         self.kv_bytes_physical_peak = 0
         self._step: dict = {}
+        # the fast paths of a policy with its own visibility rule (NAtS: `visible_until` in prefill);
+        # NATSBENCH_FAST_MASKS=0 keeps the dense `visible` mask path (the oracle of the tests)
+        self.fast_masks = os.environ.get("NATSBENCH_FAST_MASKS", "1") != "0"
 
     def begin_step(self, positions: torch.Tensor, valid: torch.Tensor, *, prefill: bool,
                    last_prefill: bool = False, evict: bool = True, compress_point: bool | None = None) -> None:
@@ -119,14 +124,24 @@ class KVEngine:
             self._track_peak(store)
         qs = q.reshape(n_seg, g, T, hd)
         scale = hd ** -0.5 if scale is None else scale
+        out = None
         step = Step(layer=layer_idx, prefill=st["prefill"], last_prefill=st["last"],
                     seen=st["seen_seg"], q_pos=st["pos_seg"], q_valid=st["valid_seg"],
                     new_slots=new_slots, attn_sum=None, probs=None, type_logits=type_logits,
                     q=qs, k_new=k_new, v_new=v_new, n_kv_heads=Hkv, scale=scale,
                     evict=st["evict"], compress_point=st["cpoint"])
-        # the policy's own visibility rule; None for a rule that hides nothing this step (NAtS decode)
-        visible = self.policy.visible(store, step) if self.policy.masks_attention else None
-        if uniform_decode_ready(store, T, st["prefill"], st["all_valid"], sliding_window,
+        visible = None
+        if (self.fast_masks and st["prefill"] and T > 1 and sliding_window is None
+                and self.policy.observe == "none" and hasattr(self.policy, "visible_until")):
+            # an interval rule (NAtS): block-wise attention, no (T, row_cap) mask
+            until = self.policy.visible_until(store, step)
+            out = attend_visible_until(store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"], until, scale)
+        elif self.policy.masks_attention:
+            # the policy's own visibility rule; None for a rule that hides nothing this step (NAtS decode)
+            visible = self.policy.visible(store, step)
+        if out is not None:
+            pass  # attended above
+        elif uniform_decode_ready(store, T, st["prefill"], st["all_valid"], sliding_window,
                                 visible is not None):  # the usual decode step: no masks at all
             out, step.attn_sum, step.probs = attend_uniform_decode(store, qs, scale, self.policy.observe)
         elif (T == 1 and not st["prefill"] and st["all_valid"] and visible is None

@@ -185,3 +185,108 @@ def _parts(store: LayerStore, seg_ids: torch.Tensor, lens: torch.Tensor, m_seg: 
     for u in uniq.tolist():
         L, m = divmod(u, T + 1)
         yield (key == u).nonzero()[:, 0], L, m
+
+
+# ------------------------------------------------ a policy's interval visibility (NAtS), no dense mask
+DEFAULT_BOUNDED_BLOCK = 128  # queries per block of the bounded part of `attend_visible_until`
+
+
+def attend_visible_until(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_valid: torch.Tensor,
+                         all_valid: bool, until: torch.Tensor, scale: float,
+                         block: int = DEFAULT_BOUNDED_BLOCK) -> torch.Tensor:
+    """Prefill attention of q (n_seg, g, T, hd) over every segment's kept slots when the policy's
+    visibility is an interval per key: slot j is visible to query position m iff pos[j] <= m <=
+    until[j] (`until (n_seg, row_cap)` long, -1 for unoccupied slots; NAtS `visible_until`).
+    The same result as `nats_model.generate.attend_store` with the dense `visible` mask, to float
+    rounding, without a (T, row_cap) mask: per segment,
+
+    - the kept slots before the chunk that every real query of the chunk sees (pos <= first query,
+      until >= last query: Global tokens, Local ones no Global of the chunk ends) in one fused flash
+      call without a mask, the GQA group's query heads folded into query rows;
+    - the others (kept slots with a bound inside the chunk, and the chunk's own tokens) per block of
+      `block` queries against the slots that block can reach causally, with an additive mask of
+      (block, reached slots);
+
+    merged by their log-sum-exp. Needs the `KVEngine` invariant (the chunk's real tokens were just
+    appended in order after the kept slots, real queries a suffix of each row: left padding).
+    Returns out (n_seg, g, T, hd), zero for padding queries."""
+    n_seg, g, T, hd = q.shape
+    out = q.new_zeros(n_seg, g, T, hd)
+    lens = store.lens.tolist()
+    offsets = store.offsets.tolist()
+    m_seg = [T] * n_seg if all_valid else q_valid.sum(1).tolist()
+    neg = float("-inf")
+    for s in range(n_seg):
+        L, m = lens[s], m_seg[s]
+        if m == 0 or L == 0:
+            continue
+        L0, off = L - m, offsets[s]
+        K, V, P = store.k[off:off + L], store.v[off:off + L], store.pos[off:off + L]
+        U = until[s, :L]
+        qpos = q_pos[s, T - m:]  # (m,) the real queries' positions, increasing
+        qs = q[s, :, T - m:]  # (g, m, hd)
+        p_last = int(qpos[-1])
+        o_all = lse_all = None
+        if L0:
+            seen_all = U[:L0] >= p_last  # prior slots precede every query: bounded by `until` only
+            n_all = int(seen_all.sum())
+            if n_all:
+                if n_all == L0:
+                    KA, VA = K[:L0], V[:L0]
+                    bounded = None
+                else:
+                    idx = seen_all.nonzero()[:, 0]
+                    KA, VA = K.index_select(0, idx), V.index_select(0, idx)
+                    bounded = (~seen_all).nonzero()[:, 0]
+                o_all, lse_all = _CPU_FLASH(qs.reshape(1, 1, g * m, hd), KA[None, None], VA[None, None], 0.0,
+                                            False, scale=scale) if _CPU_FLASH is not None and q.device.type == "cpu" \
+                    else _sdpa_lse(qs.reshape(1, 1, g * m, hd), KA[None, None], VA[None, None], None, scale)
+                o_all, lse_all = o_all.view(g, m, hd), lse_all.view(g, m)
+            else:
+                bounded = torch.arange(L0, device=q.device)
+        else:
+            bounded = None
+        # the bounded part: prior slots with a bound inside the chunk, then the chunk's own slots
+        if bounded is None:
+            KB, VB, PB, UB = K[L0:], V[L0:], P[L0:], U[L0:]
+            nb = 0
+        else:
+            nb = bounded.numel()
+            KB = torch.cat([K.index_select(0, bounded), K[L0:]])
+            VB = torch.cat([V.index_select(0, bounded), V[L0:]])
+            PB = torch.cat([P.index_select(0, bounded), P[L0:]])
+            UB = torch.cat([U.index_select(0, bounded), U[L0:]])
+        o_b = q.new_empty(g, m, hd)
+        lse_b = torch.empty(g, m, dtype=torch.float32, device=q.device)
+        for a in range(0, m, block):
+            b = min(m, a + block)
+            n_keys = nb + b  # the chunk's slots after query b - 1 are later than every query of the block
+            rows = qpos[a:b, None]
+            hide = (rows > UB[None, :n_keys]) | (rows < PB[None, :n_keys])
+            add = torch.zeros(b - a, n_keys, dtype=q.dtype, device=q.device).masked_fill_(hide, neg)
+            kk = KB[None, None, :n_keys].expand(1, g, n_keys, hd)
+            vv = VB[None, None, :n_keys].expand(1, g, n_keys, hd)
+            if _CPU_FLASH is not None and q.device.type == "cpu":
+                o, lse = _CPU_FLASH(qs[None, :, a:b], kk, vv, 0.0, False, attn_mask=add[None, None], scale=scale)
+            else:
+                o, lse = _sdpa_lse(qs[None, :, a:b], kk, vv, add[None, None], scale)
+            o_b[:, a:b] = o[0]
+            lse_b[:, a:b] = lse[0]
+        if o_all is None:
+            out[s, :, T - m:] = o_b
+        else:
+            lse = torch.logaddexp(lse_all, lse_b)
+            out[s, :, T - m:] = (o_all.float() * (lse_all - lse).exp_()[..., None]
+                                 + o_b.float() * (lse_b - lse).exp_()[..., None]).to(q.dtype)
+    return out
+
+
+def _sdpa_lse(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, add: torch.Tensor | None, scale: float
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, log-sum-exp float32) of softmax attention with an optional additive mask, in plain ops
+    (devices without the CPU flash kernel: the attention of one block at a time)."""
+    s = torch.matmul(q, K.transpose(-1, -2)).float() * scale
+    if add is not None:
+        s = s + add.float()
+    lse = torch.logsumexp(s, -1)
+    return torch.matmul(torch.exp(s - lse[..., None]).to(V.dtype), V), lse

@@ -14,6 +14,7 @@ from nats_model.scorer import infer_types
 
 DEFAULT_GLOBAL_BIAS = 0.1  # infer_types' default, used when neither the policy nor the model sets one
 _RANK_STEP = 1 << 40  # eviction-order key: rank * _RANK_STEP + position
+VISIBLE_ALWAYS = 1 << 62  # `visible_until` of a slot no query position bounds yet
 
 
 @dataclass
@@ -123,6 +124,41 @@ class NatsPolicy(Policy):
                                torch.where(before.bool(), ty["abs_c"][:, None, :], -1).max(-1).values)  # (n_seg, T)
         return ~complete | (typ == GLOBAL) | ((typ == SLIDING) & (m <= pos + window)) \
             | ((typ == LOCAL) & (cid > last_g[:, :, None]))
+
+    def visible_until(self, store: LayerStore, step: Step) -> torch.Tensor | None:
+        """(n_seg, row_cap) long: per slot, the last query position that may see it under the rule of
+        `visible` (every key is seen by an interval of queries: from its own position, causally, up to
+        this bound; `VISIBLE_ALWAYS` when no bound is known yet, -1 for unoccupied slots). Exactly
+        `visible`: query m sees slot j iff m <= bound[j] (tests/engine/test_nats_fast_paths.py
+        compares the two). O(row_cap + chunk) per segment, no (T, row_cap) tensor. None for a
+        one-token step (as `visible`).
+
+        Per slot of type-unit (chunk) c, with e(c) = (c + 1) * C - 1 its last position: an unfinished
+        unit is visible up to e(c) - 1 whatever its type; Global: always; Sliding: up to
+        max(e(c) - 1, pos + W); Local: up to the last position of the first Global unit after c that
+        this step completes (always when there is none), never when a Global unit at or after c
+        completed before the step."""
+        if step.q_pos.shape[1] == 1:
+            self._typed(store, step)
+            return None
+        window, _, C = self.settings()
+        ty = self._typed(store, step)
+        typ, pos, cid = ty["typ"], ty["pos"], ty["cid"]
+        g_step = ty["done"] & (ty["types_c"] == GLOBAL)  # (n_seg, K) Global units the step completed
+        K = g_step.shape[1]
+        ar = torch.arange(K + 1, device=pos.device)
+        # nxt[:, k]: the first Global unit of the step at step index >= k (K: none)
+        cand = torch.where(torch.cat([g_step, g_step.new_zeros(g_step.shape[0], 1)], 1), ar, K)
+        nxt = cand.flip(1).cummin(1).values.flip(1)  # (n_seg, K + 1)
+        first = ty["abs_c"][:, :1]  # (n_seg, 1) absolute index of the step's first unit
+        j = nxt.gather(1, (cid - first + 1).clamp(0, K))  # first Global unit of the step after the slot's
+        local_end = torch.where(j < K, (first + j + 1) * C - 1, VISIBLE_ALWAYS)
+        local_end = torch.where(cid <= ty["last_global_before"][:, None], -1, local_end)
+        unit_end = (cid + 1) * C - 1
+        bound = torch.where(typ == GLOBAL, VISIBLE_ALWAYS,
+                            torch.where(typ == SLIDING, pos + window, local_end))
+        bound = torch.maximum(bound, unit_end - 1)
+        return torch.where(store.valid_rows(), bound, -1)
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         window, _, _ = self.settings()
