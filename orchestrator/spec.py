@@ -372,73 +372,15 @@ def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     return spec
 
 
-# A sweep file is a few kilobytes; anything past this is not one (and is not read into memory).
-MAX_SPEC_BYTES = 1 << 20
-
-
-def _yaml_loader():
-    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one
-    silently, so `budget: 0.1` followed by `budget: 0.5` would run only 0.5)."""
-    import yaml
-
-    class StrictLoader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
-            seen = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if isinstance(key, str | int | float | bool) and key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (a key may appear once per mapping)", key_node.start_mark)
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
-    return StrictLoader
-
-
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    dup = next((k for k in keys if keys.count(k) > 1), None)
-    if dup is not None:
-        raise ValueError(f"duplicate key {dup!r} (a key may appear once per object)")
-    return dict(pairs)
-
-
-def _parse_error(exc: Exception) -> str:
-    """A YAML / JSON parse error as one line: where (line, column) and what."""
-    mark = getattr(exc, "problem_mark", None)
-    what = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    text = f"{where}{what}" + (f" ({context})" if context else "")
-    return " ".join(text.split())
-
-
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep file (.yaml/.yml/.json, UTF-8, at most MAX_SPEC_BYTES, one document,
-    no key twice in a mapping); raises `SpecError`, one line per problem, for anything else."""
-    import yaml
+    """Read and validate a sweep file (.yaml/.yml/.json; `nats_model.config_files`: UTF-8, at most 1 MiB,
+    one document, no key twice in a mapping); raises `SpecError`, one line per problem, for anything else."""
+    from nats_model.config_files import ConfigFileError, read_config_file
 
-    p = Path(path)
-    if p.is_dir():
-        raise SpecError(str(path), [f"<file>: {str(path)!r} is a folder, not a sweep file"])
-    if not p.is_file():
-        raise SpecError(str(path), [f"<file>: no such file {str(path)!r}"])
-    size = p.stat().st_size
-    if size > MAX_SPEC_BYTES:
-        raise SpecError(str(path), [f"<file>: {size} bytes; a sweep file is at most {MAX_SPEC_BYTES} bytes"])
-    raw = p.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SpecError(str(path), [f"<file>: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"]) \
-            from None
-    kind = "JSON" if p.suffix == ".json" else "YAML"
-    try:
-        data = json.loads(text, object_pairs_hook=_json_object) if kind == "JSON" else yaml.load(text, _yaml_loader())
-    except (yaml.YAMLError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-        raise SpecError(str(path), [f"<file>: not valid {kind}: {_parse_error(exc)}"]) from None
-    except RecursionError:
-        raise SpecError(str(path), [f"<file>: not a sweep: {kind} nested too deeply"]) from None
+        data = read_config_file(path)
+    except ConfigFileError as exc:
+        raise SpecError(str(path), [f"<file>: {exc}"]) from None
     try:
         return parse_spec(data, str(path))
     except RecursionError:

@@ -140,15 +140,36 @@ def _load_folder(folder: Path, torch_dtype):
         from nats_model.models.gpt import GPT
         from nats_model.tokenizer import ByteTokenizer
 
-        return GPT.from_pretrained(folder, device="cpu", dtype=torch_dtype), ByteTokenizer(), "gpt"
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+        try:
+            return GPT.from_pretrained(folder, device="cpu", dtype=torch_dtype), ByteTokenizer(), "gpt"
+        except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # config fields, state-dict mismatch
+            raise ValueError(f"GPT checkpoint folder {str(folder)!r}: config.json and model.safetensors do not "
+                             f"make a model: {_first_line(exc)}") from None
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    try:  # the config first: the tokenizer reads it too, and a bad field must be named as the config's
+        AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers' config validation raises its own types
+        raise ValueError(f"{folder / 'config.json'} is not a valid Hugging Face config: {_first_line(exc)}") from None
     try:
         tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"Hugging Face model folder {str(folder)!r} has no usable tokenizer: {exc}") from None
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch_dtype)
+        raise ValueError(f"Hugging Face model folder {str(folder)!r} has no usable tokenizer: {_first_line(exc)}") \
+            from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch_dtype)
+    except Exception as exc:  # noqa: BLE001 - a bad config.json surfaces as many types (transformers' own included)
+        raise ValueError(f"Hugging Face model folder {str(folder)!r} could not be loaded: {_first_line(exc)}") from None
     return model.eval(), tok, "hf"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, at most 300 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for GPT:" / "Validation error ...:"
+        text = f"{text} {lines[1]}"
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def check_model(name_or_path: str) -> None:

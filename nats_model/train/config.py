@@ -222,13 +222,17 @@ def parse_config(raw: dict[str, Any]) -> TrainConfig:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """The decoded YAML of a config file; a missing file is a ConfigError naming it."""
-    import yaml
+    """The decoded YAML of a config file; a missing or malformed file (`nats_model.config_files`) is a
+    ConfigError naming it in one line."""
+    from nats_model.config_files import ConfigFileError, read_config_file
 
     p = Path(path)
-    if not p.is_file():
+    if not p.is_file() and not p.is_dir():
         raise ConfigError(f"config file {str(p)!r} does not exist")
-    return yaml.safe_load(p.read_text())
+    try:
+        return read_config_file(p, json_suffixes=())
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None  # the command names the file
 
 
 def load_config(path: str | Path) -> TrainConfig:

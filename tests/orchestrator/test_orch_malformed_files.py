@@ -33,8 +33,8 @@ CASES = [
     ("duplicate.json", json.dumps(GOOD)[:-1].encode() + b', "seeds": [1]}',
      "<file>: not valid JSON: duplicate key 'seeds' (a key may appear once per object)"),
     ("truncated.json", b'{"name": "x", ', "<file>: not valid JSON: Expecting property name"),
-    ("deep.yaml", b"name: f\nx: " + b"[" * 5000 + b"]" * 5000 + b"\n", "<file>: not a sweep: YAML nested too deeply"),
-    ("huge.yaml", b"name: f\n#" + b"x" * (1 << 20) + b"\n", "<file>: 1048586 bytes; a sweep file is at most 1048576 bytes"),
+    ("deep.yaml", b"name: f\nx: " + b"[" * 5000 + b"]" * 5000 + b"\n", "<file>: YAML nested too deeply"),
+    ("huge.yaml", b"name: f\n#" + b"x" * (1 << 20) + b"\n", "<file>: 1048586 bytes; a config file is at most 1048576 bytes"),
     ("scalar.yaml", b"42\n", "<root>: expected a mapping with name, models, policies, workloads; got int"),
     ("long_name.yaml", _yaml(name="x" * 201), "name: String should have at most 200 characters"),
     ("long_model.yaml", _yaml(models=[{"name": "m" * 501}]), "models[0].name: String should have at most 500"),
@@ -59,7 +59,7 @@ def test_malformed_sweep_file_is_refused_in_one_problem_line(tmp_path, capsys, n
 
 
 def test_a_folder_and_a_missing_file_are_named(tmp_path, capsys):
-    for path, problem in ((tmp_path, "is a folder, not a sweep file"), (tmp_path / "nope.yaml", "no such file")):
+    for path, problem in ((tmp_path, "is a folder, not a file"), (tmp_path / "nope.yaml", "no such file")):
         assert main(["sweep", str(path), "--dry-run"]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 2 and problem in lines[1]
