@@ -57,9 +57,10 @@ real-model: install
 
 # Every benchmark in benchmarks/, then the README "Results" section regenerated from
 # benchmarks/results/ (QUICK=1: the quick variants, under 15 minutes on a 2-core CPU).
-# kvpress's virtualenv is made first (vs_kvpress.py compares against it; a failed install only makes
-# that benchmark record why it skipped).
+# The real model is fetched and kvpress's virtualenv made first (the real-model benchmarks and the kvpress
+# comparisons need them; a failed fetch or install only makes those benchmarks record why they skipped).
 bench: install
+	-@$(MAKE) --no-print-directory real-model
 	-@$(MAKE) --no-print-directory $(KVPRESS_STAMP)
 	$(PY) benchmarks/run_all.py $(if $(QUICK),--quick,)
 
