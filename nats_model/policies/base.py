@@ -15,13 +15,15 @@ chunk or one decode token):
 Everything a policy needs arrives in `Step` in row form `(n_seg, row_cap)` with segment
 `s = b * Hkv + h`; per-slot state that must survive across steps is kept in the store's `aux`
 fields named in `aux_fields` (zero for new tokens; moved with the tokens on eviction; float32
-unless `aux_dtypes` gives a field another dtype).
+unless `aux_dtypes` gives a field another dtype). State a policy keeps between steps of one run is a
+`run_state()` field (not a parameter: no __init__ argument, not in repr or equality), recreated by
+`Policy.reset` before every run; what `bind_model` reads from the model is a `model_state()` field.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 
@@ -31,6 +33,18 @@ from nats_model.cache import LayerStore
 # chunks and decode), "prompt" prefills the whole prompt and compresses once at its end, "context"
 # compresses at the end of the context, before the question is appended (kvpress' default).
 PROTOCOLS: tuple[str, ...] = ("streaming", "prompt", "context")
+
+
+def run_state(factory=lambda: None) -> Any:
+    """A per-run state field of a policy: `factory()` at construction and again at every `reset`;
+    not a hyperparameter (init=False), left out of repr and equality."""
+    return field(default_factory=factory, init=False, repr=False, compare=False, metadata={"run_state": True})
+
+
+def model_state(default: Any = None) -> Any:
+    """What a policy reads from the model in `bind_model` (kept across runs until the next bind);
+    not a hyperparameter, left out of repr and equality."""
+    return field(default=default, init=False, repr=False, compare=False)
 
 
 @dataclass
@@ -88,6 +102,8 @@ class Policy:
 
     budget: float | None = None
     budget_tokens: int | None = None
+    # per step: (seen, {layer: [seen, budget, common budget]}) (see `_budget_entry`)
+    _budget_cache: tuple | None = run_state()
 
     name: ClassVar[str] = ""
     observe: ClassVar[str] = "none"
@@ -150,11 +166,10 @@ class Policy:
     def _budget_entry(self, step: Step) -> list:
         """[seen, budget_for(seen, layer), common budget or None when not computed yet], cached per step
         (and per layer when `layer_budgets`)."""
-        cache = self.__dict__.get("_budget_cache")
+        cache = self._budget_cache
         layer = step.layer if self.layer_budgets else None
         if cache is None or cache[0] is not step.seen:
-            cache = (step.seen, {})
-            self.__dict__["_budget_cache"] = cache
+            cache = self._budget_cache = (step.seen, {})
         entry = cache[1].get(layer)
         if entry is None:
             entry = cache[1][layer] = [step.seen, self.budget_for(step.seen, layer), None]
@@ -197,10 +212,11 @@ class Policy:
 
     # ------------------------------------------------------------------ hooks
     def reset(self) -> None:
-        """Forget per-run state (called once per generate/score call, before the first step).
-        Subclasses that override it call `super().reset()`."""
-        for cache in ("_budget_cache", "_split_cache"):  # per-step caches (subclasses' splits too)
-            self.__dict__.pop(cache, None)
+        """Forget per-run state (called once per generate/score call, before the first step): every
+        `run_state()` field gets a fresh value. Subclasses that override it call `super().reset()`."""
+        for f in fields(self):
+            if f.metadata.get("run_state"):
+                setattr(self, f.name, f.default_factory())
 
     def bind_model(self, model) -> None:
         """Read what the policy needs from the model (a GPT or HF causal LM); called by generate/score

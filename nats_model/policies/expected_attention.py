@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from nats_model.cache import LayerStore
-from nats_model.policies.base import ScorerPolicy, Step
+from nats_model.policies.base import ScorerPolicy, Step, run_state
 from nats_model.rope import apply_rope, inv_frequencies, rope_cos_sin
 
 
@@ -34,6 +34,8 @@ class ExpectedAttentionPolicy(ScorerPolicy):
     use_vnorm: bool = True
     epsilon: float = 0.0
     rope_theta: float | None = None
+    # per layer: [count (n_seg,), sum q (n_seg, g, hd), sum q q^T (n_seg, g, hd, hd)]
+    _stats: dict = run_state(dict)
 
     name: ClassVar[str] = "expected_attention"
     protocols: ClassVar[tuple[str, ...]] = ("streaming", "prompt", "context")
@@ -54,11 +56,6 @@ class ExpectedAttentionPolicy(ScorerPolicy):
         if self.rope_theta is not None and (not isinstance(self.rope_theta, int | float) or self.rope_theta <= 0):
             raise ValueError(f"expected_attention: rope_theta must be None (from the model) or > 0, "
                              f"got {self.rope_theta!r}")
-        self.reset()
-
-    def reset(self) -> None:
-        super().reset()
-        self.__dict__["_stats"] = {}  # layer -> [count (n_seg,), sum q (n_seg, g, hd), sum q q^T (n_seg, g, hd, hd)]
 
     def _theta(self) -> float:
         if self.rope_theta is None:
@@ -72,9 +69,9 @@ class ExpectedAttentionPolicy(ScorerPolicy):
         q = apply_rope(step.q.float(), cos[:, None], sin[:, None])  # (n_seg, g, T, hd)
         use = (step.q_valid & (step.q_pos >= self.n_sink)).float()  # (n_seg, T)
         q = q * use[:, None, :, None]
-        stats = self.__dict__["_stats"].get(step.layer)
+        stats = self._stats.get(step.layer)
         if stats is None:
-            stats = self.__dict__["_stats"][step.layer] = [
+            stats = self._stats[step.layer] = [
                 torch.zeros(n_seg, device=q.device), torch.zeros(n_seg, g, hd, device=q.device),
                 torch.zeros(n_seg, g, hd, hd, device=q.device) if self.use_covariance else None]
         stats[0] += use.sum(1)
@@ -89,7 +86,7 @@ class ExpectedAttentionPolicy(ScorerPolicy):
         return angles.cos().mean(1).float(), angles.sin().mean(1).float()
 
     def score(self, store: LayerStore, step: Step) -> torch.Tensor:
-        count, q_sum, qq_sum = self.__dict__["_stats"][step.layer]
+        count, q_sum, qq_sum = self._stats[step.layer]
         n_seg, g, hd = q_sum.shape
         n = count.clamp(min=1)[:, None, None]
         mu = q_sum / n  # (n_seg, g, hd)

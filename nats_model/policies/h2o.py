@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from nats_model.cache import LayerStore
-from nats_model.policies.base import ScorerPolicy, Step
+from nats_model.policies.base import ScorerPolicy, Step, run_state
 
 
 @dataclass
@@ -26,6 +26,7 @@ class H2OPolicy(ScorerPolicy):
     """
 
     recent_ratio: float = 0.5
+    _split_cache: tuple | None = run_state()  # per step: (seen, first position of the recent window)
 
     name: ClassVar[str] = "h2o"
     observe: ClassVar[str] = "sum"
@@ -44,11 +45,10 @@ class H2OPolicy(ScorerPolicy):
     def _recent_from(self, step: Step) -> torch.Tensor:
         """Once per step (all layers share `seen`): the first position of the recent window as a
         column (n_seg, 1)."""
-        cached = self.__dict__.get("_split_cache")
+        cached = self._split_cache
         if cached is None or cached[0] is not step.seen:
             n_recent = (self.step_budget(step).double() * self.recent_ratio).floor().long()
-            cached = (step.seen, (step.seen - n_recent)[:, None])
-            self.__dict__["_split_cache"] = cached
+            cached = self._split_cache = (step.seen, (step.seen - n_recent)[:, None])
         return cached[1]
 
     def observe_step(self, store: LayerStore, step: Step) -> None:

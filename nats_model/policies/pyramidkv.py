@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from nats_model.policies.base import model_state
 from nats_model.policies.snapkv import SnapKVPolicy
 
 
@@ -23,6 +24,7 @@ class PyramidKVPolicy(SnapKVPolicy):
     """
 
     beta: float = 20.0
+    _n_layers: int | None = model_state()  # from bind_model
 
     name: ClassVar[str] = "pyramidkv"
     layer_budgets: ClassVar[bool] = True
@@ -31,7 +33,6 @@ class PyramidKVPolicy(SnapKVPolicy):
         super().__post_init__()
         if isinstance(self.beta, bool) or not isinstance(self.beta, int | float) or self.beta < 1:
             raise ValueError(f"pyramidkv: beta must be a number >= 1, got {self.beta!r}")
-        self.__dict__.setdefault("_n_layers", None)
 
     def bind_model(self, model) -> None:
         cfg = model.config
@@ -39,13 +40,13 @@ class PyramidKVPolicy(SnapKVPolicy):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"pyramidkv: cannot read the layer count from {type(cfg).__name__} "
                              "(n_layer / num_hidden_layers)")
-        self.__dict__["_n_layers"] = n
+        self._n_layers = n
 
     def budget_for(self, seen: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         uniform = super().budget_for(seen)
         if layer is None:
             return uniform
-        n_layers = self.__dict__["_n_layers"]
+        n_layers = self._n_layers
         if n_layers is None:
             raise ValueError("pyramidkv: the layer count is unknown (generate/score call bind_model(model))")
         if n_layers == 1:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from nats_model.cache import LayerStore
-from nats_model.policies.base import Policy, Step, drop_lowest
+from nats_model.policies.base import Policy, Step, drop_lowest, run_state
 
 POOLINGS = ("max", "avg")
 
@@ -36,6 +36,10 @@ class SnapKVPolicy(Policy):
     window_size: int = 32
     kernel_size: int = 7
     pooling: str = "max"
+    # per layer: the latest <= window_size prompt queries of earlier chunks, (q (n_seg, g, n, hd), q_pos,
+    # q_valid (n_seg, n)). Kept instead of their attention rows (n_seg, n, row_cap), which grow with the
+    # cache; recomputed only when the last chunk is shorter than the window.
+    _window_queries: dict = run_state(dict)
 
     name: ClassVar[str] = "snapkv"
     # one compression at the end of the prompt (today: "prompt") or of the context; no streaming form
@@ -58,24 +62,16 @@ class SnapKVPolicy(Policy):
         if self.budget_tokens is not None and self.budget_tokens <= self.window_size:
             raise ValueError(f"{self.name}: budget_tokens ({self.budget_tokens}) must exceed window_size "
                              f"({self.window_size})")
-        self.reset()
 
     @property
     def probs_rows(self) -> int:  # the observation window is all it reads of a step's probs
         return self.window_size
 
-    def reset(self) -> None:
-        super().reset()
-        # per layer: the latest <= window_size prompt queries of earlier chunks, (q (n_seg, g, n, hd),
-        # q_pos, q_valid (n_seg, n)). Kept instead of their attention rows (n_seg, n, row_cap), which
-        # grow with the cache; recomputed only when the last chunk is shorter than the window.
-        self.__dict__["_window_queries"] = {}
-
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         if not step.prefill:
             return None  # decode: appended, never evicted
         W = self.window_size
-        buf = self.__dict__["_window_queries"]
+        buf = self._window_queries
         prev = buf.pop(step.layer, None)
         if not self.compress_point(step):  # observe: remember the latest window_size queries
             latest = (step.q[:, :, -W:], step.q_pos[:, -W:], step.q_valid[:, -W:])

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from nats_model.cache import LayerStore
-from nats_model.policies.base import Policy, Step, recent_mask
+from nats_model.policies.base import Policy, Step, recent_mask, run_state
 from nats_model.rope import apply_rope, rope_cos_sin
 
 POSITION_MODES = ("original", "rerotate")
@@ -29,6 +29,7 @@ class StreamingLLMPolicy(Policy):
     n_sink: int = 4
     positions: str = "original"
     rope_theta: float | None = None
+    _split_cache: tuple | None = run_state()  # per step: see `_split`
 
     name: ClassVar[str] = "streaming_llm"
     # streaming: the paper's (evict every step); prompt/context: sinks + window once, then decode keeps evicting
@@ -64,7 +65,7 @@ class StreamingLLMPolicy(Policy):
         """Once per step (all layers share `seen`): sinks, recent, their sum (the kept count), the
         position that leaves the recent window when one more token arrives (n_seg, 1), min(recent),
         and the kept count when all segments share it (else -1)."""
-        cached = self.__dict__.get("_split_cache")
+        cached = self._split_cache
         if cached is None or cached[0] is not seen:
             keep = self.budget_for(seen).minimum(seen)
             sinks = keep.clamp(max=self.n_sink)
@@ -73,7 +74,7 @@ class StreamingLLMPolicy(Policy):
             common = lo if lo == hi else -1  # the kept count when every segment has the same
             cached = (seen, sinks, recent, keep, (seen - recent - 1)[:, None], int(recent.min()) if recent.numel() else 0,
                       common)
-            self.__dict__["_split_cache"] = cached
+            self._split_cache = cached
         return cached[1:]
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from nats_model.cache import LayerStore
-from nats_model.policies.base import ScorerPolicy, Step
+from nats_model.policies.base import ScorerPolicy, Step, model_state
 
 
 @dataclass
@@ -27,6 +27,8 @@ class TOVAPolicy(ScorerPolicy):
     Groups a sequence's KV heads by `Step.n_kv_heads` (or the count read by `bind_model`).
     """
 
+    _n_kv_heads: int | None = model_state()  # from bind_model
+
     name: ClassVar[str] = "tova"
     # streaming: the paper's (evict after every step); prompt/context: statistics accumulate without
     # eviction until the compression point, then decode keeps evicting by the same rule
@@ -38,7 +40,6 @@ class TOVAPolicy(ScorerPolicy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.__dict__["_n_kv_heads"] = None
 
     def bind_model(self, model) -> None:
         cfg = model.config
@@ -47,10 +48,10 @@ class TOVAPolicy(ScorerPolicy):
         if not isinstance(n_kv, int) or n_kv < 1:
             raise ValueError(f"tova: cannot read the KV head count from {type(cfg).__name__} "
                              "(n_kv_head / num_key_value_heads / num_attention_heads)")
-        self.__dict__["_n_kv_heads"] = n_kv
+        self._n_kv_heads = n_kv
 
     def _kv_heads(self, store: LayerStore, step: Step) -> int:
-        hkv = step.n_kv_heads or self.__dict__["_n_kv_heads"]
+        hkv = step.n_kv_heads or self._n_kv_heads
         if not hkv or store.n_seg % hkv:
             raise ValueError(f"tova: KV head count {hkv!r} unknown or not dividing {store.n_seg} segments "
                              "(the engine gives Step.n_kv_heads; else call bind_model(model))")
