@@ -16,6 +16,12 @@ the memory-true cache, `services.metrics`), seed 0 for all cells, so every polic
 `kv_bytes_physical`) summed over the cell's instances / the same sum for `full` on the same model and the same
 instances (matched by content hash). SnapKV's budget applies to the prompt only (generated tokens are
 appended), so its measured fraction sits a little above its budget; the others hold ceil(budget x seen).
+Baselines (`--baselines`): the four of the first waves by default, `all` for every registered policy but
+full and nats (adds Knorm, Expected Attention, PyramidKV, AdaKV). Protocols (`--protocols`): `default` runs
+each baseline under its own default protocol (what the first waves measured); `all` runs it under every
+compression protocol it declares (streaming / prompt / context, README "Compression protocols"; `context`
+only where the workload splits context from question, never lm_text), so "the best baseline at NAtS's
+fraction" is taken over every policy x protocol (points carry `compress`; the best is named policy/protocol).
 Intervals: Wilson 95% for accuracy; for perplexity a bootstrap 95% percentile interval (2000 resamples of the
 cell's text windows, token-weighted NLL, fixed seed).
 
@@ -38,7 +44,8 @@ lm_text@1024 cells, 24 windows each, about 7 minutes per family). `wall_s` in th
 
     .venv/bin/python benchmarks/quality_vs_kv.py [--quick] [--families gpt,tiny_llama]
         [--workloads passkey@1024,niah_multikey@512,...] [--headline passkey@1024,niah_multikey@512]
-        [--budgets 0.05,0.1,0.2,0.5] [--n-headline N] [--n-grid N] [--n-lm N] [--threads 2]
+        [--budgets 0.05,0.1,0.2,0.5|none] [--n-headline N] [--n-grid N] [--n-lm N] [--threads 2]
+        [--baselines streaming_llm,h2o,...|all] [--protocols default|all]
         [--adapter DIR]   (tiny_llama: evaluate `nats` with another adapter than models/tiny-llama-nats)
 
 Human table first; the LAST stdout line is one JSON object (`points` is what benchmarks/plots.py draws).
@@ -58,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from services.declaration import DONE  # noqa: E402 - after the path above
+from services.declaration import DONE, default_protocol  # noqa: E402 - after the path above
 
 BASELINES = ("streaming_llm", "h2o", "snapkv", "tova")
 FAMILIES = {
@@ -157,6 +164,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="torch threads (1: these small models gain nothing from more, and a second thread "
                          "thrashes when the other core is busy)")
     ap.add_argument("--seed", type=int, default=0, help="instance seed (all cells)")
+    ap.add_argument("--baselines", default=",".join(BASELINES),
+                    help="comma-separated baseline policies, or all (every registered policy but full and nats)")
+    ap.add_argument("--protocols", default="default", choices=("default", "all"),
+                    help="default: each baseline's own protocol; all: every protocol it supports")
     ap.add_argument("--adapter", default=None,
                     help="tiny_llama family: the NAtS adapter folder for `nats` (default models/tiny-llama-nats), "
                          "e.g. a candidate from `natsbench finetune` before it replaces the shipped one")
@@ -174,12 +185,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         fail("--headline: none of the headline workloads is in --workloads")
     if any(w.startswith("lm_text") for w in args.headline):
         fail("--headline: lm_text has no accuracy; allowed: passkey, niah_multikey, variable_tracking")
-    try:
-        args.budgets = sorted({float(b) for b in args.budgets.split(",") if b.strip()})
-    except ValueError:
-        fail(f"--budgets: {args.budgets!r} is not a comma-separated list of fractions in (0, 1]")
-    if not args.budgets or any(not 0 < b <= 1 for b in args.budgets):
-        fail(f"--budgets: {args.budgets!r}; allowed: fractions in (0, 1]")
+    if args.budgets.strip() == "none":  # only the baselines at NAtS's fraction
+        args.budgets = []
+    else:
+        try:
+            args.budgets = sorted({float(b) for b in args.budgets.split(",") if b.strip()})
+        except ValueError:
+            fail(f"--budgets: {args.budgets!r} is not a comma-separated list of fractions in (0, 1], or none")
+        if not args.budgets or any(not 0 < b <= 1 for b in args.budgets):
+            fail(f"--budgets: {args.budgets!r}; allowed: fractions in (0, 1], or none")
+    from nats_model import policies
+
+    known = [n for n in policies.available() if n not in ("full", "nats")]
+    wanted = known if args.baselines.strip() == "all" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    bad = [b for b in wanted if b not in known]
+    if bad or not wanted:
+        fail(f"--baselines: unknown {bad}; allowed: all, or a comma-separated list of {', '.join(known)}")
+    args.baselines = wanted
     for key in ("n_headline", "n_grid", "n_lm"):
         value = getattr(args, key)
         if value is None:
@@ -216,13 +238,15 @@ class Runner:
         return self.handles[key]
 
     def run(self, model: str, adapter: str | None, policy: str, params: dict, label: str, n: int,
-            extra: dict | None = None) -> dict:
+            extra: dict | None = None, compress: str | None = None) -> dict:
         from services.adapters import adapter_fields
         from services.evaluation import run_cell
 
         name, wparams = workload_params(label, extra)
         config = {"model": model, "policy": policy, "policy_params": params, "workload": name,
                   "workload_params": wparams, "n_examples": n, "seed": self.seed, **adapter_fields(adapter)}
+        if compress is not None:
+            config["compress"] = compress
         record = run_cell(self.handle(model, adapter), config)
         self.cells += 1
         if record["status"] != DONE:
@@ -257,7 +281,25 @@ def point(family: str, record: dict, label: str, budget, frac: float, at_nats_kv
     return {"family": family, "model": record["model"] + (" + " + record["adapter"] if record.get("adapter") else ""),
             "workload": label, "policy": record["policy"], "budget": budget, "kv_fraction": round(frac, 5),
             "value": round(value, 5), "ci_low": round(low, 5), "ci_high": round(high, 5), "metric": metric, "n": n,
-            "kept_fraction": round(record["kept_fraction"], 5), "at_nats_kv": at_nats_kv}
+            "kept_fraction": round(record["kept_fraction"], 5), "at_nats_kv": at_nats_kv,
+            "compress": record.get("compress") or (record.get("config") or {}).get("compress")
+            or default_protocol(record["policy"])}
+
+
+def protocols_for(policy: str, label: str, which: str) -> list[str | None]:
+    """The protocols a baseline runs under on a workload: [None] (its default) or every protocol it declares,
+    less `context` on a workload without a context/question split (lm_text)."""
+    if which == "default":
+        return [None]
+    from services.declaration import policy_protocols
+
+    allowed, _ = policy_protocols(policy)
+    return [c for c in allowed if not (c == "context" and label.startswith("lm_text"))]
+
+
+def label_of(p: dict) -> str:
+    """policy, or policy/protocol when the protocol is not the policy's default."""
+    return p["policy"] if p.get("compress") in (None, default_protocol(p["policy"])) else f"{p['policy']}/{p['compress']}"
 
 
 def run_family(runner: Runner, family: str, args, log) -> list[dict]:
@@ -278,12 +320,13 @@ def run_family(runner: Runner, family: str, args, log) -> list[dict]:
         nats_frac = kv_fraction(nats, full_bytes)
         points.append(log(point(family, nats, label, None, nats_frac)))
         at_nats = min(1.0, math.ceil(nats_frac * 1000 - 1e-9) / 1000)
-        for policy in BASELINES:
-            rec = runner.run(*base, policy, {"budget": at_nats}, label, n_main, extra)
-            points.append(log(point(family, rec, label, at_nats, kv_fraction(rec, full_bytes), at_nats_kv=True)))
-            for budget in args.budgets:
-                rec = runner.run(*base, policy, {"budget": budget}, label, n_grid, extra)
-                points.append(log(point(family, rec, label, budget, kv_fraction(rec, full_bytes))))
+        for policy in args.baselines:
+            for compress in protocols_for(policy, label, args.protocols):
+                rec = runner.run(*base, policy, {"budget": at_nats}, label, n_main, extra, compress)
+                points.append(log(point(family, rec, label, at_nats, kv_fraction(rec, full_bytes), at_nats_kv=True)))
+                for budget in args.budgets:
+                    rec = runner.run(*base, policy, {"budget": budget}, label, n_grid, extra, compress)
+                    points.append(log(point(family, rec, label, budget, kv_fraction(rec, full_bytes))))
     return points
 
 
@@ -301,7 +344,7 @@ def headline(points: list[dict], family: str, label: str) -> dict | None:
         "full_acc": full["value"], "full_acc_ci95": [full["ci_low"], full["ci_high"]],
         "nats_acc": nats["value"], "nats_acc_ci95": [nats["ci_low"], nats["ci_high"]],
         "nats_kv_fraction": nats["kv_fraction"],
-        "best_baseline": best["policy"], "best_baseline_acc_at_nats_kv": best["value"],
+        "best_baseline": label_of(best), "best_baseline_acc_at_nats_kv": best["value"],
         "best_baseline_acc_ci95": [best["ci_low"], best["ci_high"]],
         "best_baseline_kv_fraction": best["kv_fraction"],
         "nats_acc_over_full_acc": round(nats["value"] / full["value"], 5) if full["value"] > 0 else None,
@@ -336,7 +379,7 @@ def markdown(points: list[dict]) -> str:
     for p in points:
         if p["policy"] in ("full", "nats") or p["at_nats_kv"]:
             budget = "-" if p["budget"] is None else f"{p['budget']:g}"
-            lines.append(f"| {p['family']} | {p['workload']} | {p['policy']} | {budget} | {p['kv_fraction']:.3f} | "
+            lines.append(f"| {p['family']} | {p['workload']} | {label_of(p)} | {budget} | {p['kv_fraction']:.3f} | "
                          f"{p['value']:.3f} | {p['ci_low']:.3f}-{p['ci_high']:.3f} | {p['n']} |")
     return "\n".join(lines)
 
@@ -348,12 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     runner = Runner(args.seed)
-    print(f"{'family':<10} {'workload':<20} {'policy':<14} {'budget':>7} {'kv frac':>8} {'value':>7} "
+    print(f"{'family':<10} {'workload':<20} {'policy':<26} {'budget':>7} {'kv frac':>8} {'value':>7} "
           f"{'95% interval':>15} {'n':>4}", flush=True)
 
     def log(p: dict) -> dict:
         budget = "-" if p["budget"] is None else f"{p['budget']:g}"
-        print(f"{p['family']:<10} {p['workload']:<20} {p['policy']:<14} {budget:>7} {p['kv_fraction']:>8.3f} "
+        print(f"{p['family']:<10} {p['workload']:<20} {label_of(p):<26} {budget:>7} {p['kv_fraction']:>8.3f} "
               f"{p['value']:>7.3f} {p['ci_low']:>7.3f}-{p['ci_high']:<7.3f} {p['n']:>4}", flush=True)
         return p
 
@@ -382,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_headline": args.n_headline, "n_grid": args.n_grid, "n_lm": args.n_lm, "budgets": args.budgets,
         "workloads": args.workloads, "headline_workloads": args.headline, "lm_text_chunk_size": LM_CHUNK,
         "seed": args.seed, "threads": args.threads, "cells": runner.cells,
+        "baselines": args.baselines, "protocols": args.protocols,
         "tiny_llama_adapter": args.adapter or FAMILIES["tiny_llama"]["nats"][1],
         "wall_s": round(time.perf_counter() - t0, 1),
         "markdown_tables": [markdown(points)],

@@ -128,3 +128,23 @@ def test_bad_adapter_option_is_refused_with_one_line(tmp_path):
     assert out.returncode == 2 and "--adapter" in out.stderr and "adapter_config.json" in out.stderr
     out = _run("--families", "gpt", "--adapter", str(ROOT / "models" / "tiny-llama-nats"))
     assert out.returncode == 2 and "--adapter" in out.stderr and "tiny_llama" in out.stderr
+
+
+def test_every_protocol_of_every_chosen_baseline_is_a_point():
+    out = _run("--families", "gpt", "--workloads", "passkey@256", "--headline", "passkey@256", "--budgets", "none",
+               "--baselines", "tova,snapkv", "--protocols", "all", "--n-headline", "2", "--threads", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    at = sorted((p["policy"], p["compress"]) for p in summary["points"] if p["at_nats_kv"])
+    assert at == [("snapkv", "context"), ("snapkv", "prompt"), ("tova", "context"), ("tova", "prompt"),
+                  ("tova", "streaming")]
+    best = max((p for p in summary["points"] if p["at_nats_kv"]), key=lambda p: (p["value"], -p["kv_fraction"]))
+    assert summary["best_baseline"] == quality_vs_kv.label_of(best)
+    assert quality_vs_kv.label_of({"policy": "tova", "compress": "prompt"}) == "tova/prompt"
+    assert quality_vs_kv.label_of({"policy": "tova", "compress": "streaming"}) == "tova"
+    assert summary["baselines"] == ["tova", "snapkv"] and summary["protocols"] == "all"
+
+
+def test_unknown_baseline_is_refused():
+    proc = _run("--baselines", "tova,nope")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("--baselines: unknown ['nope']; allowed: all, or")
