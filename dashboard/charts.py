@@ -51,7 +51,9 @@ def policy_scale(policies: Sequence[str]) -> alt.Scale:
 
 def _axis(col: str) -> alt.Axis:
     fmt = {"kept_fraction": ".0%", "full_cache_fraction": ".0%", "accuracy": ".2f"}.get(col, ".2~s" if col in _BYTES else None)
-    return alt.Axis(title=AXIS_TITLES.get(col, col), format=fmt) if fmt else alt.Axis(title=AXIS_TITLES.get(col, col))
+    # labels that would overlap are dropped (a log axis labels every 100k..900k otherwise)
+    style = {"title": AXIS_TITLES.get(col, col), "labelOverlap": "greedy", "labelSeparation": 6}
+    return alt.Axis(format=fmt, **style) if fmt else alt.Axis(**style)
 
 
 def _tooltip(cols: Sequence[str]) -> list[alt.Tooltip]:
@@ -75,8 +77,22 @@ PARETO_X = ("kv_bytes_physical", "full_cache_fraction", "kept_fraction")
 # Marker fill per compression protocol (services.declaration.PROTOCOLS): streaming filled, prompt half,
 # context hollow (the stroke keeps the policy's colour).
 PROTOCOL_FILL = {"streaming": 0.9, "prompt": 0.35, "context": 0.0}
+PROTOCOL_LEGEND_RGB = "85, 85, 85"  # the protocol legend's symbols: this grey, filled as PROTOCOL_FILL says
+PROTOCOL_LEGEND_COLOR = "#555555"
 _PARETO_TIP = ("setting", "setting_params", "context_length", "base", "variant", "origin", "policy", "compress",
                "budget")
+
+
+def _protocol_fill_expr(protocols: Sequence[str]) -> str:
+    """A Vega expression: a protocol legend entry's fill (PROTOCOL_LEGEND_COLOR at the protocol's
+    PROTOCOL_FILL opacity) from its protocol (`datum.value`)."""
+    def rgba(p: str) -> str:
+        return json.dumps(f"rgba({PROTOCOL_LEGEND_RGB}, {PROTOCOL_FILL[p]})")
+
+    expr = rgba(protocols[-1])
+    for p in reversed(protocols[:-1]):
+        expr = f"datum.value === {json.dumps(p)} ? {rgba(p)} : {expr}"
+    return expr
 
 
 def pareto_data(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -92,6 +108,10 @@ def pareto_data(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
         part = with_intervals(part)
     ref = full_cache_reference(part, x, y)
     part = part.merge(ref, on=["setting", "base"], how="left")
+    # the panel: the workload setting, and the base where several bases ran it (a real model's KV bytes are
+    # orders of magnitude above a tiny model's: each base gets its own axes, its front and its full cache)
+    shared = part.groupby("setting")["base"].transform("nunique") > 1
+    part["panel"] = part["setting"].where(~shared, part["setting"] + " · " + part["base"].astype(str))
     return part.sort_values(["setting", "base", x]).reset_index(drop=True)
 
 
@@ -100,12 +120,14 @@ def pareto_chart(
     policies: Sequence[str] | None = None, log_x: bool | None = None, columns: int = 2,
 ) -> alt.FacetChart:
     """`y` against `x` per run, one panel per workload setting (workload and context length; the other
-    workload parameters in the tooltip), `columns` panels a row. Colour per policy, marker shape per
-    variant (the base, a fine-tuned checkpoint, base + adapter), marker fill per protocol; the Pareto front
-    of each base (over its variants and protocols) as a dashed line (a dash pattern per base where a panel
-    has several), the full cache as grey reference lines (its size on x, its `y`), and a dark ring on the
-    runs of each policy's best protocol where it ran several. Accuracy gets an error bar per run (Wilson
-    95%). `log_x` defaults to log when x spans more than 20x. Drawn as SVG (points readable in the page)."""
+    workload parameters in the tooltip) and base model (a setting several bases ran gets a panel per base:
+    `panel` is "setting · base" there), `columns` panels a row, each with its own x axis. Colour per
+    policy, marker shape per variant (the base, a fine-tuned checkpoint, base + adapter), marker fill per
+    protocol (its legend drawn through the opacity channel: Vega-Lite draws none for fillOpacity); the
+    Pareto front of the panel's base (over its variants and protocols) as a dashed line, the full cache as
+    grey reference lines (its size on x, its `y`), and a dark ring on the runs of each policy's best
+    protocol where it ran several. Accuracy gets an error bar per run (Wilson 95%). `log_x` defaults to
+    log when x spans more than 20x. Drawn as SVG (points readable in the page)."""
     if x not in PARETO_X:
         raise ValueError(f"pareto x={x!r}: use one of {', '.join(PARETO_X)}")
     data = pareto_data(df, x, y)
@@ -117,14 +139,19 @@ def pareto_chart(
                       legend=alt.Legend(title="policy", orient="right"))
     protocols = [p for p in PROTOCOLS if p in set(data["compress"])] or list(PROTOCOLS)
     fill = alt.FillOpacity("compress:N", scale=alt.Scale(domain=protocols, range=[PROTOCOL_FILL[p] for p in protocols]),
-                           legend=alt.Legend(title="protocol", orient="right", symbolStrokeWidth=2))
-    several_bases = data["base"].nunique() > 1
+                           legend=None)
+    # Vega-Lite draws no legend for fillOpacity: the protocol legend comes from the opacity channel on the
+    # same field (every protocol at the points' opacity 0.9), its symbols filled as the points are.
+    protocol_legend = alt.Opacity("compress:N", scale=alt.Scale(domain=protocols, range=[0.9] * len(protocols)),
+                                  legend=alt.Legend(title="protocol", orient="right", symbolStrokeWidth=2,
+                                                    symbolStrokeColor=PROTOCOL_LEGEND_COLOR, symbolOpacity=1,
+                                                    symbolFillColor=alt.ExprRef(_protocol_fill_expr(protocols))))
     tips = [*_PARETO_TIP, y, "kv_bytes_physical", "full_cache_fraction", "kept_fraction", "on_front",
             "best_protocol", "seed", "sweep", "run_key"]
-    points = alt.Chart().mark_point(filled=True, opacity=0.9, strokeWidth=1.5).encode(
+    points = alt.Chart().mark_point(filled=True, strokeWidth=1.5).encode(
         x=alt.X(f"{x}:Q", scale=xscale, axis=_axis(x)),
         y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False), axis=_axis(y)),
-        color=color, fillOpacity=fill,
+        color=color, fillOpacity=fill, opacity=protocol_legend,
         shape=alt.Shape("variant:N", legend=alt.Legend(title="model (variant)", orient="right")),
         size=alt.condition("datum.best_protocol", alt.value(150), alt.value(80)),
         tooltip=_tooltip(list(dict.fromkeys(tips))),
@@ -132,11 +159,9 @@ def pareto_chart(
     best = alt.Chart().transform_filter("datum.best_protocol").mark_point(
         filled=False, size=320, color="#222222", strokeWidth=1.2, opacity=0.8,
     ).encode(x=f"{x}:Q", y=f"{y}:Q")
-    dash = (alt.StrokeDash("base:N", legend=alt.Legend(title="front of base", orient="right"))
-            if several_bases else alt.value([5, 3]))
     frontier = alt.Chart().transform_filter("datum.on_front").mark_line(
         color="#333333", strokeWidth=1.5, interpolate="step-after",
-    ).encode(x=f"{x}:Q", y=f"{y}:Q", detail="base:N", order=f"{x}:Q", strokeDash=dash)
+    ).encode(x=f"{x}:Q", y=f"{y}:Q", detail="base:N", order=f"{x}:Q", strokeDash=alt.value([5, 3]))
     ref_style = {"color": "#999999", "strokeWidth": 1, "strokeDash": [2, 2]}
     full_x = alt.Chart().mark_rule(**ref_style).encode(x="mean(x_full):Q", detail="base:N",
                                                        tooltip=[alt.Tooltip("base:N", title="full cache of")])
@@ -152,15 +177,15 @@ def pareto_chart(
                 alt.Tooltip("n_examples:Q", format="d", title="examples")],
         )
         layers = [full_x, full_y, frontier, errorbars, points, best]
-    # panels by workload, then context length as a number (512 before 1024)
-    order = data.sort_values(["workload", "context_length"])["setting"].drop_duplicates().tolist()
+    # panels by workload, then context length as a number (512 before 1024), then base
+    order = data.sort_values(["workload", "context_length", "base"])["panel"].drop_duplicates().tolist()
     return alt.layer(*layers, data=data).properties(width=300, height=230).facet(
-        facet=alt.Facet("setting:N", title=None, header=alt.Header(labelFontSize=13, labelFontWeight="bold"),
+        facet=alt.Facet("panel:N", title=None, header=alt.Header(labelFontSize=13, labelFontWeight="bold"),
                         sort=order),
         columns=columns,
-    ).properties(
-        title=f"{AXIS_TITLES.get(y, y)} vs {AXIS_TITLES.get(x, x)}: a panel per workload setting, dashed: "
-              "the Pareto front of each base model, grey: the full cache",
+    ).resolve_scale(x="independent").properties(
+        title=f"{AXIS_TITLES.get(y, y)} vs {AXIS_TITLES.get(x, x)}: a panel per workload setting and base "
+              "model, dashed: the base's Pareto front, grey: the full cache",
         usermeta={"embedOptions": {"renderer": "svg"}},
     )
 

@@ -62,10 +62,16 @@ def _as_dict(value: Any) -> dict:
 
 
 def model_label(model: str | None, adapter: str | None) -> str | None:
-    """The dashboard's name of a model: "base + adapter-folder-name" with an adapter, else the base."""
+    """The dashboard's name of a model: "base + adapter-folder-name" with an adapter (a base given as a
+    folder path by its folder name: models/smollm2-135m-instruct + its adapter is the variant
+    "smollm2-135m-instruct + smollm2-135m-nats", as services.model_base names it), else the model as named."""
     if not adapter or model is None:
         return model
-    return f"{model} + {str(adapter).rstrip('/').rsplit('/', 1)[-1]}"
+
+    def folder_name(path: str) -> str:
+        return str(path).rstrip("/").rsplit("/", 1)[-1] or str(path)
+
+    return f"{folder_name(model)} + {folder_name(adapter)}"
 
 
 def protocol_of(policy: str, compress: str | None) -> str:

@@ -22,7 +22,8 @@ def _layers(spec: dict) -> list[dict]:
 
 def test_pareto_chart_spec(df):
     spec = charts.pareto_chart(df, "kv_bytes_physical", "accuracy").to_dict()
-    assert spec["facet"]["field"] == "setting"  # a panel per workload + context length
+    assert spec["facet"]["field"] == "panel"  # a panel per workload + context length (one base here)
+    assert spec["resolve"]["scale"]["x"] == "independent"  # each panel its own bytes axis
     assert spec["usermeta"]["embedOptions"]["renderer"] == "svg"
     rows = _dataset(spec)
     assert {r["setting"] for r in rows} == {"passkey @256", "passkey @512", "passkey @1024", "kv_recall @512"}
@@ -36,6 +37,7 @@ def test_pareto_chart_spec(df):
     assert best["transform"] == [{"filter": "datum.best_protocol"}]
     assert points["encoding"]["shape"]["field"] == "variant"
     assert points["encoding"]["fillOpacity"]["field"] == "compress"
+    assert {r["panel"] for r in rows} == {r["setting"] for r in rows}
     for r in rows:  # the full cache's reference: its bytes in the same setting, its accuracy
         full = [f["accuracy"] for f in rows if f["setting"] == r["setting"] and f["policy"] == "full"]
         assert r["x_full"] == pytest.approx(r["kv_bytes_full"]) and r["y_full"] == pytest.approx(sum(full) / len(full))
@@ -58,6 +60,39 @@ def test_pareto_chart_spec(df):
                 front[["setting", "policy", "budget", "kv_bytes_physical"]].itertuples(index=False)}
     assert flagged == expected
     assert points["encoding"]["x"]["scale"]["type"] == "log"  # bytes span > 20x
+
+
+def test_pareto_protocol_legend_and_a_panel_per_base():
+    """The protocol legend: Vega-Lite draws none for fillOpacity, so the opacity channel carries it (the
+    same field, every protocol at the points' 0.9) with each entry filled at its protocol's PROTOCOL_FILL.
+    A setting two bases ran gets a panel per base (the demo: passkey @1024 on tiny-base and SmolLM2)."""
+    from fixture_runs import _demo_record, demo_records
+
+    smol = [_demo_record("smollm2-135m-instruct", None, p, b, "passkey", 1024, k, a)
+            for p, b, k, a in (("full", None, 1.0, 1.0), ("tova", 0.25, 0.25, 1.0))]
+    smol.append(_demo_record("models/smollm2-135m-instruct", "models/smollm2-135m-nats", "nats", None,
+                             "passkey", 1024, 0.03, 1.0))
+    frame = data.records_frame(demo_records() + smol)
+    spec = charts.pareto_chart(frame).to_dict()
+    points = _layers(spec)[4]
+    assert points["encoding"]["fillOpacity"]["legend"] is None
+    legend = points["encoding"]["opacity"]
+    assert legend["field"] == "compress" and legend["legend"]["title"] == "protocol"
+    assert legend["scale"] == {"domain": ["streaming", "prompt", "context"], "range": [0.9, 0.9, 0.9]}
+    fill = legend["legend"]["symbolFillColor"]["expr"]
+    for protocol, opacity in charts.PROTOCOL_FILL.items():
+        assert f'datum.value === "{protocol}"' in fill or protocol == "context"
+        assert f"rgba({charts.PROTOCOL_LEGEND_RGB}, {opacity})" in fill
+    rows = _dataset(spec)
+    panels = {r["panel"] for r in rows}
+    assert panels == {"niah_multikey @512", "niah_multikey @1024", "passkey @512",
+                      "passkey @1024 · tiny-base", "passkey @1024 · smollm2-135m-instruct"}
+    for panel in panels:
+        assert len({(r["base"], r["context_length"]) for r in rows if r["panel"] == panel}) == 1
+    nats = [r for r in rows if r["base"] == "smollm2-135m-instruct" and r["policy"] == "nats"]
+    assert [r["variant"] for r in nats] == ["smollm2-135m-instruct + smollm2-135m-nats"] and nats[0]["on_front"]
+    assert spec["facet"]["sort"] == ["niah_multikey @512", "niah_multikey @1024", "passkey @512",
+                                     "passkey @1024 · smollm2-135m-instruct", "passkey @1024 · tiny-base"]
 
 
 def test_pareto_chart_perplexity_and_kept_fraction(df):
