@@ -204,8 +204,9 @@ class LayerStore:
             for a in self.aux.values():
                 a.index_fill_(0, dst, 0)
             self._set_lens(new_lens, self.kept_total + n_seg, self.free_min - 1, common)
-            # what slot dst now holds, for an eviction in the same step (evict_one copies from these)
-            self._decode_new = (dst, k0, v0, p0)
+            # what slot dst now holds, for an eviction in the same step (evict_one copies from these);
+            # with the lens it made: while they are current, dst is every segment's last slot
+            self._decode_new = (dst, k0, v0, p0, self._lens)
             return dst[:, None]
         self._decode_new = None
         n_new = valid.sum(1)
@@ -257,18 +258,22 @@ class LayerStore:
         common = self._common if self._common is not None and self._common > 0 else None
         # (n_seg,) flat slot of each segment's last token (an empty segment, e.g. a sequence still in
         # its left padding, points at its first slot and copies nothing: it has no drop)
-        last = self._common_consts(common - 1)[1] if common is not None \
-            else self.offsets + (self._lens - 1).clamp(min=0)
+        new, self._decode_new = self._decode_new, None
+        if common is not None:
+            last = self._common_consts(common - 1)[1]
+        elif new is not None and new[4] is self._lens:
+            last = new[0]  # this step's append wrote every segment's last slot (no other change since)
+        else:
+            last = self.offsets + (self._lens - 1).clamp(min=0)
         if n_drop == self.n_seg:
             hole = self.offsets + row_slot
         else:
             hole = torch.where(drop, self.offsets + row_slot, last)  # rows without a drop copy onto themselves
-        new, self._decode_new = self._decode_new, None
         if new is not None and new[0] is last:
             # every segment's last slot holds the token this step's append wrote there (same length
             # tensor object => no other change since): copy K, V, position from the append's inputs;
             # aux from the store (the policy may have set the new token's fields)
-            for t, src in zip((self.k, self.v, self.pos), new[1:], strict=True):
+            for t, src in zip((self.k, self.v, self.pos), new[1:4], strict=True):
                 t.index_copy_(0, hole, src)
             for t in self.aux.values():
                 t.index_copy_(0, hole, t.index_select(0, last))

@@ -61,3 +61,47 @@ def attend_uniform_decode(store: LayerStore, q: torch.Tensor, scale: float, obse
     if observe == "sum":
         return o.view(n_seg, g, 1, hd), p4.sum(dim=(1, 2)), None
     return o.view(n_seg, g, 1, hd), None, p4
+
+
+# ------------------------------------------- heads of unequal counts: one packed call, no per-group loop
+PACKED_MAX_SEGMENTS = 8  # the packed call scores every query head against every segment's slots
+
+
+def packed_ready(store: LayerStore, T: int, prefill: bool, all_valid: bool, sliding_window: int | None) -> bool:
+    """True when `attend_packed_decode` computes the step's attention (a plain one-token decode step
+    over a store whose segments differ in capacity or count, few enough segments that scoring the
+    whole flat buffer costs less than one call per capacity group)."""
+    return (T == 1 and not prefill and all_valid and sliding_window is None
+            and 0 < store.n_seg <= PACKED_MAX_SEGMENTS and store.capacity > 0)
+
+
+def packed_invalid(store: LayerStore) -> torch.Tensor:
+    """(n_seg, capacity) bool: flat slot j does NOT hold a kept token of segment s (cached until `lens`
+    or the layout change). Built from a per-layout table of each slot's place inside each segment."""
+    cached = store.__dict__.get("_packed_invalid")
+    lens = store.lens
+    if cached is not None and cached[0] is lens and cached[1] is store.offsets:
+        return cached[2]
+    rel = store.__dict__.get("_packed_rel")
+    if rel is None or rel[0] is not store.offsets or rel[1].shape[1] != store.capacity:
+        j = torch.arange(store.capacity, device=store.device)
+        r = j[None, :] - store.offsets[:, None]
+        r = torch.where(r >= 0, r, torch.iinfo(torch.long).max)  # before the segment: never valid
+        rel = (store.offsets, r)
+        store.__dict__["_packed_rel"] = rel
+    invalid = rel[1] >= lens[:, None]
+    store.__dict__["_packed_invalid"] = (lens, store.offsets, invalid)
+    return invalid
+
+
+def attend_packed_decode(store: LayerStore, q: torch.Tensor, scale: float) -> torch.Tensor:
+    """q (n_seg, g, 1, hd) over each segment's own kept slots -> out (n_seg, g, 1, hd): one scores
+    matmul of every query head against the flat K buffer, the slots of other segments and the
+    unoccupied ones set to -inf, one softmax, one matmul with V. The attention of
+    `nats_model.generate.attend_store` to float rounding."""
+    n_seg, g, _, hd = q.shape
+    invalid = packed_invalid(store)
+    s = F.linear(q.reshape(n_seg * g, hd) * scale, store.k)  # (n_seg * g, capacity)
+    s.view(n_seg, g, -1).masked_fill_(invalid[:, None, :], float("-inf"))
+    p = torch.softmax(s, -1) if s.dtype == torch.float32 else torch.softmax(s, -1, dtype=torch.float32)
+    return torch.mm(p.to(store.v.dtype), store.v).view(n_seg, g, 1, hd)

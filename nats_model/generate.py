@@ -30,7 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from nats_model.cache import KVCache, LayerStore
-from nats_model.decode_attention import attend_uniform_decode, uniform_decode_ready
+from nats_model.decode_attention import (
+    attend_packed_decode,
+    attend_uniform_decode,
+    packed_ready,
+    uniform_decode_ready,
+)
 from nats_model.kernels.decode import use_decode_kernel, varlen_decode_attention
 from nats_model.policies.base import PROTOCOLS, Policy, Step
 from nats_model.prefill_attention import (
@@ -151,6 +156,10 @@ class KVEngine:
                                            store.lens, st["pos_seg"][:, 0], scale, sliding_window,
                                            max_len=store.row_cap)
             out = o.view(n_seg, g, 1, hd)
+        elif (self.fast_masks and self.policy.masks_attention and visible is None and self.policy.observe == "none"
+              and packed_ready(store, T, st["prefill"], st["all_valid"], sliding_window)):
+            # heads of unequal counts (NAtS decode): one packed call over the flat store, no per-group loop
+            out = attend_packed_decode(store, qs, scale)
         else:
             out, step.attn_sum, step.probs = attend_store(
                 store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"], scale, sliding_window,

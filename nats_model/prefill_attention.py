@@ -198,86 +198,102 @@ def attend_visible_until(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor
     visibility is an interval per key: slot j is visible to query position m iff pos[j] <= m <=
     until[j] (`until (n_seg, row_cap)` long, -1 for unoccupied slots; NAtS `visible_until`).
     The same result as `nats_model.generate.attend_store` with the dense `visible` mask, to float
-    rounding, without a (T, row_cap) mask: per segment,
+    rounding, without a (T, row_cap) mask. Per segment and block of `block` queries (positions
+    p_a..p_b), the keys fall in three sets:
 
-    - the kept slots before the chunk that every real query of the chunk sees (pos <= first query,
-      until >= last query: Global tokens, Local ones no Global of the chunk ends) in one fused flash
-      call without a mask, the GQA group's query heads folded into query rows;
-    - the others (kept slots with a bound inside the chunk, and the chunk's own tokens) per block of
-      `block` queries against the slots that block can reach causally, with an additive mask of
-      (block, reached slots);
+    - free: kept slots before the chunk that every query of the chunk sees (until >= the chunk's last
+      query: Global tokens, Local ones no Global of the chunk ends) and the chunk's own slots before
+      `cut` with that bound: one fused flash call without a mask (the GQA group's query heads folded
+      into query rows) over a prefix of one buffer built once per chunk;
+    - masked: the chunk's slots from `cut` to the block's last query (contiguous in the store), plus
+      the kept slots with a bound inside the chunk while any of them reaches p_a: one flash call with
+      an additive (block, those keys) mask;
+    - hidden: everything else (the chunk's slots before `cut` whose bound ends before p_a, i.e. expired
+      window tokens), never read. `cut` = min(block start, the first chunk slot with a bound inside
+      the chunk that reaches p_a).
 
-    merged by their log-sum-exp. Needs the `KVEngine` invariant (the chunk's real tokens were just
-    appended in order after the kept slots, real queries a suffix of each row: left padding).
-    Returns out (n_seg, g, T, hd), zero for padding queries."""
+    The two calls are merged by their log-sum-exp. Needs the `KVEngine` invariant (the chunk's real
+    tokens were just appended in order after the kept slots, real queries a suffix of each row: left
+    padding). Returns out (n_seg, g, T, hd), zero for padding queries."""
+    import bisect
+
     n_seg, g, T, hd = q.shape
     out = q.new_zeros(n_seg, g, T, hd)
     lens = store.lens.tolist()
     offsets = store.offsets.tolist()
     m_seg = [T] * n_seg if all_valid else q_valid.sum(1).tolist()
-    neg = float("-inf")
+    cpu_flash = _CPU_FLASH is not None and q.device.type == "cpu"
     for s in range(n_seg):
         L, m = lens[s], m_seg[s]
         if m == 0 or L == 0:
             continue
         L0, off = L - m, offsets[s]
-        K, V, P = store.k[off:off + L], store.v[off:off + L], store.pos[off:off + L]
-        U = until[s, :L]
+        K, V, P, U = store.k[off:off + L], store.v[off:off + L], store.pos[off:off + L], until[s, :L]
         qpos = q_pos[s, T - m:]  # (m,) the real queries' positions, increasing
         qs = q[s, :, T - m:]  # (g, m, hd)
+        starts = list(range(0, m, block))
+        pa = qpos[starts]  # (n_blocks,) each block's first query position
         p_last = int(qpos[-1])
-        o_all = lse_all = None
+        Uc = U[L0:]
+        long_c = Uc >= p_last  # chunk slots visible from their own position to the chunk's end
+        ll_idx = long_c.nonzero()[:, 0]
+        short_idx = (~long_c).nonzero()[:, 0]
+        if short_idx.numel():  # per block: the first short-lived chunk slot that reaches its first query
+            reach = Uc.index_select(0, short_idx)[None, :] >= pa[:, None]  # (n_blocks, n_short)
+            first = torch.where(reach.any(1), short_idx.index_select(0, reach.to(torch.uint8).argmax(1)), m)
+            cuts = torch.minimum(first, torch.tensor(starts, device=q.device)).tolist()
+        else:
+            cuts = starts
+        free_parts_k, free_parts_v = [], []
+        n_free0 = 0
+        Kb = Vb = Pb = Ub = None  # the prior slots with a bound inside the chunk
         if L0:
-            seen_all = U[:L0] >= p_last  # prior slots precede every query: bounded by `until` only
-            n_all = int(seen_all.sum())
-            if n_all:
-                if n_all == L0:
-                    KA, VA = K[:L0], V[:L0]
-                    bounded = None
-                else:
-                    idx = seen_all.nonzero()[:, 0]
-                    KA, VA = K.index_select(0, idx), V.index_select(0, idx)
-                    bounded = (~seen_all).nonzero()[:, 0]
-                o_all, lse_all = _CPU_FLASH(qs.reshape(1, 1, g * m, hd), KA[None, None], VA[None, None], 0.0,
-                                            False, scale=scale) if _CPU_FLASH is not None and q.device.type == "cpu" \
-                    else _sdpa_lse(qs.reshape(1, 1, g * m, hd), KA[None, None], VA[None, None], None, scale)
-                o_all, lse_all = o_all.view(g, m, hd), lse_all.view(g, m)
+            free0 = U[:L0] >= p_last
+            n_free0 = int(free0.sum())
+            if n_free0 == L0:
+                free_parts_k.append(K[:L0])
+                free_parts_v.append(V[:L0])
             else:
-                bounded = torch.arange(L0, device=q.device)
-        else:
-            bounded = None
-        # the bounded part: prior slots with a bound inside the chunk, then the chunk's own slots
-        if bounded is None:
-            KB, VB, PB, UB = K[L0:], V[L0:], P[L0:], U[L0:]
-            nb = 0
-        else:
-            nb = bounded.numel()
-            KB = torch.cat([K.index_select(0, bounded), K[L0:]])
-            VB = torch.cat([V.index_select(0, bounded), V[L0:]])
-            PB = torch.cat([P.index_select(0, bounded), P[L0:]])
-            UB = torch.cat([U.index_select(0, bounded), U[L0:]])
-        o_b = q.new_empty(g, m, hd)
-        lse_b = torch.empty(g, m, dtype=torch.float32, device=q.device)
-        for a in range(0, m, block):
+                if n_free0:
+                    idx = free0.nonzero()[:, 0]
+                    free_parts_k.append(K.index_select(0, idx))
+                    free_parts_v.append(V.index_select(0, idx))
+                bidx = (~free0).nonzero()[:, 0]
+                Kb, Vb, Pb, Ub = (t.index_select(0, bidx) for t in (K, V, P, U))
+        ub_max = int(Ub.max()) if Ub is not None else -1
+        if ll_idx.numel():
+            free_parts_k.append(K[L0:].index_select(0, ll_idx))
+            free_parts_v.append(V[L0:].index_select(0, ll_idx))
+        KF = torch.cat(free_parts_k) if len(free_parts_k) > 1 else (free_parts_k[0] if free_parts_k else None)
+        VF = torch.cat(free_parts_v) if len(free_parts_v) > 1 else (free_parts_v[0] if free_parts_v else None)
+        ll_list = ll_idx.tolist()
+        pa_list = pa.tolist()
+        for a, cut, p_a in zip(starts, cuts, pa_list, strict=True):
             b = min(m, a + block)
-            n_keys = nb + b  # the chunk's slots after query b - 1 are later than every query of the block
+            bm = b - a
+            n_free = n_free0 + bisect.bisect_left(ll_list, cut)
+            qb = qs[:, a:b]  # (g, bm, hd)
+            Km, Vm, Pm, Um = K[L0 + cut:L0 + b], V[L0 + cut:L0 + b], P[L0 + cut:L0 + b], U[L0 + cut:L0 + b]
+            if ub_max >= p_a:  # some prior bounded slot is still visible to this block
+                Km, Vm, Pm, Um = torch.cat([Kb, Km]), torch.cat([Vb, Vm]), torch.cat([Pb, Pm]), torch.cat([Ub, Um])
             rows = qpos[a:b, None]
-            hide = (rows > UB[None, :n_keys]) | (rows < PB[None, :n_keys])
-            add = torch.zeros(b - a, n_keys, dtype=q.dtype, device=q.device).masked_fill_(hide, neg)
-            kk = KB[None, None, :n_keys].expand(1, g, n_keys, hd)
-            vv = VB[None, None, :n_keys].expand(1, g, n_keys, hd)
-            if _CPU_FLASH is not None and q.device.type == "cpu":
-                o, lse = _CPU_FLASH(qs[None, :, a:b], kk, vv, 0.0, False, attn_mask=add[None, None], scale=scale)
+            add = torch.where((rows > Um[None]) | (rows < Pm[None]), float("-inf"), 0.0).to(q.dtype)
+            nk = Km.shape[0]
+            kk, vv = Km[None, None].expand(1, g, nk, hd), Vm[None, None].expand(1, g, nk, hd)
+            if cpu_flash:
+                o_m, l_m = _CPU_FLASH(qb[None], kk, vv, 0.0, False, attn_mask=add[None, None], scale=scale)
             else:
-                o, lse = _sdpa_lse(qs[None, :, a:b], kk, vv, add[None, None], scale)
-            o_b[:, a:b] = o[0]
-            lse_b[:, a:b] = lse[0]
-        if o_all is None:
-            out[s, :, T - m:] = o_b
-        else:
-            lse = torch.logaddexp(lse_all, lse_b)
-            out[s, :, T - m:] = (o_all.float() * (lse_all - lse).exp_()[..., None]
-                                 + o_b.float() * (lse_b - lse).exp_()[..., None]).to(q.dtype)
+                o_m, l_m = _sdpa_lse(qb[None], kk, vv, add[None, None], scale)
+            o_m, l_m = o_m[0], l_m[0]  # (g, bm, hd), (g, bm)
+            if n_free:
+                qf = qb.reshape(1, 1, g * bm, hd)
+                kf, vf = KF[None, None, :n_free], VF[None, None, :n_free]
+                o_f, l_f = _CPU_FLASH(qf, kf, vf, 0.0, False, scale=scale) if cpu_flash \
+                    else _sdpa_lse(qf, kf, vf, None, scale)
+                o_f, l_f = o_f.view(g, bm, hd), l_f.view(g, bm)
+                lse = torch.logaddexp(l_f, l_m)
+                o_m = (o_f.float() * (l_f - lse).exp_()[..., None] + o_m.float() * (l_m - lse).exp_()[..., None])
+            out[s, :, T - m + a:T - m + b] = o_m
     return out
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from nats_model.cache import LayerStore
+from nats_model.decode_attention import packed_invalid, packed_ready
 from nats_model.mask import GLOBAL, LOCAL, SLIDING
 from nats_model.policies.base import Policy, Step, drop_lowest
 from nats_model.scorer import infer_types
@@ -101,8 +103,11 @@ class NatsPolicy(Policy):
         # per layer: last completed Global chunk (n_seg,) and logit sum of the unfinished chunk (n_seg, 3)
         self.__dict__["_state"] = {}
         self.__dict__["_typed_step"] = (None, None)
+        self.__dict__.pop("_until_step", None)
         self.__dict__.pop("_leaving", None)
         self.__dict__.pop("_decode_pos", None)
+        # the packed decode eviction (`_select_decode_packed`); NATSBENCH_FAST_MASKS=0: the row-form rule
+        self.__dict__["_fast"] = os.environ.get("NATSBENCH_FAST_MASKS", "1") != "0"
 
     def visible(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         """(n_seg, T, row_cap): the rule of docs/METHOD.md ("Visibility") for every query of a chunk,
@@ -158,7 +163,9 @@ class NatsPolicy(Policy):
         bound = torch.where(typ == GLOBAL, VISIBLE_ALWAYS,
                             torch.where(typ == SLIDING, pos + window, local_end))
         bound = torch.maximum(bound, unit_end - 1)
-        return torch.where(store.valid_rows(), bound, -1)
+        until = torch.where(store.valid_rows(), bound, -1)
+        self.__dict__["_until_step"] = (step, until)  # `select` reads the rule's keep set off it
+        return until
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         window, _, _ = self.settings()
@@ -168,9 +175,12 @@ class NatsPolicy(Policy):
         if ty.get("decode"):
             return self._select_decode(store, step, ty, window)
         occupied, typ, pos, cid, seen = store.valid_rows(), ty["typ"], ty["pos"], ty["cid"], step.seen
-        # what a query at position seen (= t+1) may see
-        keep = occupied & ((typ == GLOBAL) | ((typ == LOCAL) & (cid > ty["last_global"][:, None]))
-                           | ((typ == SLIDING) & (pos >= (seen - window)[:, None])))
+        until_step, until = self.__dict__.get("_until_step", (None, None))
+        if until_step is step:  # `visible_until` ran for this step: the slots a query at seen may see
+            keep = until >= seen[:, None]
+        else:  # what a query at position seen (= t+1) may see
+            keep = occupied & ((typ == GLOBAL) | ((typ == LOCAL) & (cid > ty["last_global"][:, None]))
+                               | ((typ == SLIDING) & (pos >= (seen - window)[:, None])))
         if self.budget is not None or self.budget_tokens is not None:
             keep = self._cap(keep, typ, pos, self.step_budget(step))
         if bool((keep.sum(1) == store.lens).all()):
@@ -243,7 +253,7 @@ class NatsPolicy(Policy):
         Global bias, position 0 Global), write its slot's order key, move the last Global position."""
         q_pos, first = self._decode_positions(step.q_pos)
         bias_row, key_base = self._decode_consts(bias, logits.device)
-        types = (logits + bias_row).argmax(-1)  # infer_types for one token
+        types = (logits + bias_row if bias else logits).argmax(-1)  # infer_types for one token
         if first is not None:  # position 0 is Global
             types.masked_fill_(first, GLOBAL)
         last_global = torch.where(types == GLOBAL, q_pos, last_before)
@@ -283,6 +293,8 @@ class NatsPolicy(Policy):
         occupied slots only (a slice when every segment holds the same count)."""
         n = store.common_len()
         capped = self.budget is not None or self.budget_tokens is not None
+        if n < 0 and not capped and self.__dict__["_fast"] and packed_ready(store, 1, False, True, None):
+            return self._select_decode_packed(store, step, ty, window)
         if n >= 0:
             # After the previous step a head held exactly what the rule lets the next query see, so
             # this step's rule can only drop (a) Local tokens, when the new token is Global: their
@@ -291,11 +303,7 @@ class NatsPolicy(Policy):
             # Without either, the cap candidate is the row's lowest order key.
             keys = store.rows(store.aux["nats_order"])[:, :n]
             low, candidate = keys.min(1)
-            cached = self.__dict__.get("_leaving")  # the order key of (b), once per step (all layers)
-            if cached is None or cached[0] is not step.seen:
-                cached = (step.seen, (2 * _RANK_STEP - window - 1 + step.seen)[:, None])
-                self.__dict__["_leaving"] = cached
-            leaving = cached[1]
+            leaving = self._leaving_key(step, window)  # the order key of (b), once per step (all layers)
             if not bool(((low <= ty["last_global"]) | (keys == leaving).any(1)).any()):
                 if not capped:
                     return None
@@ -321,6 +329,34 @@ class NatsPolicy(Policy):
         if n >= 0 and n < store.row_cap:  # back to full rows
             keep = torch.nn.functional.pad(keep, (0, store.row_cap - n))
         return keep
+
+    def _leaving_key(self, step: Step, window: int) -> torch.Tensor:
+        """(n_seg, 1): the order key of the Sliding-window token that leaves the window at this
+        step (position seen - W - 1), once per step (all layers share it)."""
+        cached = self.__dict__.get("_leaving")
+        if cached is None or cached[0] is not step.seen:
+            cached = (step.seen, (2 * _RANK_STEP - window - 1 + step.seen)[:, None])
+            self.__dict__["_leaving"] = cached
+        return cached[1]
+
+    def _select_decode_packed(self, store: LayerStore, step: Step, ty: dict, window: int) -> torch.Tensor | None:
+        """`_select_decode` without a cap for heads of unequal counts, on the flat store (no row
+        gathers): after the previous step every head held exactly what the rule lets the next query
+        see, so the only drops are (a) its Local tokens when the new token is Global (their order keys
+        are their positions, <= the new last Global) and (b) the Sliding token leaving the window.
+        Both are one comparison of the flat order keys against per-segment values, restricted to each
+        segment's occupied slots (`packed_invalid`, shared with the step's attention)."""
+        invalid = packed_invalid(store)  # (n_seg, capacity)
+        keys = store.aux["nats_order"][None, :]
+        hit = (keys == self._leaving_key(step, window)) | (keys <= ty["last_global"][:, None])
+        drop = hit > invalid  # hit and occupied by the segment (bool: True > False only)
+        n_drop = drop.sum(1)
+        most = int(n_drop.max())
+        if most == 0:
+            return None
+        if most == 1:  # the usual step: at most the leaving window token per head
+            return torch.where(n_drop > 0, drop.to(torch.uint8).argmax(1) - store.offsets, -1)
+        return store.valid_rows() & ~drop.gather(1, store.row_index)  # row form
 
     @staticmethod
     def order_key(typ: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -168,3 +168,44 @@ def test_visible_until_is_the_dense_rule_and_attention_matches(tiny_nats, chunk_
 
 def test_build_registry_policy_is_the_fast_one():
     assert hasattr(build("nats"), "visible_until")
+
+
+def test_fast_paths_are_the_ones_that_ran(monkeypatch, tiny_nats):
+    """The end-to-end comparisons above exercise the fast paths: prefill through `attend_visible_until`,
+    decode through the packed attention and the packed eviction (heads of unequal counts)."""
+    import nats_model.decode_attention as da
+
+    calls = {"prefill": 0, "attend": 0, "select": 0}
+
+    def count(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(gen, "attend_visible_until", count("prefill", gen.attend_visible_until))
+    monkeypatch.setattr(gen, "attend_packed_decode", count("attend", da.attend_packed_decode))
+    monkeypatch.setattr(NatsPolicy, "_select_decode_packed", count("select", NatsPolicy._select_decode_packed))
+    ids = torch.randint(0, 256, (1, 700), generator=torch.Generator().manual_seed(2))
+    generate(tiny_nats, ids, NatsPolicy(), max_new_tokens=6, prefill_chunk_size=256)
+    assert calls["prefill"] == 3 * 3  # 3 layers x 3 chunks
+    assert calls["attend"] > 0 and calls["select"] > 0
+
+
+def test_packed_decode_attention_matches_the_group_path():
+    from nats_model.cache import LayerStore
+    from nats_model.decode_attention import attend_packed_decode
+
+    g = torch.Generator().manual_seed(0)
+    store = LayerStore(4, 16, torch.float32, torch.device("cpu"))
+    lens = [30, 5, 61, 17]
+    T = max(lens)
+    k, v = torch.randn(4, T, 16, generator=g), torch.randn(4, T, 16, generator=g)
+    pos = torch.arange(T).expand(4, T)
+    valid = torch.arange(T)[None, :] >= (T - torch.tensor(lens))[:, None]
+    store.append(k, v, pos, valid)
+    assert not store.uniform or store.common_len() < 0
+    q = torch.randn(4, 2, 1, 16, generator=g)
+    ref, _, _ = attend_store(store, q, torch.full((4, 1), T), torch.ones(4, 1, dtype=torch.bool), True, 0.25, None,
+                             "none", decode=True)
+    torch.testing.assert_close(attend_packed_decode(store, q, 0.25), ref, atol=1e-6, rtol=1e-5)
