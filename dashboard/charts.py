@@ -138,11 +138,14 @@ def pareto_chart(
     color = alt.Color("policy:N", scale=policy_scale(policies or data["policy"].unique().tolist()),
                       legend=alt.Legend(title="policy", orient="right"))
     protocols = [p for p in PROTOCOLS if p in set(data["compress"])] or list(PROTOCOLS)
-    fill = alt.FillOpacity("compress:N", scale=alt.Scale(domain=protocols, range=[PROTOCOL_FILL[p] for p in protocols]),
-                           legend=None)
+    # an ordinal scale: each protocol its PROTOCOL_FILL (Vega-Lite's default for a nominal opacity is a point
+    # scale, which spreads the range's ends over the domain: prompt 0.625, context 0.35)
+    fill = alt.FillOpacity("compress:N", legend=None, scale=alt.Scale(
+        type="ordinal", domain=protocols, range=[PROTOCOL_FILL[p] for p in protocols]))
     # Vega-Lite draws no legend for fillOpacity: the protocol legend comes from the opacity channel on the
     # same field (every protocol at the points' opacity 0.9), its symbols filled as the points are.
-    protocol_legend = alt.Opacity("compress:N", scale=alt.Scale(domain=protocols, range=[0.9] * len(protocols)),
+    protocol_legend = alt.Opacity("compress:N", scale=alt.Scale(type="ordinal", domain=protocols,
+                                                                range=[0.9] * len(protocols)),
                                   legend=alt.Legend(title="protocol", orient="right", symbolStrokeWidth=2,
                                                     symbolStrokeColor=PROTOCOL_LEGEND_COLOR, symbolOpacity=1,
                                                     symbolFillColor=alt.ExprRef(_protocol_fill_expr(protocols))))

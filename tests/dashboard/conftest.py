@@ -30,3 +30,14 @@ def demo_store(tmp_path_factory) -> tuple[str, list[dict]]:
     path = tmp_path_factory.mktemp("dashboard_store_demo") / "natsbench.sqlite"
     url = f"sqlite:///{path}"
     return url, fill_store(url, demo_records())
+
+
+@pytest.fixture(scope="session")
+def demo_sweep_store(tmp_path_factory) -> tuple[str, list[dict]]:
+    """(URL, records) of a store the demo's own sweep filled: `natsbench demo` on configs/demo.yaml with its
+    examples capped (demo_sweep.py), once per session; every test of the demo's results shares it."""
+    from demo_sweep import capped_config, run_demo_sweep
+
+    folder = tmp_path_factory.mktemp("demo_sweep")
+    url = f"sqlite:///{folder / 'natsbench.sqlite'}"
+    return url, run_demo_sweep(url, capped_config(folder / "demo.yaml"))["records"]

@@ -157,16 +157,36 @@ def _leaderboard_rendered(d) -> bool:
     return len(cells) > 10 and len(cards) >= 6
 
 
-# Every drawn Pareto point (SVG, role graphics-symbol): its panel (the facet cell it is drawn in) and its
-# aria-label, the "field: value; ..." text Vega writes from the point's tooltip fields.
-POINTS_JS = """
-const out = [];
-document.querySelectorAll('[data-testid="stVegaLiteChart"] svg g.mark-group.role-scope > g').forEach((cell, i) => {
+# What the Pareto view drew (SVG): every point (its facet cell, its aria-label, the "field: value; ..." text Vega
+# writes from the point's tooltip fields, its place on the screen and its fill opacity), every front line's
+# vertices on the screen, and every legend (title; per entry its label, its symbol's fill, size and right edge).
+PARETO_JS = """
+const points = [], lines = [], legends = [];
+const screen = (m, x, y) => [m.a * x + m.c * y + m.e, m.b * x + m.d * y + m.f];
+document.querySelectorAll('[data-testid="stVegaLiteChart"] svg g.mark-group.role-scope.cell > g').forEach((cell, i) => {
   cell.querySelectorAll('path[aria-roledescription="point"]').forEach((p) => {
-    out.push({cell: i, label: p.getAttribute('aria-label') || ''});
+    const m = p.getScreenCTM();
+    points.push({cell: i, label: p.getAttribute('aria-label') || '', x: m.e, y: m.f,
+                 fill_opacity: p.getAttribute('fill-opacity')});
+  });
+  cell.querySelectorAll('path[aria-roledescription="line mark"]').forEach((p) => {
+    const m = p.getScreenCTM();
+    const nums = (p.getAttribute('d') || '').match(/-?[0-9]*[.]?[0-9]+(e-?[0-9]+)?/g) || [];
+    const vertices = [];
+    for (let k = 0; k + 1 < nums.length; k += 2) vertices.push(screen(m, +nums[k], +nums[k + 1]));
+    lines.push({cell: i, vertices});
   });
 });
-return out;
+document.querySelectorAll('[data-testid="stVegaLiteChart"] svg g.role-legend').forEach((g) => {
+  const title = g.querySelector('.role-legend-title text');
+  const labels = [...g.querySelectorAll('.role-legend-label text')].map((t) => t.textContent);
+  const symbols = [...g.querySelectorAll('.role-legend-symbol path')].map((s) => {
+    const r = s.getBoundingClientRect();
+    return {fill: s.getAttribute('fill') || '', width: r.width, height: r.height, right: r.right};
+  });
+  legends.push({title: title ? title.textContent : '', entries: labels.map((label, k) => ({label, ...symbols[k]}))});
+});
+return {points, lines, legends, width: window.innerWidth};
 """
 
 
@@ -178,42 +198,37 @@ def _aria_fields(label: str) -> dict[str, str]:
     return out
 
 
-@pytest.mark.slow
-def test_pareto_in_chromium_puts_nats_on_its_bases_front(demo_store, tmp_path):
-    """On results shaped like the demo's: each panel draws one context length, and every NAtS variant of
-    tiny-base (fine-tuned checkpoint, base + adapter) is on tiny-base's front in the settings where it
-    dominates the baselines, and off it where a baseline dominates it, as computed from the drawn points."""
-    from fixture_runs import DEMO_NATS_DOMINATES
-
+def _pareto_page(url: str, tmp_path: Path, n_points: int, shot: str) -> dict:
+    """`natsbench dashboard` on the store at `url`, its Pareto view in headless Chromium once `n_points`
+    points are drawn (window 1500 x 1350: the whole chart with its legends); PARETO_JS's answer, the run
+    points' aria fields parsed (`runs`: the points with a run key; the rings on each policy's best protocol
+    are extra marks without one). The screenshot lands in test-artifacts/`shot`."""
     chromium, chromedriver = _system_binary("chromium"), _system_binary("chromedriver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, records = demo_store
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "NATSBENCH_DB_URL"}
     proc = subprocess.Popen([*_natsbench(), "dashboard", "--db", url, "--host", "127.0.0.1", "--port", str(port)],
                             cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     driver = None
-    n_points = sum(1 for r in records if r["accuracy"] is not None)
     try:
         _wait_healthy(proc, port, timeout_s=90)
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
-        for flag in CHROME_FLAGS:
+        for flag in (*CHROME_FLAGS[:-1], "--window-size=1500,1350"):
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}")
         driver = webdriver.Chrome(service=Service(chromedriver), options=options)
         driver.get(f"http://127.0.0.1:{port}/?view=Pareto")
-        WebDriverWait(driver, 90, poll_frequency=0.5).until(lambda d: len(d.execute_script(POINTS_JS)) >= n_points)
-        time.sleep(1.0)
-        drawn = driver.execute_script(POINTS_JS)
+        WebDriverWait(driver, 90, poll_frequency=0.5).until(
+            lambda d: len(d.execute_script(PARETO_JS)["points"]) >= n_points)
+        time.sleep(1.5)  # sizes settle
+        drawn = driver.execute_script(PARETO_JS)
         ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-        driver.set_window_size(1500, 1350)  # the whole chart with its legends in the screenshot
-        time.sleep(1.5)
-        driver.save_screenshot(str(ARTIFACT.with_name("dashboard-pareto-demo.png")))
+        driver.save_screenshot(str(ARTIFACT.with_name(shot)))
     finally:
         if driver is not None:
             driver.quit()
@@ -223,24 +238,100 @@ def test_pareto_in_chromium_puts_nats_on_its_bases_front(demo_store, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    # the runs' points (the rings on each policy's best protocol are extra marks without a run key); the
-    # label shows x and y as the axes format them, so exact numbers come from the records by run key
-    points = [{"cell": d["cell"], **_aria_fields(d["label"])} for d in drawn]
-    points = [p for p in points if "run_key" in p]
+    runs = [{"cell": d["cell"], "x": d["x"], "y": d["y"], "fill_opacity": d["fill_opacity"],
+             **_aria_fields(d["label"])} for d in drawn["points"]]
+    return {**drawn, "runs": [r for r in runs if "run_key" in r]}
+
+
+def _check_protocol_legend(page: dict) -> None:
+    """The protocol legend is drawn: titled "protocol", an entry per protocol the drawn runs used (in
+    PROTOCOLS order), each symbol visible inside the page and filled at its protocol's PROTOCOL_FILL, as
+    every drawn run's marker is."""
+    from dashboard.charts import PROTOCOL_FILL
+    from services.declaration import PROTOCOLS
+
+    used = {r["compress"] for r in page["runs"]}
+    (legend,) = [g for g in page["legends"] if g["title"] == "protocol"]
+    assert [e["label"] for e in legend["entries"]] == [p for p in PROTOCOLS if p in used]
+    for entry in legend["entries"]:
+        assert entry["width"] > 4 and entry["height"] > 4 and entry["right"] <= page["width"], entry
+        alpha = float(entry["fill"].rsplit(",", 1)[-1].rstrip(") "))
+        assert entry["fill"].startswith("rgba(") and alpha == pytest.approx(PROTOCOL_FILL[entry["label"]]), entry
+    for run in page["runs"]:
+        assert float(run["fill_opacity"]) == pytest.approx(PROTOCOL_FILL[run["compress"]]), run
+
+
+def _check_fronts(page: dict, records: list[dict]) -> dict[int, list[dict]]:
+    """Each panel (facet cell) draws one workload setting of one base, so one context length; every drawn
+    run is flagged on the front exactly when no run of its panel dominates it (fewer or equal bytes and
+    higher or equal accuracy, one strictly), from the records' exact numbers (the label shows them as the
+    axes format them); every run on the front is a vertex of the front line drawn in its panel. The runs
+    by panel."""
     exact = {r["run_key"]: r for r in records}
-    assert len(points) == n_points and {p["run_key"] for p in points} <= set(exact)
+    points = page["runs"]
+    assert {p["run_key"] for p in points} <= set(exact)
     cells: dict[int, list[dict]] = {}
     for p in points:
         cells.setdefault(p["cell"], []).append(p)
+    for cell in cells.values():  # a panel never mixes two context lengths (nor two settings, nor two bases)
+        assert len({(p["context_length"], p["setting"], p["base"]) for p in cell}) == 1, cell
+    vertices = {i: [v for line in page["lines"] if line["cell"] == i for v in line["vertices"]] for i in cells}
+    for p in points:
+        x, y = exact[p["run_key"]]["kv_bytes_physical"], exact[p["run_key"]]["accuracy"]
+        rivals = [(exact[q["run_key"]]["kv_bytes_physical"], exact[q["run_key"]]["accuracy"]) for q in cells[p["cell"]]]
+        dominated = any(rx <= x and ry >= y and (rx < x or ry > y) for rx, ry in rivals)
+        assert (p["on_front"] == "true") == (not dominated), p
+        if not dominated:
+            assert any(abs(vx - p["x"]) < 0.75 and abs(vy - p["y"]) < 0.75 for vx, vy in vertices[p["cell"]]), p
+    return cells
+
+
+@pytest.mark.slow
+def test_pareto_in_chromium_puts_nats_on_its_bases_front(demo_store, tmp_path):
+    """On results shaped like the demo's: each panel draws one context length, and every NAtS variant of
+    tiny-base (fine-tuned checkpoint, base + adapter) is on tiny-base's front in the settings where it
+    dominates the baselines, and off it where a baseline dominates it, as computed from the drawn points;
+    the protocol legend is drawn."""
+    from fixture_runs import DEMO_NATS_DOMINATES
+
+    url, records = demo_store
+    n_points = sum(1 for r in records if r["accuracy"] is not None)
+    page = _pareto_page(url, tmp_path, n_points, "dashboard-pareto-demo.png")
+    assert len(page["runs"]) == n_points
+    cells = _check_fronts(page, records)
     assert len(cells) == 4  # passkey / niah_multikey at 512 / 1024
-    for cell in cells.values():  # a panel never mixes two context lengths (nor two settings)
-        assert len({p["context_length"] for p in cell}) == 1 and len({p["setting"] for p in cell}) == 1
-    nats = [p for p in points if p["policy"] == "nats"]
+    nats = [p for p in page["runs"] if p["policy"] == "nats"]
     assert {p["base"] for p in nats} == {"tiny-base"} and len({p["variant"] for p in nats}) == 2
     for run in nats:
-        x, y = exact[run["run_key"]]["kv_bytes_physical"], exact[run["run_key"]]["accuracy"]
-        rivals = [(exact[p["run_key"]]["kv_bytes_physical"], exact[p["run_key"]]["accuracy"])
-                  for p in cells[run["cell"]] if p["base"] == run["base"]]
-        dominated = any(rx <= x and ry >= y and (rx < x or ry > y) for rx, ry in rivals)
-        assert (run["on_front"] == "true") == (not dominated), run
-        assert (not dominated) == (run["setting"] in DEMO_NATS_DOMINATES), run
+        assert (run["on_front"] == "true") == (run["setting"] in DEMO_NATS_DOMINATES), run
+    _check_protocol_legend(page)
+    assert {p["compress"] for p in page["runs"]} == {"streaming", "prompt", "context"}
+
+
+@pytest.mark.slow
+def test_pareto_in_chromium_on_the_demos_results(demo_sweep_store, tmp_path):
+    """On the demo's own results (configs/demo.yaml run by `natsbench demo`, examples capped: see
+    demo_sweep.py): every cell done; a panel per workload setting and base, never two context lengths in
+    one; SmolLM2 (the real model) is its own panel with NAtS (its shipped adapter) beside the four baselines
+    and the full cache; every drawn run (the NAtS variants of tiny-base and SmolLM2 included) is on its base's
+    front exactly where nothing of that base dominates it, and SmolLM2's NAtS (~3% of the cache) is on it; the
+    protocol legend is drawn. With 1 example a cell the accuracies are 0 or 1: whether tiny-base's NAtS variants
+    dominate depends on that example, the rule checked does not."""
+    from services.declaration import DONE
+
+    url, records = demo_sweep_store
+    assert records and all(r["status"] == DONE for r in records), [r["error"] for r in records if r["error"]]
+    task = [r for r in records if r["accuracy"] is not None]
+    page = _pareto_page(url, tmp_path, len(task), "dashboard-pareto-demo-sweep.png")
+    assert {p["run_key"] for p in page["runs"]} == {r["run_key"] for r in task}
+    cells = _check_fronts(page, records)
+    assert len(cells) == len({(p["setting"], p["base"]) for p in page["runs"]}) == 5
+    (smol,) = [c for c in cells.values() if c[0]["base"] == "smollm2-135m-instruct"]
+    assert {p["policy"] for p in smol} == {"full", "streaming_llm", "h2o", "snapkv", "tova", "nats"}
+    assert {p["variant"] for p in smol if p["policy"] == "nats"} == {"smollm2-135m-instruct + smollm2-135m-nats"}
+    # the bases with an adapter run: their NAtS points are on the front exactly where they dominate (above);
+    # on SmolLM2 NAtS holds ~3% of the cache against the baselines' 25%, so it is on the front at any accuracy
+    assert {p["base"] for p in page["runs"] if " + " in p["variant"]} == {"tiny-base", "smollm2-135m-instruct"}
+    (smol_nats,) = [p for p in smol if p["policy"] == "nats"]
+    assert smol_nats["on_front"] == "true" and float(smol_nats["kept_fraction"]) < 0.1, smol_nats
+    _check_protocol_legend(page)

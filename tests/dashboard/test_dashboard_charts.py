@@ -78,7 +78,9 @@ def test_pareto_protocol_legend_and_a_panel_per_base():
     assert points["encoding"]["fillOpacity"]["legend"] is None
     legend = points["encoding"]["opacity"]
     assert legend["field"] == "compress" and legend["legend"]["title"] == "protocol"
-    assert legend["scale"] == {"domain": ["streaming", "prompt", "context"], "range": [0.9, 0.9, 0.9]}
+    assert legend["scale"] == {"type": "ordinal", "domain": ["streaming", "prompt", "context"], "range": [0.9, 0.9, 0.9]}
+    assert points["encoding"]["fillOpacity"]["scale"] == {
+        "type": "ordinal", "domain": ["streaming", "prompt", "context"], "range": [0.9, 0.35, 0.0]}
     fill = legend["legend"]["symbolFillColor"]["expr"]
     for protocol, opacity in charts.PROTOCOL_FILL.items():
         assert f'datum.value === "{protocol}"' in fill or protocol == "context"
