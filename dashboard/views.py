@@ -189,8 +189,9 @@ def pareto(ctx: Context) -> None:
         other = "perplexity" if y == "accuracy" else "accuracy"
         st.caption(f"{missing} finished runs have no {y} and are not shown (lm_text reports perplexity, "
                    f"the task workloads accuracy): switch the y axis to {other} to see them.")
-    st.caption("A panel per workload setting (workload @ context length; other parameters in the tooltip). "
-               "The dashed front is per base model, over its variants (marker shape: the base, a fine-tuned "
+    st.caption("A panel per workload setting (workload @ context length; other parameters in the tooltip), and "
+               "per base model where several bases ran the setting. The dashed front is the panel's base's, over "
+               "its variants (marker shape: the base, a fine-tuned "
                "checkpoint, base + adapter) and protocols (marker fill: streaming filled, prompt half, context "
                "hollow; a ring: the policy's best protocol where it ran several).")
     front = data.pareto_frontier(shown, x, y, by=["setting", "base"])
