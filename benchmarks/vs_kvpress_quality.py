@@ -52,8 +52,8 @@ the other's interval. Targets: equal kept sets for every press whose rule is the
 
 Cost (2-core CPU, 2 torch threads): a 1054-token prompt is ~4 s per natsbench policy and ~10 s for all of
 kvpress' presses; 2078 tokens ~2.5x that. `--n` examples per (protocol, workload, context), `--n-at`
-overrides per context or protocol@context (0 skips the cell); the default runs prompt@1024 n=10,
-prompt@2048 n=4, context@1024 n=5, context@2048 skipped; `--n 50 --n-at ''` is the issue's n >= 50.
+overrides per context or protocol@context (0 skips the cell); the default runs prompt@1024 n=8,
+prompt@2048 n=3, context@1024 n=4, context@2048 skipped (about 25 minutes); `--n 50 --n-at ''` is the issue's n >= 50.
 `--quick` (make bench QUICK=1): passkey@1024, 3 prompts, "prompt" only.
 
     flock /tmp/natsbench-heavy.lock .venv/bin/python benchmarks/vs_kvpress_quality.py [--quick] [--n 50 --n-at '']
@@ -89,7 +89,7 @@ PRESSES = ("streaming_llm", "snapkv", "tova", "h2o", "knorm", "expected_attentio
 PROTOCOLS = ("prompt", "context")
 WORKLOADS = ("passkey", "niah_multikey")
 N_SINK, WINDOW, KERNEL, BETA, ALPHA, N_FUTURE = 4, 64, 5, 2, 0.2, 512
-DEFAULT_N, DEFAULT_N_AT = 10, "2048=4,context@1024=5,context@2048=0"
+DEFAULT_N, DEFAULT_N_AT = 8, "2048=3,context@1024=4,context@2048=0"
 
 # natsbench policy parameters equal to the kvpress press's (see the module docstring)
 OURS = {
@@ -330,10 +330,12 @@ def verify_alone(model, ids: torch.Tensor, name: str, press, attn: str, shared_c
 
 
 def kvpress_answer(model, cache, masked, first_logits, question: torch.Tensor | None, start: int, L: int,
-                   max_new: int, eos) -> list[int]:
+                   max_new: int, eos, attn: str = "sdpa") -> list[int]:
     """kvpress' pipeline decode (`generate_answer`): the question's ids at positions start.. when given (in
     one forward, or one token at a time when the layers hold different counts), then greedy tokens at
-    positions L.., stopping at EOS; AdaKV's masks set on the layers meanwhile."""
+    positions L.., stopping at EOS; AdaKV's masks set on the layers meanwhile; the model runs with the
+    attention `attn` its prefill used (eager for ObservedAttention, else sdpa)."""
+    model.set_attn_implementation(attn)
     layers = model.model.layers
     for i, layer in enumerate(layers):
         layer.self_attn.masked_key_indices = masked[i] if masked is not None else None
@@ -407,7 +409,7 @@ def kvpress_side(spec: dict, workdir: Path) -> dict:
                     result["ties"][f"{protocol}/{name}"] = pack_mask(ties)
                 result["lens"][f"{protocol}/{name}"] = n_c
                 result["tokens"][f"{protocol}/{name}"] = kvpress_answer(model, cache, masked, logits, question, n_c,
-                                                                       L, job["max_new_tokens"], eos)
+                                                                       L, job["max_new_tokens"], eos, attn)
         torch.save(result, workdir / f"kvpress_{job['key']}.pt")
         print(f"kvpress side: prompt {j + 1}/{len(spec['jobs'])} done", file=sys.stderr, flush=True)
     return out
