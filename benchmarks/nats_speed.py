@@ -6,15 +6,17 @@ Pairs (NAtS model vs its base with `full`, both loaded by `services.evaluation.l
 - `tiny-llama-base` + the adapter `models/tiny-llama-nats` vs `tiny-llama-base`;
 - `smollm2-135m-instruct` + `models/smollm2-135m-nats` vs `smollm2-135m-instruct`, when both folders
   exist (else the row says "skipped: run make real-model").
-Per context (1k / 4k / 8k / 16k; `--quick`: 1k / 4k and fewer new tokens) a random token prompt
+Per context (1k / 4k / 8k / 16k, the SmolLM2 pair up to `--max-context-real`; `--quick`: 1k / 4k, SmolLM2
+at 1k, 8 new tokens, 2 repeats) a random token prompt
 (seed 0; bytes for the byte-level tiny models), `nats_model.generate.generate(model, ids, policy,
 max_new_tokens=--new-tokens)` with 512-token prefill chunks. `full` and `nats` run alternately
 `--repeats` times in this one process (load changes on a shared CPU hit both alike); TTFT is the median
 of the repeats' `ttft_s`, ms/token the median of their `tpot_s`. `--threads` torch threads (1).
 
 Targets (issue 24, the headline pair): NAtS TTFT <= full at every context >= 1k and <= 0.6x full at 8k;
-NAtS decode <= full at 1k and <= 0.5x full at 8k. `--profile` adds the top ops (torch.profiler, self CPU
-time) of one NAtS prefill and of its decode steps at `--profile-context` on the headline pair.
+NAtS decode <= full at 1k and <= 0.5x full at 8k. `--profile` (default; `--no-profile` skips it) adds the
+top ops (torch.profiler, self CPU time) of one prefill and of the decode steps of NAtS and of the full
+cache at `--profile-context` on the headline pair, and the ops and CPU time per step of each.
 Human table first; the LAST line is one JSON object (`nats_ttft_over_full_<ctx>`,
 `nats_decode_over_full_<ctx>`, the `*_target_met` booleans).
 
@@ -106,8 +108,9 @@ def top_ops(prof, steps: int = 1) -> list[dict]:
              "share": round(e.self_cpu_time_total / total, 4)} for e in events[:TOP_OPS]]
 
 
-def profile_nats(model, vocab: int, ctx: int, new_tokens: int, device) -> dict:
-    """Top ops of one NAtS prefill (the whole prompt) and of its decode steps (per step)."""
+def profile_policy(model, policy_name: str, vocab: int, ctx: int, new_tokens: int, device) -> dict:
+    """Top ops of one prefill (the whole prompt) and of the decode steps (per step) of `policy_name`,
+    with the totals (ops called and self CPU ms) of each phase."""
     from torch.profiler import ProfilerActivity, profile
 
     import nats_model.generate as gen
@@ -129,12 +132,19 @@ def profile_nats(model, vocab: int, ctx: int, new_tokens: int, device) -> dict:
     gen._pick = pick
     try:
         prefill_prof.start()
-        gen.generate(model, ids, build("nats"), max_new_tokens=new_tokens, prefill_chunk_size=CHUNK)
+        gen.generate(model, ids, build(policy_name), max_new_tokens=new_tokens, prefill_chunk_size=CHUNK)
         decode_prof.stop()
     finally:
         gen._pick = original
-    return {"context": ctx, "prefill_top_ops": top_ops(prefill_prof),
-            "decode_top_ops_per_step": top_ops(decode_prof, max(1, new_tokens - 1))}
+    steps = max(1, new_tokens - 1)
+    out = {"policy": policy_name, "context": ctx, "prefill_top_ops": top_ops(prefill_prof),
+           "decode_top_ops_per_step": top_ops(decode_prof, steps)}
+    for part, prof, n in (("prefill", prefill_prof, 1), ("decode", decode_prof, steps)):
+        events = prof.key_averages()
+        out[f"{part}_ops_per_{'run' if n == 1 else 'step'}"] = round(sum(e.count for e in events) / n, 1)
+        out[f"{part}_self_cpu_ms_per_{'run' if n == 1 else 'step'}"] = round(
+            sum(e.self_cpu_time_total for e in events) / 1e3 / n, 3)
+    return out
 
 
 def print_table(label: str, ctx: int, rows: dict[str, dict]) -> None:
@@ -146,6 +156,44 @@ def print_table(label: str, ctx: int, rows: dict[str, dict]) -> None:
     f, n = rows["full"], rows["nats"]
     print(f"{'':<19}{'':>7}{'n/f':>6}{n['ttft_s'] / f['ttft_s']:>10.3f}{n['ms_per_token'] / f['ms_per_token']:>10.3f}",
           flush=True)
+
+
+def markdown(tables: dict[str, dict], profile: dict | None) -> list[str]:
+    """The README's view: one table per pair (full and nats side by side per context), and the
+    profile's top ops when it ran."""
+    out = []
+    for label, t in tables.items():
+        ctxs = sorted({int(k.split("@")[1].split()[0]) for k in t})
+        lines = [f"NAtS speed, `{label}` vs its full-cache base:", "",
+                 "| context | full TTFT s | nats TTFT s | nats/full | full ms/token | nats ms/token | nats/full "
+                 "| nats kept | full KV MiB | nats KV MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for c in ctxs:
+            def g(name, key, c=c):
+                return t[f"{name}@{c} {key}"]
+            lines.append(f"| {c} | {g('full', 'ttft_s'):.3f} | {g('nats', 'ttft_s'):.3f} | "
+                         f"{g('nats', 'ttft_s') / g('full', 'ttft_s'):.2f} | {g('full', 'ms_per_token'):.2f} | "
+                         f"{g('nats', 'ms_per_token'):.2f} | {g('nats', 'ms_per_token') / g('full', 'ms_per_token'):.2f} | "
+                         f"{g('nats', 'kept_fraction'):.3f} | {g('full', 'kv_mib_physical'):.2f} | "
+                         f"{g('nats', 'kv_mib_physical'):.2f} |")
+        out.append("\n".join(lines))
+    if profile:
+        nats, full = profile["nats"], profile["full"]
+        out.append(f"Profiled (torch.profiler, `{HEADLINE}` vs its base, {nats['context']} tokens): a NAtS decode step "
+                   f"calls {nats['decode_ops_per_step']} ops for {nats['decode_self_cpu_ms_per_step']} ms of self CPU "
+                   f"time, the full cache's {full['decode_ops_per_step']} ops for "
+                   f"{full['decode_self_cpu_ms_per_step']} ms; the prefill {nats['prefill_ops_per_run']} ops / "
+                   f"{nats['prefill_self_cpu_ms_per_run']} ms against {full['prefill_ops_per_run']} / "
+                   f"{full['prefill_self_cpu_ms_per_run']} ms.")
+        for part, key, unit in (("prefill", "prefill_top_ops", "ms per prefill"),
+                                ("decode", "decode_top_ops_per_step", "ms per decode step")):
+            lines = [f"Where the {part} time goes, nats | full (`{HEADLINE}` / its base, {nats['context']} tokens, "
+                     f"self CPU {unit}):", "", "| nats op | calls | self CPU ms | share | full op | calls | self CPU ms "
+                     "| share |", "|---|---|---|---|---|---|---|---|"]
+            for a, b in zip(nats[key], full[key], strict=False):
+                lines.append(f"| `{a['op']}` | {a['calls']} | {a['self_cpu_ms']} | {a['share']:.3f} | `{b['op']}` | "
+                             f"{b['calls']} | {b['self_cpu_ms']} | {b['share']:.3f} |")
+            out.append("\n".join(lines))
+    return out
 
 
 def parse_contexts(text: str) -> list[int]:
@@ -169,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pairs", default=",".join(p[0] for p in PAIRS), help="which pairs (labels), comma-separated")
     ap.add_argument("--max-context-real", type=int, default=4096,
                     help="longest context for the SmolLM2 pair (its 16k prefill takes minutes per run here)")
-    ap.add_argument("--profile", action="store_true", help="top ops of NAtS prefill and decode (headline pair)")
+    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                    help="top ops of NAtS and full prefill and decode on the headline pair (default on)")
     ap.add_argument("--profile-context", type=int, default=8192)
     ap.add_argument("--quick", action="store_true", help="make bench QUICK=1: 1k and 4k, 8 new tokens, 2 repeats")
     args = ap.parse_args(argv)
@@ -177,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         contexts = [c for c in contexts if c <= 4096] or contexts[:1]
         args.new_tokens, args.repeats = 8, 2
+        args.max_context_real = min(args.max_context_real, 1024)
         args.profile_context = min(args.profile_context, 4096)
     if args.new_tokens < 2 or args.repeats < 1:
         print(f"--new-tokens must be >= 2 and --repeats >= 1, got {args.new_tokens}, {args.repeats}", file=sys.stderr)
@@ -228,10 +278,11 @@ def main(argv: list[str] | None = None) -> None:
                 t[f"{name}@{ctx} kept_fraction"] = round(r["kept_fraction"], 4)
                 t[f"{name}@{ctx} kv_mib_physical"] = round(r["kv_bytes_physical"] / 2**20, 3)
         if label == HEADLINE and args.profile:
-            summary["profile"] = profile_nats(nats_h.model, vocab, args.profile_context, args.new_tokens, device)
+            summary["profile"] = {name: profile_policy(m, name, vocab, args.profile_context, args.new_tokens, device)
+                                  for name, m in (("nats", nats_h.model), ("full", full_model))}
         del nats_h, full_model
-    for label, t in tables.items():
-        summary[f"table_{label}"] = t
+    summary["tables"] = tables  # per pair: "<policy>@<context> <field>" -> value
+    summary["markdown_tables"] = markdown(tables, summary.get("profile"))
     labs = [ctx_label(c) for c in contexts]
     ttft = [summary.get(f"nats_ttft_over_full_{lab}") for lab in labs]
     dec = {lab: summary.get(f"nats_decode_over_full_{lab}") for lab in labs}

@@ -47,6 +47,11 @@ TARGETS: list[tuple[str, str, str, object]] = [
     ("real_model", "max_full_decode_over_floor", "<=", 2.0),
     ("real_model", "max_full_decode_over_floor", "<=", 1.5),
     ("real_model", "max_full_ttft_over_hf", "<=", 1.0),
+    # issue 24: NAtS vs the full cache on the same base (tiny-nats-ft vs tiny-base), TTFT and decode ms/token
+    ("nats_speed", "nats_ttft_le_full_all_met", "==", True),
+    ("nats_speed", "nats_ttft_over_full_8k", "<=", 0.6),
+    ("nats_speed", "nats_decode_over_full_1k", "<=", 1.0),
+    ("nats_speed", "nats_decode_over_full_8k", "<=", 0.5),
 ]
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
 # plots.py writes these (benchmark -> PNG file names under benchmarks/results/)

@@ -42,6 +42,7 @@ from nats_model.prefill_attention import (
     DEFAULT_OBSERVE_BLOCK,
     attend_prefill,
     attend_visible_until,
+    attend_visible_until_batched,
     check_observe_block,
     valid_is_suffix,
 )
@@ -140,7 +141,10 @@ class KVEngine:
                 and self.policy.observe == "none" and hasattr(self.policy, "visible_until")):
             # an interval rule (NAtS): block-wise attention, no (T, row_cap) mask
             until = self.policy.visible_until(store, step)
-            out = attend_visible_until(store, qs, st["pos_seg"], st["valid_seg"], st["all_valid"], until, scale)
+            if st["all_valid"]:  # every segment at once (padded key sets)
+                out = attend_visible_until_batched(store, qs, st["pos_seg"], until, scale)
+            else:
+                out = attend_visible_until(store, qs, st["pos_seg"], st["valid_seg"], False, until, scale)
         elif self.policy.masks_attention:
             # the policy's own visibility rule; None for a rule that hides nothing this step (NAtS decode)
             visible = self.policy.visible(store, step)

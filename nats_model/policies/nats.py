@@ -291,10 +291,11 @@ class NatsPolicy(Policy):
     def _select_decode(self, store: LayerStore, step: Step, ty: dict, window: int) -> torch.Tensor | None:
         """`select` after one decode token per segment (token types): the same rule and cap, on the
         occupied slots only (a slice when every segment holds the same count)."""
-        n = store.common_len()
         capped = self.budget is not None or self.budget_tokens is not None
-        if n < 0 and not capped and self.__dict__["_fast"] and packed_ready(store, 1, False, True, None):
+        if (not capped and self.__dict__["_fast"] and packed_ready(store, 1, False, True, None)
+                and (not store.uniform or store.common_len() < 0)):  # the heads' counts differ
             return self._select_decode_packed(store, step, ty, window)
+        n = store.common_len()
         if n >= 0:
             # After the previous step a head held exactly what the rule lets the next query see, so
             # this step's rule can only drop (a) Local tokens, when the new token is Global: their

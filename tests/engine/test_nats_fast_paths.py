@@ -2,8 +2,9 @@
 policy's dense `visible` mask in prefill and the general per-group decode path).
 
 - `NatsPolicy.visible_until` (one bound per slot) is exactly the dense `visible` mask on real steps;
-- `attend_visible_until` (block-wise prefill attention, no (T, row_cap) mask) gives the dense path's
-  output to float rounding;
+- `attend_visible_until` (block-wise prefill attention, no (T, row_cap) mask; per segment with left
+  padding, `attend_visible_until_batched` all segments at once without) gives the dense path's output to
+  float rounding;
 - end to end (`generate`) on the shipped tiny-nats-ft and the tiny Llama with its adapter, several
   lengths and chunk sizes, token and chunk types, left padding, a hard cap: the same kept positions and
   types per layer and head, the same greedy tokens, the same byte counts.
@@ -18,7 +19,7 @@ import nats_model.generate as gen
 from nats_model.generate import KVEngine, attend_store, generate
 from nats_model.policies import build
 from nats_model.policies.nats import NatsPolicy
-from nats_model.prefill_attention import attend_visible_until
+from nats_model.prefill_attention import attend_visible_until, attend_visible_until_batched
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +99,13 @@ def test_tiny_llama_adapter_same_kept_sets_and_tokens(monkeypatch, tiny_llama_na
     _same(monkeypatch, tiny_llama_nats, ids, max_new_tokens=10, prefill_chunk_size=chunk)
 
 
-def test_left_padding_batch(monkeypatch, tiny_nats):
+@pytest.mark.parametrize("pad", [450, 256])  # 256: a sequence's first real chunk has no padding (empty store)
+def test_left_padding_batch(monkeypatch, tiny_nats, pad):
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 256, (3, 600), generator=g)
     mask = torch.ones_like(ids)
     mask[0, :37] = 0
-    mask[2, :450] = 0
+    mask[2, :pad] = 0
     _same(monkeypatch, tiny_nats, ids, max_new_tokens=8, prefill_chunk_size=128, attention_mask=mask)
 
 
@@ -149,6 +151,9 @@ def _prefill_steps(model, ids, policy, chunk):
         got = attend_visible_until(store, step.q, step.q_pos, step.q_valid, bool(step.q_valid.all()), until,
                                    step.scale, block=48)
         torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
+        if bool(step.q_valid.all()):  # no padding: the batched form too
+            batched = attend_visible_until_batched(store, step.q, step.q_pos, until, step.scale, block=48)
+            torch.testing.assert_close(batched, ref, atol=2e-5, rtol=1e-4)
         checks.append(int(until.shape[1]))
         return dense
 
@@ -183,7 +188,7 @@ def test_fast_paths_are_the_ones_that_ran(monkeypatch, tiny_nats):
             return fn(*a, **k)
         return wrapped
 
-    monkeypatch.setattr(gen, "attend_visible_until", count("prefill", gen.attend_visible_until))
+    monkeypatch.setattr(gen, "attend_visible_until_batched", count("prefill", gen.attend_visible_until_batched))
     monkeypatch.setattr(gen, "attend_packed_decode", count("attend", da.attend_packed_decode))
     monkeypatch.setattr(NatsPolicy, "_select_decode_packed", count("select", NatsPolicy._select_decode_packed))
     ids = torch.randint(0, 256, (1, 700), generator=torch.Generator().manual_seed(2))
