@@ -120,7 +120,7 @@ def test_with_a_hard_cap(monkeypatch, tiny_nats):
     _same(monkeypatch, tiny_nats, ids, {"budget": 0.05}, max_new_tokens=8, prefill_chunk_size=256)
 
 
-def _prefill_steps(model, ids, policy, chunk):
+def _prefill_steps(model, ids, policy, chunk, mask=None):
     """Drive prefill through an engine whose `attend` checks, per layer and chunk, the bound against
     the dense mask and the block-wise attention against the dense attention; returns checks done."""
     from nats_model.models.hf import adapt
@@ -158,7 +158,7 @@ def _prefill_steps(model, ids, policy, chunk):
         return dense
 
     policy.visible = visible
-    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
     with torch.no_grad(), adapter.session(engine):
         gen._prefill(adapter, engine, ids, mask, chunk)
     return checks
@@ -214,3 +214,14 @@ def test_packed_decode_attention_matches_the_group_path():
     ref, _, _ = attend_store(store, q, torch.full((4, 1), T), torch.ones(4, 1, dtype=torch.bool), True, 0.25, None,
                              "none", decode=True)
     torch.testing.assert_close(attend_packed_decode(store, q, 0.25), ref, atol=1e-6, rtol=1e-5)
+
+
+def test_batched_prefill_with_a_fresh_sequence_beside_one_with_history(tiny_nats):
+    """Row 1's first real chunk (no padding in it) comes when row 0 already holds tokens: in the batched
+    prefill row 1's segments have no free key for a block while row 0's have some (the kernel gives a
+    row without keys lse 0: it must get no weight)."""
+    ids = torch.randint(0, 256, (2, 480), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, :160] = False  # exactly the first chunk
+    checks = _prefill_steps(tiny_nats, ids, NatsPolicy(), 160, mask)
+    assert len(checks) == 3 * 3
