@@ -30,6 +30,11 @@ TARGETS: list[tuple[str, str, str, object]] = [
     ("prefill", "max_prefill_peak_over_full", "<=", 1.2),
     ("vs_kvpress", "decode_ms_ours_over_kvpress_10pct", "<=", 1.0),
     ("vs_kvpress", "streaming_kept_sets_equal", "==", True),
+    # issue 21: SmolLM2 vs kvpress, every press whose rule is the same (strict and up to kvpress' exact score
+    # ties at its top-k cut), and each side's accuracy inside the other's Wilson interval in every cell
+    ("vs_kvpress_quality", "kept_sets_equal_same_rule", "==", True),
+    ("vs_kvpress_quality", "kept_sets_equal_up_to_ties_same_rule", "==", True),
+    ("vs_kvpress_quality", "accuracies_inside_intervals", "==", True),
     ("train_step", "nats_over_full_step_1024", "<=", 2.0),
     ("memory_truth", "max_physical_over_kept", "<=", 1.05),
     ("quality_vs_kv", "nats_acc_over_full_acc", ">=", 0.95),
