@@ -85,26 +85,38 @@ def missing_models(spec: Any) -> list[str]:
             and not (models_dir / m.name / "config.json").is_file()]
 
 
+def _fetch_real_models(config: str) -> None:
+    """Fetch (cached) every fetchable real model the demo file names, by name or as models/<name>, that is
+    not in models/ yet; a failed fetch is one line, and the sweep then runs without that model."""
+    from nats_model.config_files import ConfigFileError, read_config_file
+    from services import model_registry
+
+    try:
+        data = read_config_file(config)
+    except ConfigFileError:
+        return  # load_spec reports it
+    entries = data.get("models") if isinstance(data, dict) else None
+    names = {str(m.get("name", "")).removeprefix("models/") for m in entries or [] if isinstance(m, dict)}
+    for name in sorted(names & set(model_registry.FETCHABLE)):
+        if not model_registry.is_fetched(name):
+            try:
+                model_registry.fetch(name)
+            except model_registry.FetchError as exc:
+                print(f"natsbench demo: could not fetch {name}: {exc}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from orchestrator.plan import build_cells
     from orchestrator.run import open_store, run_sweep
     from orchestrator.spec import SpecError, load_spec
 
+    _fetch_real_models(args.config)  # before validation: an adapter is checked against its base's files
     try:
         spec = load_spec(args.config)
     except SpecError as exc:
         print(f"natsbench demo: {exc}", file=sys.stderr)
         return 2
     missing = missing_models(spec)
-    if missing:
-        from services import model_registry
-
-        for name in [n for n in missing if n in model_registry.FETCHABLE]:  # a real model: fetch it (cached)
-            try:
-                model_registry.fetch(name)
-            except model_registry.FetchError as exc:
-                print(f"natsbench demo: could not fetch {name}: {exc}", file=sys.stderr)
-        missing = missing_models(spec)
     if missing:
         print(f"natsbench demo: model(s) {', '.join(missing)} not found: neither a folder, a shipped model "
               "(models/<name>/config.json) nor a random: test model", file=sys.stderr)
