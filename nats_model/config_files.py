@@ -37,11 +37,12 @@ def _yaml_loader():
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    dup = next((k for k in keys if keys.count(k) > 1), None)
-    if dup is not None:
-        raise ValueError(f"duplicate key {dup!r} (a key may appear once per object)")
-    return dict(pairs)
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r} (a key may appear once per object)")
+        out[key] = value
+    return out
 
 
 def _parse_error(exc: Exception) -> str:

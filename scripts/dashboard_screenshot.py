@@ -15,7 +15,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,30 +23,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from dashboard.health import free_port, wait_healthy
+
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = ("Overview", "Leaderboard", "Pareto", "Latency and memory", "Run detail", "Paper reference")
 DRAWN_JS = "return document.querySelectorAll('[data-testid=\"stVegaLiteChart\"] :is(canvas, svg.marks)').length;"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"dashboard_screenshot: natsbench dashboard exited early with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as resp:
-                if resp.read().strip() == b"ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"dashboard_screenshot: the dashboard did not answer within {timeout_s} s")
 
 
 def main() -> int:
@@ -71,7 +51,7 @@ def main() -> int:
 
     natsbench = Path(sys.executable).with_name("natsbench")
     cmd = [str(natsbench)] if natsbench.exists() else [sys.executable, "-m", "orchestrator.cli"]
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "NATSBENCH_DB_URL"}
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen([*cmd, "dashboard", "--db", args.db, "--host", "127.0.0.1", "--port", str(port)],
@@ -79,7 +59,10 @@ def main() -> int:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         driver = None
         try:
-            _wait_healthy(proc, port, 90)
+            try:
+                wait_healthy(proc, port, 90)
+            except RuntimeError as exc:
+                raise SystemExit(f"dashboard_screenshot: {exc}") from None
             options = webdriver.ChromeOptions()
             options.binary_location = chromium
             for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

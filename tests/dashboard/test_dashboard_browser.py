@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from dashboard.health import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACT = ROOT / "test-artifacts" / "dashboard.png"
@@ -63,27 +64,6 @@ def _system_binary(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"natsbench dashboard exited early with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as resp:
-                if resp.read().strip() == b"ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"the dashboard did not answer on 127.0.0.1:{port} within {timeout_s} s")
-
-
 def _natsbench() -> list[str]:
     script = Path(sys.executable).with_name("natsbench")
     return [str(script)] if script.exists() else [sys.executable, "-m", "orchestrator.cli"]
@@ -98,14 +78,14 @@ def test_every_view_in_chromium_fits_the_page(filled_store_models, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = filled_store_models
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "NATSBENCH_DB_URL"}
     proc = subprocess.Popen([*_natsbench(), "dashboard", "--db", url, "--host", "127.0.0.1", "--port", str(port)],
                             cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     driver = None
     try:
-        _wait_healthy(proc, port, timeout_s=90)
+        wait_healthy(proc, port, timeout_s=90)
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
         for flag in CHROME_FLAGS:
@@ -208,14 +188,14 @@ def _pareto_page(url: str, tmp_path: Path, n_points: int, shot: str) -> dict:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "NATSBENCH_DB_URL"}
     proc = subprocess.Popen([*_natsbench(), "dashboard", "--db", url, "--host", "127.0.0.1", "--port", str(port)],
                             cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     driver = None
     try:
-        _wait_healthy(proc, port, timeout_s=90)
+        wait_healthy(proc, port, timeout_s=90)
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
         for flag in (*CHROME_FLAGS[:-1], "--window-size=1500,1350"):
