@@ -25,6 +25,16 @@ WORKING_DIR_EXCLUDES = [
     "**/__pycache__", "**/*.pyc", ".pytest_cache", ".ruff_cache", "*.egg-info",
     "*.sqlite", "*.sqlite-wal", "*.sqlite-shm", "*.db", "docker",
 ]
+
+
+def working_dir_excludes() -> list[str]:
+    """WORKING_DIR_EXCLUDES plus the folders of the fetched real models (models/<name> of every
+    `services.model_registry.FETCHABLE` entry): their weights (SmolLM2: 270 MB) are past what a Ray job
+    may upload (100 MB), so a node that runs such a model has it from `natsbench model fetch` or its
+    image, as the compose workers do; the small shipped models still travel with the job."""
+    from services.model_registry import FETCHABLE
+
+    return [*WORKING_DIR_EXCLUDES, *(f"models/{name}" for name in FETCHABLE)]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 PASS_ENV = ("NATSBENCH_CELL_RUNNER",)
 
@@ -96,7 +106,7 @@ def submit(config: str | Path, spec: Any, address: str, db_url: str, python: str
     client.submit_job(
         entrypoint=shlex.join(args),
         submission_id=job_id,
-        runtime_env={"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env},
+        runtime_env={"working_dir": str(REPO_ROOT), "excludes": working_dir_excludes(), "env_vars": env},
         metadata={"sweep": spec.name, "spec_sha256": spec.digest()},
     )
     return job_id, True

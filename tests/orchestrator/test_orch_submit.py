@@ -86,3 +86,13 @@ def test_submit_runs_the_smoke_sweep_as_a_ray_job(ray_head, tmp_path):
     logs = subprocess.run(cli + ["--logs", lines[0], "--address", address], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert f'"sweep": "{spec.name}"' in logs.stdout and '"executed": ' in logs.stdout
+
+
+def test_the_fetched_real_models_stay_out_of_the_job_upload():
+    from orchestrator.submit import WORKING_DIR_EXCLUDES, working_dir_excludes
+    from services.model_registry import FETCHABLE
+
+    excludes = working_dir_excludes()
+    assert excludes[:len(WORKING_DIR_EXCLUDES)] == WORKING_DIR_EXCLUDES
+    assert {f"models/{name}" for name in FETCHABLE} <= set(excludes)
+    assert "models" not in excludes  # the small shipped models travel with the job
