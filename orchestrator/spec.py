@@ -211,6 +211,44 @@ def _check_grid(path: str, params: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"{path}.{key}: an empty list gives no cells; give at least one value")
 
 
+# At most this many cells a sweep file (the planner builds every cell config and run key in memory, and the
+# validation builds each policy and workload grid point): a larger sweep is split into several files.
+MAX_CELLS = 100_000
+
+
+def grid_size(params: dict[str, Any]) -> int:
+    """How many points `grid(params)` has, without building them."""
+    n = 1
+    for value in params.values():
+        n *= len(value) if isinstance(value, list) else 1
+    return n
+
+
+def cell_count(spec: SweepSpec) -> int:
+    """How many cells `plan.expand(spec)` gives (before duplicates are merged), without building them."""
+    total = 0
+    for m in spec.models:
+        per_model = 0
+        for w in spec.workloads:
+            if w.models is not None and m.name not in w.models:
+                continue
+            policies = sum(grid_size(p.params) * len(p.compress_values()) for p in spec.policies
+                           if p.models is None or m.name in p.models)
+            per_model += grid_size(w.params) * policies
+        total += per_model * len(spec.seeds)
+    return total
+
+
+def _check_size(spec: SweepSpec, problems: list[str]) -> bool:
+    """False (with one problem) when the sweep expands to more than MAX_CELLS cells."""
+    n = cell_count(spec)
+    if n > MAX_CELLS:
+        problems.append(f"<sweep>: expands to {n} cells (models x workload grids x policy grids x protocols x "
+                        f"seeds); at most {MAX_CELLS} a sweep file: split it into several files")
+        return False
+    return True
+
+
 def grid(params: dict[str, Any]) -> list[dict[str, Any]]:
     """Product of the list-valued entries; scalars ride along. Keys keep the file's order."""
     keys = list(params)
@@ -315,6 +353,8 @@ def _check_model_names(where: str, names: list[str] | None, spec: SweepSpec, pro
 def check_semantics(spec: SweepSpec) -> list[str]:
     """Checks pydantic cannot do: registry names, budget ranges, dtypes, devices, duplicates."""
     problems: list[str] = []
+    if not _check_size(spec, problems):  # before any per-grid-point check: those would build every point
+        return problems
     for i, m in enumerate(spec.models):
         if m.dtype not in DTYPES:
             problems.append(f"models[{i}].dtype: unknown dtype {m.dtype!r}; allowed: {', '.join(DTYPES)}")

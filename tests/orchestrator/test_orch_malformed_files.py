@@ -41,6 +41,10 @@ CASES = [
     ("not_a_list.yaml", _yaml(models={"name": "random:tiny-gpt"}), "models: Input should be a valid list"),
     ("date_name.yaml", _yaml(name="2024-01-01").replace(b"'2024-01-01'", b"2024-01-01"),
      "name: Input should be a valid string (got datetime.date(2024, 1, 1))"),
+    # 20 axes of 2 values: 2**20 grid points, refused by counting before any point is built or checked
+    ("grid_bomb.yaml", _yaml(policies=[{"name": "streaming_llm", "params": {"budget": [0.1, 0.2], **{
+        f"p{i}": [0, 1] for i in range(20)}}}]),
+     "<sweep>: expands to 2097152 cells (models x workload grids x policy grids x protocols x seeds); at most 100000"),
 ]
 
 
@@ -63,6 +67,23 @@ def test_a_folder_and_a_missing_file_are_named(tmp_path, capsys):
         assert main(["sweep", str(path), "--dry-run"]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 2 and problem in lines[1]
+
+
+def test_the_cell_count_is_what_the_planner_expands(tmp_path):
+    """cell_count (the cap's measure) equals len(expand(spec)) on a sweep with every kind of axis and restriction."""
+    from orchestrator.plan import expand
+    from orchestrator.spec import MAX_CELLS, cell_count, parse_spec
+
+    data = {**GOOD, "models": [{"name": "random:tiny-gpt"}, {"name": "random:tiny-llama"}],
+            "policies": [{"name": "full"}, {"name": "h2o", "compress": ["streaming", "prompt"],
+                                            "params": {"budget": [0.1, 0.2, 0.5]}},
+                         {"name": "tova", "models": ["random:tiny-llama"], "params": {"budget": [0.1, 0.3]}}],
+            "workloads": [{"name": "passkey", "params": {"context_length": [128, 256]}, "examples": 1},
+                          {"name": "niah_multikey", "models": ["random:tiny-gpt"], "params": {"context_length": 128}}],
+            "seeds": [0, 1]}
+    spec = parse_spec(data)
+    assert cell_count(spec) == len(expand(spec)) == 2 * (2 * 7 + 1 * 7 + 2 * 9)  # seeds x (gpt: passkey, niah; llama: passkey)
+    assert cell_count(spec) < MAX_CELLS
 
 
 def test_a_byte_order_mark_is_accepted(tmp_path):
