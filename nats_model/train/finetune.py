@@ -189,6 +189,9 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path, max_steps: int | None = N
                          "on the workloads mix only")
     if cfg.gradient_checkpointing:
         raise ValueError("gradient_checkpointing is for Hugging Face base models (--model DIR)")
+    if cfg.nats.init_adapter is not None:
+        raise ValueError("nats.init_adapter is for Hugging Face base models (--model DIR): a GPT's scorers live "
+                         "in its own checkpoint")
     torch.set_num_threads(cfg.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ class NatsSettings:
     global_bias: float = 0.1
     chunk_size: int | None = None
     init_logits: list[float] | None = None
+    init_adapter: str | None = None
 
     def with_defaults(self, family: str) -> NatsSettings:
         """A copy with window / lam filled from `NATS_DEFAULTS[family]` ("gpt" or "hf") where unset."""
@@ -162,6 +163,11 @@ def parse_finetune_config(raw: dict[str, Any]) -> FinetuneConfig:
         raise ConfigError(f"nats.chunk_size must be null or an integer >= 1, got {nats.chunk_size!r}")
     if nats.init_logits is not None and (not isinstance(nats.init_logits, list | tuple) or len(nats.init_logits) != 3):
         raise ConfigError(f"nats.init_logits must be null or three numbers [G, L, S], got {nats.init_logits!r}")
+    if nats.init_adapter is not None:
+        if not isinstance(nats.init_adapter, str) or not nats.init_adapter:
+            raise ConfigError(f"nats.init_adapter must be null or an adapter folder path, got {nats.init_adapter!r}")
+        if nats.init_logits is not None:
+            raise ConfigError("nats.init_adapter and nats.init_logits both given: the scorers start from one of them")
     optim = _build(FinetuneOptim, raw.pop("optim", None) or {}, "optim")
     optim.betas = tuple(optim.betas)
     _positive(optim.lr, "optim.lr")

@@ -155,7 +155,7 @@ class HFValidator:
     @torch.no_grad()
     def run(self, model) -> dict:
         from nats_model.data.tasks import ANSWER_END
-        from nats_model.generate import generate
+        from nats_model.engine.generation import generate
         from nats_model.policies import build
 
         if not self.examples:
@@ -253,6 +253,19 @@ def _adapter_config(model, model_dir: Path | None, scorers: HFNatsScorers, nats:
                            lam=float(nats.lam), steps=steps, source="natsbench-finetune")
 
 
+def _start_from_adapter(scorers, nats, base) -> None:
+    """Copy the scorer weights of the adapter `nats.init_adapter` (checked against `base`: config fields and
+    weight hash) into `scorers`; ValueError naming the adapter when its window or chunk size differ."""
+    from nats_model import adapter as A
+
+    acfg, weights = A.load_adapter(nats.init_adapter, base)
+    ours = (nats.window, nats.chunk_size or 1)
+    if (acfg.window, acfg.chunk_size) != ours:
+        raise ValueError(f"nats.init_adapter {nats.init_adapter!r}: window / chunk size {acfg.window} / "
+                         f"{acfg.chunk_size}, this run trains {ours[0]} / {ours[1]}")
+    scorers.load_layer_weights({i: w.to(next(scorers.parameters()).device) for i, w in weights.items()})
+
+
 def finetune_hf(cfg: FinetuneConfig, model_dir: str | Path | None, out_dir: str | Path, max_steps: int | None = None,
                 resume: bool = False, progress: bool = True, device: str | None = None, dtype: str = "float32",
                 model=None, tokenizer=None) -> FinetuneResult:
@@ -283,6 +296,8 @@ def finetune_hf(cfg: FinetuneConfig, model_dir: str | Path | None, out_dir: str 
         if nats.init_logits is not None and not resume:
             calib = maker.batch(random.Random(cfg.seed - 1), 4, cfg.stages[0].seq_len)
             dm.init_scorers(calib.inputs.to(dev), nats.init_logits)
+        if nats.init_adapter is not None and not resume:
+            _start_from_adapter(dm.scorers, nats, model_dir if model_dir is not None else model)
         opt = torch.optim.AdamW(dm.trainable_parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                 weight_decay=cfg.optim.weight_decay)
         start = load_train_state(out, dm.scorers, opt) if resume else 0
