@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from nats_model.generate import KVEngine
+from nats_model.engine.kv_engine import KVEngine
 from nats_model.mask import GLOBAL
 from nats_model.models.gpt import GPT, GPTConfig
 from nats_model.policies import build

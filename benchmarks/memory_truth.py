@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_latency import model_for  # noqa: E402  (the GPT + NAtS twin every decode benchmark uses)
 from prefill import _reset_peak_rss, _rss_bytes  # noqa: E402  (VmRSS / VmHWM and the HWM reset)
 
-from nats_model.generate import generate  # noqa: E402
+from nats_model.engine.generation import generate  # noqa: E402
 from nats_model.models.gpt import GPT, GPTConfig  # noqa: E402
 from nats_model.policies import build  # noqa: E402
 

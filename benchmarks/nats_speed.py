@@ -8,7 +8,7 @@ Pairs (NAtS model vs its base with `full`, both loaded by `services.evaluation.l
   exist (else the row says "skipped: run make real-model").
 Per context (1k / 4k / 8k / 16k, the SmolLM2 pair up to `--max-context-real`; `--quick`: 1k / 4k, SmolLM2
 at 1k, 8 new tokens, 2 repeats) a random token prompt
-(seed 0; bytes for the byte-level tiny models), `nats_model.generate.generate(model, ids, policy,
+(seed 0; bytes for the byte-level tiny models), `nats_model.engine.generation.generate(model, ids, policy,
 max_new_tokens=--new-tokens)` with 512-token prefill chunks. `full` and `nats` run alternately
 `--repeats` times in this one process (load changes on a shared CPU hit both alike); TTFT is the median
 of the repeats' `ttft_s`, ms/token the median of their `tpot_s`. `--threads` torch threads (1).
@@ -73,7 +73,7 @@ def prompt(vocab: int, ctx: int, device: torch.device) -> torch.Tensor:
 
 
 def run_once(model, ids: torch.Tensor, policy_name: str, new_tokens: int) -> dict:
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
     from nats_model.policies import build
 
     res = generate(model, ids, build(policy_name), max_new_tokens=new_tokens, prefill_chunk_size=CHUNK)
@@ -113,7 +113,7 @@ def profile_policy(model, policy_name: str, vocab: int, ctx: int, new_tokens: in
     with the totals (ops called and self CPU ms) of each phase."""
     from torch.profiler import ProfilerActivity, profile
 
-    import nats_model.generate as gen
+    import nats_model.engine.generation as gen
     from nats_model.policies import build
 
     ids = prompt(vocab, ctx, device)

@@ -6,7 +6,7 @@ each length, batch 1. Per context:
 
 - `hf`: transformers' own forward, `attn_implementation="sdpa"`, `logits_to_keep=1` (the
   reference a researcher would compare with);
-- every policy: `nats_model.generate.generate(..., max_new_tokens=1, prefill_chunk_size=512)`
+- every policy: `nats_model.engine.generation.generate(..., max_new_tokens=1, prefill_chunk_size=512)`
   through the natsbench engine (its `ttft_s`: prefill plus picking the first token); evicting
   policies at `--budget` of the prompt.
 
@@ -84,7 +84,7 @@ def prompt_ids(length: int, device: torch.device) -> torch.Tensor:
 
 def _ttft(model, policy_name: str, x: torch.Tensor, budget: float, chunk: int) -> float:
     """Seconds from prompt in to first token out: transformers' forward ("hf") or natsbench's generate."""
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
     from nats_model.policies import build
 
     if policy_name == "hf":

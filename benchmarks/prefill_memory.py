@@ -3,7 +3,7 @@ model for the last position's logits only (`logits_to_keep=1`, issue #12 item 6)
 
 Model: random `LlamaForCausalLM`, 2 layers, hidden 256, 4 query / 2 KV heads, vocabulary 32000,
 fp32, batch 1 (its weights are 2 x 32000 x 256 x 4 B = 66 MB; the logits of one position are
-128 KB). Each configuration runs `nats_model.generate.generate(..., max_new_tokens=2)` with the
+128 KB). Each configuration runs `nats_model.engine.generation.generate(..., max_new_tokens=2)` with the
 `full` policy in a fresh child process, so its peak RSS (`ru_maxrss`; on CUDA
 `torch.cuda.max_memory_allocated`) is its own: prefill in chunks of 512 and in one piece, each
 with `logits_to_keep=1` (what the engine does) and with every position's logits (the engine before
@@ -29,7 +29,7 @@ def _child(tokens: int, chunk: int | None, keep_last: bool, device: str) -> dict
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
     from nats_model.models.hf import HFAdapter
     from nats_model.policies import build
 

@@ -11,7 +11,7 @@ machine's load hits every row alike; the numbers are ratios within one run, not 
 - `hf`: transformers' forward `model(ids, use_cache=True, logits_to_keep=1)` (TTFT: prompt in, first
   greedy token out), then a greedy loop feeding its DynamicCache back (`cache=`, formerly `past_key_values`);
 - `full` and every evicting policy at `--budget` kept (`nats_model.policies.build(name, budget=...)`):
-  `nats_model.generate.generate(model, ids, policy, max_new_tokens=--new-tokens)` (512-token prefill
+  `nats_model.engine.generation.generate(model, ids, policy, max_new_tokens=--new-tokens)` (512-token prefill
   chunks); TTFT is its `ttft_s`.
 
 Decode ms/token is the median of the per-token times of the `--new-tokens` - 1 later tokens (each
@@ -110,10 +110,10 @@ def copy_bandwidth(gib: float, repeats: int = 3) -> float:
 # ---------------------------------------------------------------- the timed runs
 @contextlib.contextmanager
 def token_clock(on_token=None):
-    """Times every token `nats_model.generate.generate` picks: yields a list that receives a
+    """Times every token `nats_model.engine.generation.generate` picks: yields a list that receives a
     `time.perf_counter()` after each pick (the first: prefill done; then one per decode step);
     `on_token(n)` runs after the n-th pick is stamped (n = 1, 2, ...)."""
-    import nats_model.generate as gen
+    import nats_model.engine.generation as gen
 
     original, stamps = gen._pick, []
 
@@ -135,7 +135,7 @@ def generate_kwargs(policy) -> dict:
     """`compress=` the policy's default compression protocol where `generate` takes one."""
     import inspect
 
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
 
     protocol = getattr(policy, "default_protocol", None)
     if protocol is None or "compress" not in inspect.signature(generate).parameters:
@@ -172,7 +172,7 @@ def run_policy(model, ids: torch.Tensor, name: str, budget: float, new_tokens: i
     same prefill serves both) and the row's `profile` lists the top ops by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
     from nats_model.policies import build
 
     policy = build(name) if name == "full" else build(name, budget=budget)

@@ -13,7 +13,7 @@ Per policy, at `--keep` (10%) of the prompt kept, n_kept = int(L * keep) as kvpr
 - kvpress: `with press(model): model(prompt, past_key_values=DynamicCache())` (the press
   compresses every layer at the end of prefill), then greedy decode the way kvpress' pipeline
   does (`model(tok, past_key_values=cache, position_ids=...)`: transformers appends, never evicts).
-- ours: `nats_model.generate`'s engine (512-token prefill chunks), `budget_tokens=n_kept`; decode
+- ours: `nats_model.engine.generation`'s engine (512-token prefill chunks), `budget_tokens=n_kept`; decode
   steps through the engine, which evicts every step (`streaming_llm`) or appends (`snapkv`).
 StreamingLLMPress(n_sink=4) vs `streaming_llm` (positions "original") is the same rule: the kept
 positions of every (layer, head) must be equal. SnapKVPress(window 64, kernel 5) vs `snapkv`
@@ -187,7 +187,8 @@ def ours_side(spec: dict, workdir: Path, gate: Gate | None = None) -> dict:
     import transformers
     from transformers import DynamicCache
 
-    from nats_model.generate import KVEngine, _bind, _decode_step, _prefill
+    from nats_model.engine.generation import _bind, _decode_step, _prefill
+    from nats_model.engine.kv_engine import KVEngine
     from nats_model.models.hf import adapt
     from nats_model.policies import build
 

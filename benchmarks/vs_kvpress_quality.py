@@ -14,7 +14,7 @@ Protocols (`--protocols`): "prompt": the whole prompt is prefilled and compresse
 greedy decode (kvpress: `with press(model): model(ids, past_key_values=cache)`, then the pipeline's decode
 loop; the question is part of what is compressed). "context": the context (ids[:context_len]) is prefilled
 and compressed, then the question's ids are fed and decoded (kvpress' `KVPressTextGenerationPipeline`
-flow: compress the context, then `generate_answer`). Ours: `nats_model.generate.generate(..., compress=
+flow: compress the context, then `generate_answer`). Ours: `nats_model.engine.generation.generate(..., compress=
 protocol, context_len=...)`, its kept positions read when the prefill returns (positions < context_len).
 
 Presses and their natsbench policies, at `--keep` (25%) of the compressed length kept, n_kept =
@@ -418,9 +418,9 @@ def kvpress_side(spec: dict, workdir: Path) -> dict:
 # ---------------------------------------------------------------- our side
 @contextlib.contextmanager
 def kept_after_prefill():
-    """While active, `nats_model.generate.generate` records, when its prefill returns, each layer's kept
+    """While active, `nats_model.engine.generation.generate` records, when its prefill returns, each layer's kept
     positions: a list that receives (layers, B * Hkv, P) bool masks (P: the prompt's length)."""
-    import nats_model.generate as gen
+    import nats_model.engine.generation as gen
 
     original, seen = gen._prefill, []
 
@@ -445,7 +445,7 @@ def kept_after_prefill():
 
 def ours_job(handle, job: dict, spec: dict) -> dict:
     """Our side of one prompt: tokens and kept masks per "protocol/policy" (and "prompt/full")."""
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
     from nats_model.policies import build
 
     ids = torch.tensor([job["ids"]])

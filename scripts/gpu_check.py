@@ -86,8 +86,8 @@ def check_decode_kernel(device: str, seen: int = 16384, batch: int = 4, hkv: int
                         dtype_name: str = "bfloat16", reps: int = 50) -> dict:
     import torch
 
-    from nats_model.cache import LayerStore
-    from nats_model.generate import attend_store
+    from nats_model.engine.cache import LayerStore
+    from nats_model.engine.kv_engine import attend_store
     from nats_model.kernels.decode import varlen_decode_attention
 
     dtype = getattr(torch, dtype_name)

@@ -1,5 +1,5 @@
 """Run one benchmark cell: load a model, make the workload's instances, run them through a KV
-policy with the shared engine (`nats_model.generate`), score and measure.
+policy with the shared engine (`nats_model.engine.generation`), score and measure.
 
 `load_model(name_or_path, device="cpu", dtype="float32") -> ModelHandle` accepts
 - a shipped reference model by name: the folder `models/<name>/` of the repository;
@@ -390,7 +390,7 @@ def _run_generate(handle: ModelHandle, workload, instances, make_policy, metrics
                   compress: str | None = None) -> None:
     import torch
 
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
 
     device = handle.device
     first = handle.encode(instances[0].prompt)[:WARMUP_PROMPT_TOKENS]
@@ -411,7 +411,7 @@ def _run_generate(handle: ModelHandle, workload, instances, make_policy, metrics
 def _run_nll(handle: ModelHandle, instances, make_policy, metrics, compress: str | None = None) -> None:
     import torch
 
-    from nats_model.generate import score_run
+    from nats_model.engine.generation import score_run
     from services.metrics import device_sync
 
     device = handle.device

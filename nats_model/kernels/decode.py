@@ -1,6 +1,6 @@
 """`varlen_decode_attention`: one-token decode attention over the packed per-head `LayerStore`.
 
-The engine's store (`nats_model.cache.LayerStore`) keeps, per segment s = (sequence, KV head), a
+The engine's store (`nats_model.engine.cache.LayerStore`) keeps, per segment s = (sequence, KV head), a
 run of `caps[s]` slots at `offsets[s]` in flat `k, v (capacity, hd)` buffers; the occupied slots are
 always the first `lens[s]` of the run (appends write at `offsets + lens`, evictions swap the last
 token into the hole, relayouts copy rows in order), and `pos` holds each slot's original position.
@@ -12,12 +12,12 @@ Kernel (flash-decoding): grid (segment, split); each program loads the segment's
 (GQA: one KV head serves g query heads) and runs an online softmax over its share of key blocks;
 a torch epilogue merges the splits by their log-sum-exp. Key slot j of segment s is visible when
 j < lens[s] and pos[j] <= q_pos[s] (and pos[j] > q_pos[s] - window with a sliding window): exactly
-`nats_model.generate.attend_store`'s rule for a decode query (T == 1, no padding, no policy mask).
+`nats_model.engine.kv_engine.attend_store`'s rule for a decode query (T == 1, no padding, no policy mask).
 Returns out (n_seg, g, hd) and the natural-log LSE (n_seg, g) in float32, so a caller can rebuild
 any key's probability as exp(scale * q.k - lse) without a dense probability tensor (the engine does
 not use it yet: observing policies stay on the torch path).
 
-Dispatch (`nats_model.generate.KVEngine.attend`): CUDA tensors only, when triton imports, for a
+Dispatch (`nats_model.engine.kv_engine.KVEngine.attend`): CUDA tensors only, when triton imports, for a
 plain decode step (T == 1, no padding, no policy visibility mask, policy observe == "none") whose
 store is not on the mask-free uniform path. Never on the CPU: CPU outputs stay bit-identical.
 Switch it off with the environment variable `NATSBENCH_TRITON_DECODE=0` (read per engine) or

@@ -33,7 +33,7 @@ def _engine_attention(module, query, key, value, attention_mask, scaling=None, d
     """AttentionInterface function: query (B, Hq, T, hd), key/value (B, Hkv, T, hd) -> (B, T, Hq, hd)."""
     engine = _ENGINE.get()
     if engine is None:
-        raise RuntimeError(f"attention implementation {ATTN_IMPLEMENTATION!r} used outside nats_model.generate")
+        raise RuntimeError(f"attention implementation {ATTN_IMPLEMENTATION!r} used outside nats_model.engine.generation")
     type_logits = getattr(module, "nats_type_logits", None)
     if type_logits is not None:
         module.nats_type_logits = None

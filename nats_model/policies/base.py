@@ -1,7 +1,7 @@
 """The KV-cache policy interface every policy file implements.
 
 A policy is a `@dataclass` whose fields are its hyperparameters. The engine
-(`nats_model.generate.KVEngine`) calls, for every attention layer and every step (a prefill
+(`nats_model.engine.kv_engine.KVEngine`) calls, for every attention layer and every step (a prefill
 chunk or one decode token):
 
 1. `KVCache` stores the step's new keys/values (padding never stored);
@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from nats_model.cache import LayerStore
+from nats_model.engine.cache import LayerStore
 
 # Compression protocols (the cell parameter `compress`): "streaming" evicts as tokens arrive (prefill
 # chunks and decode), "prompt" prefills the whole prompt and compresses once at its end, "context"
@@ -65,7 +65,7 @@ class Step:
     type_logits (B, Hkv, T, 3) or None: NAtS scorer logits of the new tokens.
     q (n_seg, g, T, hd), k_new / v_new (n_seg, T, hd): the step's queries and new keys/values.
     n_kv_heads: KV heads per sequence (to group a sequence's segments, e.g. layer-wise scores).
-    evict / compress_point: see the fields (`nats_model.generate`, "Compression protocols").
+    evict / compress_point: see the fields (`nats_model.engine.generation`, "Compression protocols").
     """
 
     layer: int

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from nats_model.cache import LayerStore
+from nats_model.engine.cache import LayerStore
 from nats_model.policies.base import ScorerPolicy, Step, run_state
 from nats_model.rope import apply_rope, inv_frequencies, rope_cos_sin
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from nats_model.cache import LayerStore
+from nats_model.engine.cache import LayerStore
 from nats_model.policies.base import ScorerPolicy, Step
 
 

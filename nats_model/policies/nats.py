@@ -8,8 +8,8 @@ from typing import ClassVar
 
 import torch
 
-from nats_model.cache import LayerStore
-from nats_model.decode_attention import packed_invalid, packed_ready
+from nats_model.engine.cache import LayerStore
+from nats_model.engine.decode_attention import packed_invalid, packed_ready
 from nats_model.mask import GLOBAL, LOCAL, SLIDING
 from nats_model.policies.base import Policy, Step, drop_lowest
 from nats_model.scorer import infer_types

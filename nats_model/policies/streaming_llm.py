@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from nats_model.cache import LayerStore
+from nats_model.engine.cache import LayerStore
 from nats_model.policies.base import Policy, Step, recent_mask, run_state
 from nats_model.rope import apply_rope, rope_cos_sin
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from nats_model.cache import LayerStore
+from nats_model.engine.cache import LayerStore
 from nats_model.policies.base import ScorerPolicy, Step, model_state
 
 

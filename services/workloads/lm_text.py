@@ -1,7 +1,7 @@
 """`lm_text`: streaming perplexity over long real text.
 
 Each instance is a window of held-out text of `context_length` tokens; the model scores it
-token by token with the policy active (`nats_model.generate.score_run`, as StreamingLLM evaluates
+token by token with the policy active (`nats_model.engine.generation.score_run`, as StreamingLLM evaluates
 streaming perplexity; `chunk_size` > 1 feeds several tokens per step, faster; `prompt_tokens` > 0
 prefills that many first tokens as a prompt, so prompt-compressing policies such as SnapKV act). The default corpus is the Python standard library's own source files
 (real text on every machine), split into train and held-out parts by file

@@ -43,7 +43,7 @@ def test_weight_bytes_counts_a_tied_tensor_once():
 
 
 def test_kv_bytes_match_what_the_engine_keeps_and_the_clock_times_every_token(tiny):
-    import nats_model.generate as gen
+    import nats_model.engine.generation as gen
     from nats_model.policies import build
 
     ids = real_model.prompt_ids(tiny.tokenizer, 64)

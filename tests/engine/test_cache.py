@@ -4,8 +4,9 @@ import pytest
 import torch
 from policies.kv_reference import tiny_gpt
 
-from nats_model.cache import LayerStore
-from nats_model.generate import attend_store, generate
+from nats_model.engine.cache import LayerStore
+from nats_model.engine.generation import generate
+from nats_model.engine.kv_engine import attend_store
 from nats_model.policies import build
 
 HD = 8

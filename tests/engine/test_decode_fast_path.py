@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from nats_model.cache import LayerStore
-from nats_model.decode_attention import attend_uniform_decode, uniform_decode_ready
-from nats_model.generate import KVEngine, _decode_step, _prefill, attend_store, generate
+from nats_model.engine.cache import LayerStore
+from nats_model.engine.decode_attention import attend_uniform_decode, uniform_decode_ready
+from nats_model.engine.generation import _decode_step, _prefill, generate
+from nats_model.engine.kv_engine import KVEngine, attend_store
 from nats_model.models.hf import adapt
 from nats_model.models.hf_decode import lean_decode_problem
 from nats_model.policies import build
@@ -138,7 +139,7 @@ def test_lean_decode_only_where_exact():
 def test_nats_decode_takes_the_uniform_path_with_the_same_output(monkeypatch):
     """A masking policy whose rule hides nothing this step (NAtS decode: `visible` is None) gets the
     mask-free uniform attention, and it equals `attend_store` on the same store and query."""
-    from nats_model import generate as gen
+    from nats_model.engine import kv_engine as gen
     from nats_model.models.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)

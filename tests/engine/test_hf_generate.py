@@ -11,7 +11,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from nats_model.generate import generate, score
+from nats_model.engine.generation import generate, score
 from nats_model.policies import build
 
 SMALL = dict(vocab_size=89, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -107,7 +107,7 @@ def test_unsupported_model_is_rejected():
 
 
 def test_score_run_reports_the_cache_and_a_prompt_lets_snapkv_compress():
-    from nats_model.generate import score_run
+    from nats_model.engine.generation import score_run
 
     model = make("llama")
     ids = torch.randint(1, 89, (1, 40), generator=torch.Generator().manual_seed(6))
@@ -134,7 +134,7 @@ def test_score_run_reports_the_cache_and_a_prompt_lets_snapkv_compress():
 
 
 def test_score_run_rejects_a_bad_prompt_len():
-    from nats_model.generate import score_run
+    from nats_model.engine.generation import score_run
 
     model = make("llama")
     ids = torch.randint(1, 89, (1, 10), generator=torch.Generator().manual_seed(6))

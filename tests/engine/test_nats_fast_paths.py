@@ -15,11 +15,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import nats_model.generate as gen
-from nats_model.generate import KVEngine, attend_store, generate
+import nats_model.engine.generation as gen
+import nats_model.engine.kv_engine as kv_engine
+from nats_model.engine.generation import generate
+from nats_model.engine.kv_engine import KVEngine, attend_store
+from nats_model.engine.prefill_attention import attend_visible_until, attend_visible_until_batched
 from nats_model.policies import build
 from nats_model.policies.nats import NatsPolicy
-from nats_model.prefill_attention import attend_visible_until, attend_visible_until_batched
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +180,7 @@ def test_build_registry_policy_is_the_fast_one():
 def test_fast_paths_are_the_ones_that_ran(monkeypatch, tiny_nats):
     """The end-to-end comparisons above exercise the fast paths: prefill through `attend_visible_until`,
     decode through the packed attention and the packed eviction (heads of unequal counts)."""
-    import nats_model.decode_attention as da
+    import nats_model.engine.decode_attention as da
 
     calls = {"prefill": 0, "attend": 0, "select": 0}
 
@@ -188,8 +190,8 @@ def test_fast_paths_are_the_ones_that_ran(monkeypatch, tiny_nats):
             return fn(*a, **k)
         return wrapped
 
-    monkeypatch.setattr(gen, "attend_visible_until_batched", count("prefill", gen.attend_visible_until_batched))
-    monkeypatch.setattr(gen, "attend_packed_decode", count("attend", da.attend_packed_decode))
+    monkeypatch.setattr(kv_engine, "attend_visible_until_batched", count("prefill", kv_engine.attend_visible_until_batched))
+    monkeypatch.setattr(kv_engine, "attend_packed_decode", count("attend", da.attend_packed_decode))
     monkeypatch.setattr(NatsPolicy, "_select_decode_packed", count("select", NatsPolicy._select_decode_packed))
     ids = torch.randint(0, 256, (1, 700), generator=torch.Generator().manual_seed(2))
     generate(tiny_nats, ids, NatsPolicy(), max_new_tokens=6, prefill_chunk_size=256)
@@ -198,8 +200,8 @@ def test_fast_paths_are_the_ones_that_ran(monkeypatch, tiny_nats):
 
 
 def test_packed_decode_attention_matches_the_group_path():
-    from nats_model.cache import LayerStore
-    from nats_model.decode_attention import attend_packed_decode
+    from nats_model.engine.cache import LayerStore
+    from nats_model.engine.decode_attention import attend_packed_decode
 
     g = torch.Generator().manual_seed(0)
     store = LayerStore(4, 16, torch.float32, torch.device("cpu"))

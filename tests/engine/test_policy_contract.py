@@ -5,7 +5,7 @@ from typing import ClassVar
 
 import torch
 
-from nats_model.generate import generate
+from nats_model.engine.generation import generate
 from nats_model.models.gpt import GPT, GPTConfig
 from nats_model.policies import Policy
 
@@ -72,7 +72,7 @@ class EvenOnly(Policy):
 
 
 def test_policy_visibility_mask_applies_inside_a_chunk():
-    from nats_model.generate import KVEngine
+    from nats_model.engine.kv_engine import KVEngine
 
     g = torch.Generator().manual_seed(0)
     B, Hq, Hkv, T, hd = 2, 4, 2, 6, 8

@@ -1,4 +1,4 @@
-"""The fused prefill path (nats_model.prefill_attention) equals the dense-mask path it replaces.
+"""The fused prefill path (nats_model.engine.prefill_attention) equals the dense-mask path it replaces.
 
 Stores are filled as the engine fills them (kept tokens first, then the chunk's real tokens in
 order), then the same queries go through `attend_store` with `chunk_in_order=False` (the dense
@@ -11,9 +11,10 @@ import pytest
 import torch
 from policies.kv_reference import tiny_gpt
 
-import nats_model.prefill_attention as pa
-from nats_model.cache import LayerStore
-from nats_model.generate import KVEngine, attend_store, generate
+import nats_model.engine.prefill_attention as pa
+from nats_model.engine.cache import LayerStore
+from nats_model.engine.generation import generate
+from nats_model.engine.kv_engine import KVEngine, attend_store
 from nats_model.policies import build
 
 HD = 16

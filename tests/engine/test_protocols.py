@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import nats_model.generate as gen
-from nats_model.generate import generate, prefill_steps
+import nats_model.engine.generation as gen
+from nats_model.engine.generation import generate, prefill_steps
 from nats_model.policies import build
 
 BUDGET = 12

@@ -85,7 +85,7 @@ def test_a_crash_inside_the_cell_is_a_failed_record(gpt, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("engine exploded")
 
-    monkeypatch.setattr("nats_model.generate.generate", boom)
+    monkeypatch.setattr("nats_model.engine.generation.generate", boom)
     rec = run_cell(gpt, cell())
     assert rec["status"] == "failed" and rec["error"] == "RuntimeError: engine exploded"
 

@@ -36,7 +36,7 @@ def _import(tmp_path, pth, base_dir, *extra):
 def test_import_gives_the_types_of_the_weights_applied_by_hand(tmp_path, base_dir, capsys):
     from transformers import AutoModelForCausalLM
 
-    from nats_model.generate import KVEngine
+    from nats_model.engine.kv_engine import KVEngine
     from nats_model.models.hf import adapt
     from nats_model.policies import build
 

@@ -52,8 +52,9 @@ def _types_and_generation(model_name: str, adapter_dir: Path, ids: list[int], ma
     """Load `model_name` + the adapter as a sweep cell does (services.evaluation.load_model); the NAtS types
     of every layer over one prefill of `ids` (the type logits the scorers give the engine, through
     nats_model.scorer.infer_types with the adapter's Global bias), then the `nats` policy's greedy tokens and
-    what its cache kept (nats_model.generate.generate)."""
-    from nats_model.generate import KVEngine, generate
+    what its cache kept (nats_model.engine.generation.generate)."""
+    from nats_model.engine.generation import generate
+    from nats_model.engine.kv_engine import KVEngine
     from nats_model.models.hf import adapt
     from nats_model.policies import build
     from nats_model.scorer import infer_types

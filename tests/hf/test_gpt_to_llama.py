@@ -36,7 +36,7 @@ def test_llama_computes_the_gpt_function():
 def test_converted_folder_loads_with_auto_classes_and_generates_like_the_gpt(tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
     from nats_model.policies import build
 
     gpt = tiny_gpt()

@@ -91,7 +91,7 @@ def test_cli_writes_an_adapter_folder_and_resumes(tmp_path, capsys):
     # the adapter drives the nats policy on the base model (W and C from the adapter)
     from transformers import AutoModelForCausalLM
 
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
     from nats_model.models.hf_nats import attach_nats_scorers
     from nats_model.policies import build
 
@@ -194,7 +194,7 @@ def test_validation_answers_through_the_engine_with_the_nats_policy():
     """The validator's greedy answers go through the KV engine: with Global-only scorers `nats` is
     `full`, so answers set to what `full` generates score (and one that differs does not) at kept 1."""
     from nats_model.data.tasks import ANSWER_END
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
     from nats_model.models.hf_nats import attach_nats_scorers
     from nats_model.policies import build
     from nats_model.train.hf_finetune import HFValidator
@@ -239,3 +239,29 @@ def test_answer_logit_kl_losses_train_the_scorers(tmp_path, loss):
     assert all(w.abs().sum() > 0 for w in weights.values())
     assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, before)
     assert model.config._attn_implementation == "sdpa" and not hasattr(model.config, "nats_window")  # detached
+
+
+def test_a_second_stage_starts_from_an_adapter(tmp_path):
+    """`nats.init_adapter`: a run starts from the scorer weights of an earlier run's adapter (checked against the
+    base); a different window or both initialisations given are refused."""
+    model = tiny_model("llama")
+    first = tmp_path / "first"
+    finetune_hf(parse_finetune_config(raw_config()), None, first, max_steps=5, progress=False, model=model,
+                tokenizer=byte_tokenizer())
+    _, trained = A.load_adapter(first)
+    nats = {"window": 8, "lam": 0.0, "init_adapter": str(first)}
+    second = tmp_path / "second"
+    cfg = parse_finetune_config(raw_config(nats=nats, optim={"lr": 1e-12}))
+    finetune_hf(cfg, None, second, max_steps=1, progress=False, model=model, tokenizer=byte_tokenizer())
+    _, started = A.load_adapter(second)
+    for i, w in trained.items():  # one step at lr 1e-12: still the first run's weights
+        torch.testing.assert_close(started[i], w, rtol=1e-6, atol=1e-9)
+    fresh = parse_finetune_config(raw_config(optim={"lr": 1e-12}))
+    finetune_hf(fresh, None, tmp_path / "fresh", max_steps=1, progress=False, model=model, tokenizer=byte_tokenizer())
+    _, init = A.load_adapter(tmp_path / "fresh")
+    assert any((init[i] - w).abs().max() > 1e-3 for i, w in trained.items())  # without it: another start
+    with pytest.raises(ValueError, match="window / chunk size 8 / 1, this run trains 16 / 1"):
+        finetune_hf(parse_finetune_config(raw_config(nats={**nats, "window": 16})), None, tmp_path / "w", max_steps=1,
+                    progress=False, model=model, tokenizer=byte_tokenizer())
+    with pytest.raises(ConfigError, match="init_adapter and nats.init_logits both given"):
+        parse_finetune_config(raw_config(nats={**nats, "init_logits": [-2.0, -1.0, 1.0]}))

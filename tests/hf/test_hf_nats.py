@@ -205,7 +205,7 @@ def test_chunk_pooling_of_logits_is_the_pooled_input_scorer():
 def test_qwen3_runs_through_the_engine_with_scorers():
     """Qwen3 (q/k norms) through the KV engine: `full` matches Hugging Face greedy generation; `nats`
     with Global-only scorers equals `full`, with decisive random scorers it keeps less."""
-    from nats_model.generate import generate
+    from nats_model.engine.generation import generate
     from nats_model.policies import build
 
     model = tiny_model("qwen3")

@@ -8,7 +8,8 @@ import pytest
 import torch
 from adapter_testlib import tiny_llama
 
-from nats_model.generate import KVEngine, _prefill, generate
+from nats_model.engine.generation import _prefill, generate
+from nats_model.engine.kv_engine import KVEngine
 from nats_model.models.gpt import GPT, GPTConfig
 from nats_model.models.hf import adapt
 from nats_model.policies import build

@@ -7,9 +7,10 @@ import os
 import pytest
 import torch
 
-from nats_model import generate as gen
-from nats_model.cache import LayerStore
-from nats_model.generate import KVEngine, attend_store, generate
+from nats_model.engine import kv_engine
+from nats_model.engine.cache import LayerStore
+from nats_model.engine.generation import generate
+from nats_model.engine.kv_engine import KVEngine, attend_store
 from nats_model.kernels.decode import ENV_SWITCH, use_decode_kernel, varlen_decode_attention
 from nats_model.policies import build
 
@@ -122,7 +123,7 @@ def test_cpu_engine_never_takes_the_kernel(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the Triton decode kernel ran on the CPU")
 
-    monkeypatch.setattr(gen, "varlen_decode_attention", boom)
+    monkeypatch.setattr(kv_engine, "varlen_decode_attention", boom)
     ids = torch.randint(0, 61, (2, 14), generator=torch.Generator().manual_seed(5))
     mask = torch.ones_like(ids, dtype=torch.bool)
     mask[0, :5] = False  # left padding: the two sequences' heads hold different counts
@@ -141,19 +142,19 @@ def test_env_switch_turns_it_off(monkeypatch):
 def test_engine_with_kernel_forced_matches_torch_path(monkeypatch):
     """NAtS keeps different counts per head: with the kernel forced on (interpreter) the engine's
     decode takes it on the non-uniform steps, and logits match the torch path."""
-    from nats_model.generate import _bind, _decode_step, _prefill
+    from nats_model.engine.generation import _bind, _decode_step, _prefill
     from nats_model.models.hf import adapt
 
     model = _nats_gpt()
     ids = torch.randint(0, 61, (2, 20), generator=torch.Generator().manual_seed(7))
     calls = []
-    real = gen.varlen_decode_attention
+    real = kv_engine.varlen_decode_attention
 
     def counted(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(gen, "varlen_decode_attention", counted)
+    monkeypatch.setattr(kv_engine, "varlen_decode_attention", counted)
 
     def run(force: bool):
         adapter = adapt(model)

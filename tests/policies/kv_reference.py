@@ -1,7 +1,7 @@
 """Brute-force reference KV engine for the policy tests, written from the papers' rules.
 
 Per (layer, sequence, KV head) it keeps plain Python lists of (position, key, value, score) and
-computes attention head by head with explicit loops: no shared code with nats_model.cache or the
+computes attention head by head with explicit loops: no shared code with nats_model.engine.cache or the
 policies, so agreement is evidence that both implement the rule.
 """
 
@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from nats_model.generate import KVEngine
+from nats_model.engine.kv_engine import KVEngine
 from nats_model.models.gpt import GPT, GPTConfig
 from nats_model.rope import apply_rope, rope_cos_sin
 

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from nats_model.generate import generate
+from nats_model.engine.generation import generate
 from nats_model.policies import build
 
 from ._prompt_reference import budget_tokens, run_prompt_protocol

@@ -9,7 +9,7 @@ Global before), capped by the documented eviction order. No code is shared with 
 import pytest
 import torch
 
-from nats_model.generate import generate, score
+from nats_model.engine.generation import generate, score
 from nats_model.models.gpt import GPT, GPTConfig
 from nats_model.policies import build
 

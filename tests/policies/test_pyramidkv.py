@@ -4,7 +4,7 @@ SnapKV's scores written out from the prompt's real queries and keys, then the to
 import pytest
 import torch
 
-from nats_model.generate import generate
+from nats_model.engine.generation import generate
 from nats_model.policies import build
 
 from ._prompt_reference import (

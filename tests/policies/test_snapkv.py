@@ -9,7 +9,7 @@ them with explicit loops and keeps the top ones plus the window. Decode steps ne
 import pytest
 import torch
 
-from nats_model.generate import generate
+from nats_model.engine.generation import generate
 from nats_model.policies import build
 
 from .kv_reference import BruteForceEngine, RecordingEngine, assert_same_run, budget_tokens, drive, tiny_gpt

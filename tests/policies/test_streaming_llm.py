@@ -7,7 +7,7 @@ streaming eviction reaches (sinks + the most recent tokens depend only on the to
 import pytest
 import torch
 
-from nats_model.generate import generate
+from nats_model.engine.generation import generate
 from nats_model.policies import build
 
 from ._prompt_reference import final_kept, run_prompt_protocol

@@ -9,7 +9,7 @@ the lowest ones (ties: the later position first), the same positions from every 
 import pytest
 import torch
 
-from nats_model.generate import generate
+from nats_model.engine.generation import generate
 from nats_model.policies import build
 
 from .kv_reference import BruteForceEngine, RecordingEngine, assert_same_run, budget_tokens, drive, tiny_gpt
@@ -163,7 +163,7 @@ def test_unknown_kv_head_count_is_refused(model, prompt):
 @pytest.mark.parametrize("budget", [5, 3])  # one drop (decode fast path) / several
 def test_heads_with_differently_ordered_rows_drop_the_same_positions(budget):
     """Scores are added up by position, not by row, when a sequence's heads order rows differently."""
-    from nats_model.cache import LayerStore
+    from nats_model.engine.cache import LayerStore
     from nats_model.policies.base import Step
 
     g = torch.Generator().manual_seed(0)

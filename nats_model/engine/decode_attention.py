@@ -2,7 +2,7 @@
 
 At a small kept budget a decode step reads few keys, so what it costs is per-call overhead (a few
 microseconds per tensor op on a CPU, plus the Python around it), not arithmetic. The general
-`nats_model.generate.attend_store` handles padding, sliding windows, policy visibility masks and
+`nats_model.engine.kv_engine.attend_store` handles padding, sliding windows, policy visibility masks and
 segments of different capacities; in the usual decode state none of that applies: every sequence
 adds one real token, and the layer's store is uniform with every segment holding the same count
 (StreamingLLM, SnapKV after the prompt, full cache, and H2O / TOVA / NAtS while their heads keep
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nats_model.cache import LayerStore
+from nats_model.engine.cache import LayerStore
 
 
 def uniform_decode_ready(store: LayerStore, T: int, prefill: bool, all_valid: bool,
@@ -98,7 +98,7 @@ def attend_packed_decode(store: LayerStore, q: torch.Tensor, scale: float) -> to
     """q (n_seg, g, 1, hd) over each segment's own kept slots -> out (n_seg, g, 1, hd): one scores
     matmul of every query head against the flat K buffer, the slots of other segments and the
     unoccupied ones set to -inf, one softmax, one matmul with V. The attention of
-    `nats_model.generate.attend_store` to float rounding."""
+    `nats_model.engine.kv_engine.attend_store` to float rounding."""
     n_seg, g, _, hd = q.shape
     invalid = packed_invalid(store)
     s = F.linear(q.reshape(n_seg * g, hd) * scale, store.k)  # (n_seg * g, capacity)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nats_model.cache import LayerStore
+from nats_model.engine.cache import LayerStore
 
 DEFAULT_OBSERVE_BLOCK = 64  # queries per statistics block: (n_seg, g * 64, L) float32 at a time
 
@@ -113,7 +113,7 @@ def _later(rows: int, cols: int, device: torch.device) -> torch.Tensor:
 def attend_prefill(store: LayerStore, q: torch.Tensor, q_valid: torch.Tensor, all_valid: bool, scale: float,
                    observe: str, probs_rows: int | None = None, block: int = DEFAULT_OBSERVE_BLOCK
                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The prefill case of `nats_model.generate.attend_store` (same returns): q (n_seg, g, T, hd)
+    """The prefill case of `nats_model.engine.kv_engine.attend_store` (same returns): q (n_seg, g, T, hd)
     attends over every segment's kept slots plus the chunk's own real tokens (causal), segments
     with equal (occupied length, real queries) batched together. Needs: no policy visibility
     rule, no sliding window, real queries a suffix of each row of `q_valid` (the caller checks).
@@ -197,7 +197,7 @@ def attend_visible_until(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor
     """Prefill attention of q (n_seg, g, T, hd) over every segment's kept slots when the policy's
     visibility is an interval per key: slot j is visible to query position m iff pos[j] <= m <=
     until[j] (`until (n_seg, row_cap)` long, -1 for unoccupied slots; NAtS `visible_until`).
-    The same result as `nats_model.generate.attend_store` with the dense `visible` mask, to float
+    The same result as `nats_model.engine.kv_engine.attend_store` with the dense `visible` mask, to float
     rounding, without a (T, row_cap) mask. Per segment and block of `block` queries (positions
     p_a..p_b), the keys fall in three sets:
 
