@@ -36,7 +36,7 @@ COMMON_NOTES = [
 NATS_NOTES = [
     "Types are learned jointly with the weights from step 0 with a fixed lambda (the paper's recipe; "
     "straight-through Gumbel types and the regulariser inside the attention backward, "
-    "nats_model.attention_blockwise on the CPU). The kept fraction in the evaluation table is what the "
+    "nats_model.attention.blockwise on the CPU). The kept fraction in the evaluation table is what the "
     "inference cache held at the end of each window (kept / seen, mean over windows, layers and heads): "
     "Global tokens, the Local tokens since the last Global one, and the Sliding-window ring.",
     "How W, lambda and the Global bias were chosen (see the comments in configs/train_scratch_nats.yaml): one "

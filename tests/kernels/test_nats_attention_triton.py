@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from nats_model.attention import _triton_impl, nats_attention_reference
+from nats_model.attention import nats_attention_reference
+from nats_model.attention.dispatch import _triton_impl
 from nats_model.kernels import nats_attention_triton
 from nats_model.kernels.bounds import collected_term, key_bounds
 

@@ -1,4 +1,4 @@
-"""Block-wise NAtS attention (nats_model.attention_blockwise) against the dense reference oracle.
+"""Block-wise NAtS attention (nats_model.attention.blockwise) against the dense reference oracle.
 
 Forward, dq, dk, dv and the type gradients (token and chunk level, GQA, lambda, ragged N and
 blocks, W >= N) must equal `nats_attention_reference`: to 1e-5 in float32 and to rounding in
@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nats_model import attention_blockwise as blockwise_mod
 from nats_model import scorer
+from nats_model.attention import blockwise as blockwise_mod
 from nats_model.attention import nats_attention, nats_attention_reference
-from nats_model.attention_blockwise import NatsAttentionBlockwise, nats_attention_blockwise
+from nats_model.attention.blockwise import NatsAttentionBlockwise, nats_attention_blockwise
 
 F32, F64 = torch.float32, torch.float64
 

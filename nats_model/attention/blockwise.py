@@ -1,6 +1,6 @@
 """Block-wise NAtS attention for the CPU: the reference's exact gradient in O(N x block) memory.
 
-Same contract and same numbers as `nats_model.attention.NatsAttentionFunction` (the dense
+Same contract and same numbers as `nats_model.attention.reference.NatsAttentionFunction` (the dense
 oracle) for hard one-hot types, but no tensor is ever N x N per (batch, head): the work is done
 one block of `block` query rows at a time against the keys 0..m1-1 those rows can see causally.
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from nats_model.attention_contract import check_inputs
+from nats_model.attention.contract import check_inputs
 from nats_model.kernels.bounds import collected_term, key_bounds, prev_global_strict
 
 DEFAULT_BLOCK = 64  # measured: 64 ~ 32 < 128 < 256 at N=1024, B=8, 4 heads of 32 (2 threads)

@@ -1,5 +1,5 @@
 """The input contract of NAtS training attention, shared by the dense reference
-(`nats_model.attention`) and the block-wise CPU form (`nats_model.attention_blockwise`), so neither
+(`nats_model.attention.reference`) and the block-wise CPU form (`nats_model.attention.blockwise`), so neither
 imports the other for it. (The Triton kernel, `nats_model.kernels.nats_attn`, checks the same shapes
 plus what the kernel itself needs: head dim 16..256 and one float dtype.)"""
 

@@ -1,4 +1,5 @@
-"""NAtS attention: causal softmax attention under the token-type mask, with the paper's gradient.
+"""NAtS attention, the dense reference: causal softmax attention under the token-type mask, with the
+paper's gradient.
 
 Forward: key n is removed for query m when the visibility rule (nats_model.mask) says so. The
 mask is built from the one-hot types h(n) = (h_G, h_L, h_S) as a multiplicative mask on
@@ -30,15 +31,16 @@ Sparsity regulariser (docs/METHOD.md, "Regulariser"), added in the backward, per
 summed over the GQA group (i.e. times Hq/Hkv): dh_G(n) += lam (N-n)/N on Global keys, dh_L(n) += lam
 (e(n)-n)/N on Local keys (e(n) the last query that sees n), nothing on SW keys; N = number of tokens.
 
-This dense reference holds O(N^2) per head and stays the oracle; `nats_attention` uses the Triton
-kernel on CUDA and the block-wise Function of `nats_model.attention_blockwise` on the CPU.
+This dense reference holds O(N^2) per head and stays the oracle; `nats_model.attention.nats_attention`
+(`nats_model.attention.dispatch`) uses the Triton kernel on CUDA and the block-wise Function of
+`nats_model.attention.blockwise` on the CPU.
 """
 
 from __future__ import annotations
 
 import torch
 
-from nats_model.attention_contract import check_inputs
+from nats_model.attention.contract import check_inputs
 from nats_model.mask import GLOBAL, LOCAL, next_global_after, previous_global_before
 
 
@@ -264,45 +266,3 @@ def nats_attention_reference(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return NatsAttentionFunction.apply(q, k, v, types_onehot, window, lam, chunk_size, scale, p_tilde)
-
-
-def _triton_impl():
-    """The Triton kernel entry point (`nats_model.kernels`, which imports triton only on first
-    call), or None where the kernels package cannot be imported."""
-    try:
-        from nats_model.kernels import nats_attention_triton
-    except ImportError:
-        return None
-    return nats_attention_triton
-
-
-def nats_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    types_onehot: torch.Tensor,
-    *,
-    window: int,
-    lam: float = 0.0,
-    chunk_size: int | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """NAtS attention (see the module docstring): the Triton kernel on CUDA when available; on the
-    CPU the block-wise Function (`nats_model.attention_blockwise`, same gradient, O(N x block)
-    memory) for hard one-hot types; else (soft types, other devices) the dense reference."""
-    if q.is_cuda:
-        fn = _triton_impl()
-        if fn is not None:
-            return fn(q, k, v, types_onehot, window=window, lam=lam, chunk_size=chunk_size, scale=scale)
-    if q.device.type == "cpu" and _is_hard_onehot(types_onehot):
-        from nats_model.attention_blockwise import nats_attention_blockwise
-
-        return nats_attention_blockwise(q, k, v, types_onehot, window=window, lam=lam, chunk_size=chunk_size,
-                                        scale=scale)
-    return nats_attention_reference(q, k, v, types_onehot, window=window, lam=lam, chunk_size=chunk_size, scale=scale)
-
-
-def _is_hard_onehot(types_onehot: torch.Tensor) -> bool:
-    """Exactly one nonzero entry per position (hard, also straight-through, whose kept entry is 1 up
-    to rounding): the mask is then the boolean visibility rule the block-wise Function builds."""
-    return types_onehot.shape[-1] == 3 and bool(((types_onehot.detach() != 0).sum(-1) == 1).all())
