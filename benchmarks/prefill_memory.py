@@ -30,7 +30,7 @@ def _child(tokens: int, chunk: int | None, keep_last: bool, device: str) -> dict
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from nats_model.engine.generation import generate
-    from nats_model.models.hf import HFAdapter
+    from nats_model.models.bridge import HFBridge
     from nats_model.policies import build
 
     torch.manual_seed(0)
@@ -39,8 +39,8 @@ def _child(tokens: int, chunk: int | None, keep_last: bool, device: str) -> dict
     model = LlamaForCausalLM(cfg).eval().to(device)
     ids = torch.randint(0, VOCAB, (1, tokens), device=device)
     if not keep_last:  # the engine before logits_to_keep: every position's logits of every chunk
-        forward = HFAdapter.forward
-        HFAdapter.forward = lambda self, i, p, e, logits_to_keep=0: forward(self, i, p, e, 0)
+        forward = HFBridge.forward
+        HFBridge.forward = lambda self, i, p, e, logits_to_keep=0: forward(self, i, p, e, 0)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()

@@ -189,7 +189,7 @@ def ours_side(spec: dict, workdir: Path, gate: Gate | None = None) -> dict:
 
     from nats_model.engine.generation import _bind, _decode_step, _prefill
     from nats_model.engine.kv_engine import KVEngine
-    from nats_model.models.hf import adapt
+    from nats_model.models.bridge import bridge_for
     from nats_model.policies import build
 
     model = load_model(workdir)
@@ -200,16 +200,16 @@ def ours_side(spec: dict, workdir: Path, gate: Gate | None = None) -> dict:
               "snapkv": {"window_size": SNAP_WINDOW, "kernel_size": SNAP_KERNEL, "pooling": "avg"}}
     out = {"side": "ours", "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
            "policies": {}}
-    adapter = adapt(model)
+    bridge = bridge_for(model)
     mask = torch.ones_like(ids, dtype=torch.bool)
     for name in spec["policies"]:
         policy = build(name, budget_tokens=n_kept, **params[name])
-        _bind(policy, adapter)
+        _bind(policy, bridge)
         policy.reset()
         engine = KVEngine(policy, 1)
-        with torch.no_grad(), adapter.session(engine):
+        with torch.no_grad(), bridge.session(engine):
             t0 = time.perf_counter()
-            logits = _prefill(adapter, engine, ids, mask, spec["prefill_chunk"])
+            logits = _prefill(bridge, engine, ids, mask, spec["prefill_chunk"])
             prefill_s = time.perf_counter() - t0
             kept = []
             for i in sorted(engine.cache.layers):
@@ -219,7 +219,7 @@ def ours_side(spec: dict, workdir: Path, gate: Gate | None = None) -> dict:
             kept_len = int(engine.cache.layers[0].lens[0])
 
             def step(tok, pos, _engine=engine):
-                return _decode_step(adapter, _engine, tok, torch.tensor([pos]))
+                return _decode_step(bridge, _engine, tok, torch.tensor([pos]))
 
             tok = logits.argmax(-1)
             times, cpu, tokens = timed_decode(step, tok, L, spec["warmup"], spec["steps"], gate)

@@ -424,8 +424,8 @@ def kept_after_prefill():
 
     original, seen = gen._prefill, []
 
-    def wrapped(adapter, engine, input_ids, *args, **kwargs):
-        out = original(adapter, engine, input_ids, *args, **kwargs)
+    def wrapped(bridge, engine, input_ids, *args, **kwargs):
+        out = original(bridge, engine, input_ids, *args, **kwargs)
         masks, span = [], input_ids.shape[1]
         for i in sorted(engine.cache.layers):
             store = engine.cache.layers[i]

@@ -1,7 +1,7 @@
 """The loops that drive a model through the KV engine: chunked prefill, token-by-token decode.
 
 `generate` and `score_run` / `score` run a model (the small GPT or a Hugging Face Llama /
-Mistral / Qwen2, through its bridge in `nats_model.models.hf`) with a fresh
+Mistral / Qwen2, through its bridge in `nats_model.models.bridge`) with a fresh
 `nats_model.engine.kv_engine.KVEngine` as its `kv_engine`; the protocol helpers
 (`check_protocol`, `decode_evicts`, `prefill_steps`) say which steps may evict.
 
@@ -30,11 +30,11 @@ from nats_model.engine.results import CacheStats, GenerationResult, ScoreResult
 from nats_model.policies.base import PROTOCOLS, Policy
 
 
-def _bind(policy: Policy, adapter) -> None:
+def _bind(policy: Policy, bridge) -> None:
     """Give a policy that re-rotates keys the model's RoPE theta unless it was set explicitly."""
-    if getattr(policy, "rope_theta", 0) is None and adapter.rope_theta is not None:
-        policy.rope_theta = adapter.rope_theta
-    policy.bind_model(adapter.model)
+    if getattr(policy, "rope_theta", 0) is None and bridge.rope_theta is not None:
+        policy.rope_theta = bridge.rope_theta
+    policy.bind_model(bridge.model)
 
 
 def _sync(device: torch.device) -> None:
@@ -100,7 +100,7 @@ def prefill_steps(P: int, chunk: int | None, compress: str,
             for s in range(0, P, chunk)]
 
 
-def _prefill(adapter, engine: KVEngine, input_ids, mask, chunk: int | None, compress: str = "streaming",
+def _prefill(bridge, engine: KVEngine, input_ids, mask, chunk: int | None, compress: str = "streaming",
              context_len: int | None = None) -> torch.Tensor:
     """Feed the prompt in chunks (`prefill_steps`); returns the logits of the last position (B, V)."""
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, P) like Hugging Face
@@ -110,17 +110,17 @@ def _prefill(adapter, engine: KVEngine, input_ids, mask, chunk: int | None, comp
         pos, val = positions[:, s:e], mask[:, s:e]
         rope = engine.policy.rope_positions(pos, engine.kept_per_seq().to(pos.device), val)
         engine.begin_step(pos, val, prefill=True, last_prefill=e == P, evict=evict, compress_point=point)
-        logits = adapter.forward(input_ids[:, s:e], rope, engine, logits_to_keep=1)  # (B, 1, V): the last only
+        logits = bridge.forward(input_ids[:, s:e], rope, engine, logits_to_keep=1)  # (B, 1, V): the last only
     return logits[:, -1]
 
 
-def _decode_step(adapter, engine: KVEngine, tok: torch.Tensor, pos: torch.Tensor,
+def _decode_step(bridge, engine: KVEngine, tok: torch.Tensor, pos: torch.Tensor,
                  evict: bool = True) -> torch.Tensor:
     """tok, pos (B,) -> logits (B, V) for the next token."""
     valid = torch.ones(tok.shape[0], 1, dtype=torch.bool, device=tok.device)
     rope = engine.policy.rope_positions(pos[:, None], engine.kept_per_seq().to(pos.device), valid)
     engine.begin_step(pos[:, None], valid, prefill=False, evict=evict, compress_point=False)
-    return adapter.forward(tok[:, None], rope, engine)[:, -1]
+    return bridge.forward(tok[:, None], rope, engine)[:, -1]
 
 
 def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None, gen) -> torch.Tensor:
@@ -147,7 +147,7 @@ def generate(model, input_ids: torch.Tensor, policy: Policy, max_new_tokens: int
     `default_protocol`, what the policy did before protocols existed); `context_len`
     (compress="context" only): the number of leading columns of `input_ids` that are the context
     (left padding included, so every row's context ends at that column), the question follows."""
-    from nats_model.models.hf import adapt
+    from nats_model.models.bridge import bridge_for
 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
@@ -159,24 +159,24 @@ def generate(model, input_ids: torch.Tensor, policy: Policy, max_new_tokens: int
     compress = check_protocol(policy, compress)
     steps_evict = decode_evicts(policy, compress)
     prefill_steps(input_ids.shape[1], prefill_chunk_size, compress, context_len)  # bad context_len: before work
-    adapter = adapt(model)
+    bridge = bridge_for(model)
     device = input_ids.device
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    _bind(policy, adapter)
+    _bind(policy, bridge)
     policy.reset()
     engine = KVEngine(policy, input_ids.shape[0], observe_block=observe_block)
     out = []
-    with adapter.session(engine):
+    with bridge.session(engine):
         _sync(device)
         t0 = time.perf_counter()
-        logits = _prefill(adapter, engine, input_ids, mask, prefill_chunk_size, compress, context_len)
+        logits = _prefill(bridge, engine, input_ids, mask, prefill_chunk_size, compress, context_len)
         tok = _pick(logits, do_sample, temperature, top_k, gen)
         out.append(tok)
         _sync(device)
         t1 = time.perf_counter()
         pos = mask.long().sum(1)  # original position of the first new token
         for _ in range(max_new_tokens - 1):
-            logits = _decode_step(adapter, engine, tok, pos, steps_evict)
+            logits = _decode_step(bridge, engine, tok, pos, steps_evict)
             tok = _pick(logits, do_sample, temperature, top_k, gen)
             out.append(tok)
             pos = pos + 1
@@ -203,7 +203,7 @@ def score_run(model, input_ids: torch.Tensor, policy: Policy, attention_mask: to
     (every step may evict) or "prompt" (the prompt's chunks keep every token but the last one, the
     compression point; the later steps evict as `decode_evicts` says); "context" is refused (a scored
     text has no question to append)."""
-    from nats_model.models.hf import adapt
+    from nats_model.models.bridge import bridge_for
 
     mask = _check_inputs(input_ids, attention_mask, prefill_chunk_size)
     if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or prompt_len < 0:
@@ -215,8 +215,8 @@ def score_run(model, input_ids: torch.Tensor, policy: Policy, attention_mask: to
         raise ValueError("compress: score_run has no question to append after a context; allowed: streaming, "
                          "prompt")
     after_prompt_evicts = decode_evicts(policy, compress)
-    adapter = adapt(model)
-    _bind(policy, adapter)
+    bridge = bridge_for(model)
+    _bind(policy, bridge)
     policy.reset()
     engine = KVEngine(policy, input_ids.shape[0], observe_block=observe_block)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
@@ -225,14 +225,14 @@ def score_run(model, input_ids: torch.Tensor, policy: Policy, attention_mask: to
     spans = [(s, min(n_prompt, s + prompt_chunk_size), True) for s in range(0, n_prompt, prompt_chunk_size)]
     spans += [(s, min(T - 1, s + prefill_chunk_size), False) for s in range(n_prompt, T - 1, prefill_chunk_size)]
     nll = []
-    with adapter.session(engine):
+    with bridge.session(engine):
         for s, e, in_prompt in spans:
             pos, val = positions[:, s:e], mask[:, s:e]
             rope = policy.rope_positions(pos, engine.kept_per_seq().to(pos.device), val)
             point = in_prompt and e == n_prompt
             evict = (compress == "streaming" or point) if in_prompt else after_prompt_evicts
             engine.begin_step(pos, val, prefill=True, last_prefill=point, evict=evict, compress_point=point)
-            logp = torch.log_softmax(adapter.forward(input_ids[:, s:e], rope, engine).float(), -1)
+            logp = torch.log_softmax(bridge.forward(input_ids[:, s:e], rope, engine).float(), -1)
             tgt = input_ids[:, s + 1:e + 1]
             step_nll = -logp.gather(-1, tgt[..., None])[..., 0]
             nll.append(step_nll.masked_fill(~val, float("nan")))

@@ -7,7 +7,7 @@ attention input, i.e. the `hidden_states` the layer's `self_attn` receives. A fo
 `self_attn` computes the per-token type logits `(B, Hkv, T, 3)` and stores them as
 `module.nats_type_logits`, where an attention function reads (and clears) them:
 
-- inference: `nats_model.models.hf.ATTN_IMPLEMENTATION` (the KV engine; the `nats` policy pools chunk
+- inference: `nats_model.models.bridge.ATTN_IMPLEMENTATION` (the KV engine; the `nats` policy pools chunk
   logits itself, the scorer being linear without bias);
 - training: `TRAIN_ATTN_IMPLEMENTATION`, registered here with `AttentionInterface` (plus a mask entry
   returning None: the NAtS rule is the mask). It samples hard straight-through Gumbel types (positions /
@@ -36,8 +36,8 @@ from torch import nn
 
 from nats_model import mask as mask_mod
 from nats_model import scorer as scorer_mod
+from nats_model.models.bridge import ATTN_IMPLEMENTATION
 from nats_model.models.families import SUPPORTED_MODEL_TYPES
-from nats_model.models.hf import ATTN_IMPLEMENTATION
 
 TRAIN_ATTN_IMPLEMENTATION = "natsbench_nats_train"
 CONFIG_ATTRS = ("nats_window", "nats_chunk_size", "nats_global_bias")

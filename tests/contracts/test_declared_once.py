@@ -29,10 +29,10 @@ def test_one_family_list():
 
 
 def test_readers_share_it():
-    from nats_model.models import families, hf, hf_nats
+    from nats_model.models import bridge, families, hf_nats
     from services import model_import
 
-    assert hf.SUPPORTED_MODEL_TYPES is families.SUPPORTED_MODEL_TYPES
+    assert bridge.SUPPORTED_MODEL_TYPES is families.SUPPORTED_MODEL_TYPES
     assert hf_nats.SUPPORTED_MODEL_TYPES is families.SUPPORTED_MODEL_TYPES
     assert model_import.SUPPORTED_ARCHITECTURES is families.SUPPORTED_MODEL_TYPES
 

@@ -16,7 +16,7 @@ from nats_model.engine.cache import LayerStore
 from nats_model.engine.decode_attention import attend_uniform_decode, uniform_decode_ready
 from nats_model.engine.generation import _decode_step, _prefill, generate
 from nats_model.engine.kv_engine import KVEngine, attend_store
-from nats_model.models.hf import adapt
+from nats_model.models.bridge import bridge_for
 from nats_model.models.hf_decode import lean_decode_problem
 from nats_model.policies import build
 
@@ -89,18 +89,18 @@ def test_evict_after_append_copies_the_same_as_from_the_store(drop):
 
 def run_steps(model, policy_name, ids, steps, lean: bool):
     """Prefill, then `steps` greedy decode steps; logits and kept positions of every step."""
-    adapter = adapt(model)
+    bridge = bridge_for(model)
     policy = build(policy_name) if policy_name == "full" else build(policy_name, budget_tokens=12)
     policy.reset()
     engine = KVEngine(policy, ids.shape[0])
     out = []
-    with torch.no_grad(), adapter.session(engine):
-        assert adapter.lean_decode is True  # the model qualifies
-        adapter.lean_decode = lean
-        logits = _prefill(adapter, engine, ids, torch.ones_like(ids, dtype=torch.bool), 16)
+    with torch.no_grad(), bridge.session(engine):
+        assert bridge.lean_decode is True  # the model qualifies
+        bridge.lean_decode = lean
+        logits = _prefill(bridge, engine, ids, torch.ones_like(ids, dtype=torch.bool), 16)
         tok, pos = logits.argmax(-1), torch.full((ids.shape[0],), ids.shape[1])
         for _ in range(steps):
-            logits = _decode_step(adapter, engine, tok, pos)
+            logits = _decode_step(bridge, engine, tok, pos)
             store = engine.cache.layers[1]
             kept = store.rows(store.pos, fill=-1).masked_fill(~store.valid_rows(), -1).sort(1).values
             out.append((logits, kept))

@@ -125,9 +125,9 @@ def test_with_a_hard_cap(monkeypatch, tiny_nats):
 def _prefill_steps(model, ids, policy, chunk, mask=None):
     """Drive prefill through an engine whose `attend` checks, per layer and chunk, the bound against
     the dense mask and the block-wise attention against the dense attention; returns checks done."""
-    from nats_model.models.hf import adapt
+    from nats_model.models.bridge import bridge_for
 
-    adapter = adapt(model)
+    bridge = bridge_for(model)
     policy.bind_model(model)
     policy.reset()
     engine = KVEngine(policy, ids.shape[0])
@@ -161,8 +161,8 @@ def _prefill_steps(model, ids, policy, chunk, mask=None):
 
     policy.visible = visible
     mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
-    with torch.no_grad(), adapter.session(engine):
-        gen._prefill(adapter, engine, ids, mask, chunk)
+    with torch.no_grad(), bridge.session(engine):
+        gen._prefill(bridge, engine, ids, mask, chunk)
     return checks
 
 

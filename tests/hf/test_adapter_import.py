@@ -37,7 +37,7 @@ def test_import_gives_the_types_of_the_weights_applied_by_hand(tmp_path, base_di
     from transformers import AutoModelForCausalLM
 
     from nats_model.engine.kv_engine import KVEngine
-    from nats_model.models.hf import adapt
+    from nats_model.models.bridge import bridge_for
     from nats_model.policies import build
 
     weights = scorer_weights(seed=3, scale=0.5)
@@ -65,10 +65,10 @@ def test_import_gives_the_types_of_the_weights_applied_by_hand(tmp_path, base_di
     engine = Recorder(policy, 1)
     ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(40)[None]
-    adapter = adapt(model)
-    with torch.no_grad(), adapter.session(engine):
+    bridge = bridge_for(model)
+    with torch.no_grad(), bridge.session(engine):
         engine.begin_step(pos, torch.ones_like(pos, dtype=torch.bool), prefill=True, last_prefill=True)
-        adapter.forward(ids, pos, engine)
+        bridge.forward(ids, pos, engine)
     counts = torch.zeros(3, dtype=torch.long)
     for i, w in weights.items():
         x = attn_inputs[i][0]  # (T, hidden)

@@ -13,7 +13,7 @@ from adapter_testlib import save_tiny_llama, scorer_weights
 
 from nats_model import adapter as A
 from nats_model.mask import SLIDING, visibility
-from nats_model.models.hf import adapt
+from nats_model.models.bridge import bridge_for
 from nats_model.policies import build
 from nats_model.scorer import infer_types
 
@@ -49,23 +49,23 @@ def _model_with_adapter(base_dir, adapter_dir):
 def _drive(model, engine, policy, ids, mask, chunk, n_decode):
     """Prefill in chunks then greedy decode through the HF attention function; the tokens and the
     last-position logits of every step."""
-    adapter = adapt(model)
+    bridge = bridge_for(model)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     P = ids.shape[1]
     out_logits = []
-    with torch.no_grad(), adapter.session(engine):
+    with torch.no_grad(), bridge.session(engine):
         for s in range(0, P, chunk):
             e = min(P, s + chunk)
             pos, val = positions[:, s:e], mask[:, s:e]
             engine.begin_step(pos, val, prefill=True, last_prefill=e == P)
-            logits = adapter.forward(ids[:, s:e], policy.rope_positions(pos, engine.kept_per_seq(), val), engine)
+            logits = bridge.forward(ids[:, s:e], policy.rope_positions(pos, engine.kept_per_seq(), val), engine)
         out_logits.append(logits[:, -1])
         toks = [logits[:, -1].argmax(-1)]
         pos = mask.long().sum(1)
         for _ in range(n_decode):
             valid = torch.ones(ids.shape[0], 1, dtype=torch.bool)
             engine.begin_step(pos[:, None], valid, prefill=False)
-            logits = adapter.forward(toks[-1][:, None], pos[:, None], engine)
+            logits = bridge.forward(toks[-1][:, None], pos[:, None], engine)
             out_logits.append(logits[:, -1])
             toks.append(logits[:, -1].argmax(-1))
             pos = pos + 1

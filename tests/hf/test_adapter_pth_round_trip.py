@@ -55,7 +55,7 @@ def _types_and_generation(model_name: str, adapter_dir: Path, ids: list[int], ma
     what its cache kept (nats_model.engine.generation.generate)."""
     from nats_model.engine.generation import generate
     from nats_model.engine.kv_engine import KVEngine
-    from nats_model.models.hf import adapt
+    from nats_model.models.bridge import bridge_for
     from nats_model.policies import build
     from nats_model.scorer import infer_types
     from services.evaluation import load_model
@@ -75,10 +75,10 @@ def _types_and_generation(model_name: str, adapter_dir: Path, ids: list[int], ma
     engine = Recorder(policy, 1)
     x = torch.tensor([ids])
     pos = torch.arange(x.shape[1])[None]
-    hf = adapt(model)
-    with torch.no_grad(), hf.session(engine):
+    bridge = bridge_for(model)
+    with torch.no_grad(), bridge.session(engine):
         engine.begin_step(pos, torch.ones_like(pos, dtype=torch.bool), prefill=True, last_prefill=True)
-        hf.forward(x, pos, engine)
+        bridge.forward(x, pos, engine)
     types = {layer: infer_types(t, global_bias=bias) for layer, t in logits.items()}
     result = generate(model, x, build("nats"), max_new_tokens=max_new_tokens)
     return {"types": types, "tokens": result.tokens[0].tolist(), "kept": result.kept_per_layer_head,

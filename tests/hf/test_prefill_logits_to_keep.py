@@ -10,8 +10,8 @@ from adapter_testlib import tiny_llama
 
 from nats_model.engine.generation import _prefill, generate
 from nats_model.engine.kv_engine import KVEngine
+from nats_model.models.bridge import bridge_for
 from nats_model.models.gpt import GPT, GPTConfig
-from nats_model.models.hf import adapt
 from nats_model.policies import build
 
 
@@ -29,12 +29,12 @@ MODELS = _models()
 
 def _next_logits(model, ids, mask, chunk) -> torch.Tensor:
     policy = build("full")
-    adapter = adapt(model)
+    bridge = bridge_for(model)
     policy.bind_model(model)
     policy.reset()
     engine = KVEngine(policy, ids.shape[0])
-    with torch.no_grad(), adapter.session(engine):
-        return _prefill(adapter, engine, ids, mask.bool(), chunk)  # (B, V)
+    with torch.no_grad(), bridge.session(engine):
+        return _prefill(bridge, engine, ids, mask.bool(), chunk)  # (B, V)
 
 
 @pytest.mark.parametrize("name", ["gpt", "llama"])

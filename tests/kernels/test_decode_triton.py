@@ -143,7 +143,7 @@ def test_engine_with_kernel_forced_matches_torch_path(monkeypatch):
     """NAtS keeps different counts per head: with the kernel forced on (interpreter) the engine's
     decode takes it on the non-uniform steps, and logits match the torch path."""
     from nats_model.engine.generation import _bind, _decode_step, _prefill
-    from nats_model.models.hf import adapt
+    from nats_model.models.bridge import bridge_for
 
     model = _nats_gpt()
     ids = torch.randint(0, 61, (2, 20), generator=torch.Generator().manual_seed(7))
@@ -157,20 +157,20 @@ def test_engine_with_kernel_forced_matches_torch_path(monkeypatch):
     monkeypatch.setattr(kv_engine, "varlen_decode_attention", counted)
 
     def run(force: bool):
-        adapter = adapt(model)
+        bridge = bridge_for(model)
         policy = build("nats", budget_tokens=6)
-        _bind(policy, adapter)
+        _bind(policy, bridge)
         policy.reset()
         engine = KVEngine(policy, ids.shape[0], triton_decode=force)
         if force:
             monkeypatch.setattr(engine, "_kernel_on", lambda device: True)
         logits_all, uneven = [], 0
-        with torch.no_grad(), adapter.session(engine):
-            logits = _prefill(adapter, engine, ids, torch.ones_like(ids, dtype=torch.bool), 8)
+        with torch.no_grad(), bridge.session(engine):
+            logits = _prefill(bridge, engine, ids, torch.ones_like(ids, dtype=torch.bool), 8)
             tok, pos = logits.argmax(-1), torch.full((ids.shape[0],), ids.shape[1])
             for _ in range(6):
                 uneven += sum(s.common_len() == -1 for s in engine.cache.layers.values())
-                logits = _decode_step(adapter, engine, tok, pos)
+                logits = _decode_step(bridge, engine, tok, pos)
                 logits_all.append(logits)
                 tok, pos = logits.argmax(-1), pos + 1
         return torch.stack(logits_all), uneven

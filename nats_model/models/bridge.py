@@ -1,4 +1,5 @@
-"""Model adapters for the generation engine: the small GPT and Hugging Face causal LMs.
+"""Model bridges for the KV engine: how the generation loops (`nats_model.engine.generation`) run the
+small GPT (`GPTBridge`) and Hugging Face causal LMs (`HFBridge`) with a `KVEngine` as their attention.
 
 Hugging Face Llama / Mistral / Qwen2 / Qwen3 (transformers 5) run through an attention function
 registered with `AttentionInterface` under `ATTN_IMPLEMENTATION` (plus a mask entry returning
@@ -26,7 +27,7 @@ from nats_model.models.hf_decode import lean_decode_problem, lean_llama_forward
 ATTN_IMPLEMENTATION = "natsbench_kv"
 _ENGINE: contextvars.ContextVar = contextvars.ContextVar("natsbench_kv_engine", default=None)
 _registered = False
-_MASK_BUILT_BY_ENGINE = torch.ones(1, 1, 1, 1, dtype=torch.bool)  # see HFAdapter.forward
+_MASK_BUILT_BY_ENGINE = torch.ones(1, 1, 1, 1, dtype=torch.bool)  # see HFBridge.forward
 
 
 def _engine_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -59,7 +60,7 @@ def register_attention() -> None:
     _registered = True
 
 
-class HFAdapter:
+class HFBridge:
     """Runs a Hugging Face Llama / Mistral / Qwen2 / Qwen3 causal LM through a `KVEngine`."""
 
     def __init__(self, model):
@@ -71,7 +72,7 @@ class HFAdapter:
         rope_type = rope.get("rope_type", "default")
         # re-rotating cached keys by a position delta is exact only for plain RoPE
         self.rope_theta = rope.get("rope_theta") if rope_type == "default" else None
-        self.lean_decode = False  # set per session (hooks may be attached after the adapter is made)
+        self.lean_decode = False  # set per session (hooks may be attached after the bridge is made)
 
     @contextlib.contextmanager
     def session(self, engine):
@@ -100,7 +101,7 @@ class HFAdapter:
                           use_cache=False, logits_to_keep=logits_to_keep).logits
 
 
-class GPTAdapter:
+class GPTBridge:
     """Runs `nats_model.models.gpt.GPT` through a `KVEngine` (its `kv_engine` hook)."""
 
     def __init__(self, model):
@@ -117,17 +118,17 @@ class GPTAdapter:
         return logits
 
 
-def adapt(model) -> HFAdapter | GPTAdapter:
-    """The adapter for `model` (a GPT or a supported Hugging Face causal LM)."""
+def bridge_for(model) -> HFBridge | GPTBridge:
+    """The bridge for `model` (a GPT or a supported Hugging Face causal LM)."""
     from nats_model.models.gpt import GPT
 
     if isinstance(model, GPT):
-        return GPTAdapter(model)
+        return GPTBridge(model)
     try:
         from transformers import PreTrainedModel
     except ImportError:  # pragma: no cover
         PreTrainedModel = ()
     if isinstance(model, PreTrainedModel):
-        return HFAdapter(model)
+        return HFBridge(model)
     raise ValueError(f"model must be nats_model.models.gpt.GPT or a Hugging Face "
                      f"{'/'.join(SUPPORTED_MODEL_TYPES)} causal LM, got {type(model).__name__}")
