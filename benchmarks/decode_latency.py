@@ -173,7 +173,7 @@ def main() -> None:
     cfg = GPTConfig(vocab_size=256, n_layer=4, n_head=8, n_kv_head=8, d_model=512, max_seq_len=32768)
     model = GPT(cfg).to(device).eval()
     if not args.row_major_weights:
-        model.cpu_decode_layout()  # as services.evaluation.load_model does for every GPT on the CPU
+        model.cpu_decode_layout()  # as services.models.load_model does for every GPT on the CPU
     contexts = [int(c) for c in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     names = [p for p in args.policies.split(",") if p]

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from services.evaluation import load_model
+    from services.models import load_model
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

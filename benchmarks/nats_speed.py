@@ -1,7 +1,7 @@
 """NAtS as fast as it is small: prefill TTFT and decode ms/token of the `nats` policy against the
 full cache on the same base model, with the kept fraction and the physical KV bytes beside them.
 
-Pairs (NAtS model vs its base with `full`, both loaded by `services.evaluation.load_model`, fp32):
+Pairs (NAtS model vs its base with `full`, both loaded by `services.models.load_model`, fp32):
 - `tiny-nats-ft` (the tiny GPT with its NAtS scorers) vs `tiny-base` (the headline pair: the targets);
 - `tiny-llama-base` + the adapter `models/tiny-llama-nats` vs `tiny-llama-base`;
 - `smollm2-135m-instruct` + `models/smollm2-135m-nats` vs `smollm2-135m-instruct`, when both folders
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         print(f"--device: allowed values cpu, cuda (cuda needs a CUDA device); got {args.device!r}", file=sys.stderr)
         sys.exit(2)
-    from services.evaluation import load_model
+    from services.models import load_model
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

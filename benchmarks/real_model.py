@@ -2,7 +2,7 @@
 vs transformers' own forward and DynamicCache decode, and the memory-bandwidth floor of a decode step.
 
 Model: `models/smollm2-135m-instruct` (30-layer Llama, hidden 576, 9 query / 3 KV heads of dim 64,
-vocabulary 49152, tied embeddings), loaded by `services.evaluation.load_model(..., dtype="float32")`;
+vocabulary 49152, tied embeddings), loaded by `services.models.load_model(..., dtype="float32")`;
 batch 1, `--threads` torch threads (default 1). The prompt of each context is real English text (the
 standard library's docstrings, `nats_model.data.haystack.english_text`), tokenized and cut to exactly
 the context's length. Per context, side by side in this one process (so a change in the shared
@@ -359,7 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from services.evaluation import load_model
+    from services.models import load_model
 
     try:
         handle = load_model(args.model, dtype="float32")

@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from services import workloads
-    from services.evaluation import load_model
+    from services.models import load_model
 
     t_start = time.perf_counter()
     handle = load_model(str(model_dir), dtype="float32")

@@ -325,7 +325,7 @@ def _check_workload_params(i: int, w: WorkloadSpec, problems: list[str]) -> None
 
 def _check_adapter(i: int, m: ModelSpec, problems: list[str]) -> None:
     """The adapter folder exists, is well formed and was made for this model (before any cell runs)."""
-    from services.adapters import check_adapter_for_model
+    from services.models import check_adapter_for_model
 
     try:
         check_adapter_for_model(m.name, m.adapter)

@@ -165,7 +165,7 @@ def make_base(folder: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from services.evaluation import _tiny_bpe_tokenizer
+    from services.models import _tiny_bpe_tokenizer
 
     tok = _tiny_bpe_tokenizer()
     torch.manual_seed(0)

@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 
 from services.declaration import DONE
-from services.evaluation import load_model, run_cell
+from services.evaluation import run_cell
+from services.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Measured by natsbench eval"

@@ -25,7 +25,7 @@ def _machine() -> str:
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from services.evaluation import _cpu_name
+    from services.environment import _cpu_name
 
     return f"{os.cpu_count()} cores ({_cpu_name()}), no GPU"
 

@@ -38,7 +38,8 @@ def main() -> int:
 
     from services.adapters import adapter_fields
     from services.declaration import DONE
-    from services.evaluation import load_model, run_cell
+    from services.evaluation import run_cell
+    from services.models import load_model
 
     torch.set_num_threads(1)
     wp = {"context_length": 1024, "chat": "on"}

@@ -1,282 +1,51 @@
-"""Run one benchmark cell: load a model, make the workload's instances, run them through a KV
+"""Run one benchmark cell on a loaded model: make the workload's instances, run them through a KV
 policy with the shared engine (`nats_model.engine.generation`), score and measure.
-
-`load_model(name_or_path, device="cpu", dtype="float32") -> ModelHandle` accepts
-- a shipped reference model by name: the folder `models/<name>/` of the repository;
-- a GPT checkpoint folder (`config.json` with `"model_type": "natsbench-gpt"` or without a
-  model type, plus `model.safetensors`), tokenised byte-level;
-- a local Hugging Face model folder (AutoModelForCausalLM + AutoTokenizer, local files only);
-- a test-only random model: `random:tiny-gpt` (2-layer byte-level GPT, full attention),
-  `random:tiny-gpt-nats` (the same with NAtS type scorers, window 16) or `random:tiny-llama`
-  (a 2-layer Llama with a small byte-level BPE tokenizer trained in memory, so the Hugging Face
-  path with a real tokenizer runs without downloads). Weights come from a fixed seed.
 
 `run_cell(handle, config) -> record` never raises for a failure inside the cell: the record
 then has `status="failed"` and `error="<ExceptionType>: <message>"` (bad policy or workload
 parameters give the ValueError's message), with the traceback in `extras.traceback`.
+
+This module is the default cell runner of the workers (`services.worker.DEFAULT_RUNNER`): a runner
+module offers `load_model` and `run_cell` (and optionally `check_model`); this one's `load_model` /
+`check_model` are those of `services.models`, where models are named and loaded.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import platform
-import socket
-import subprocess
 import time
 import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from services import models
 from services.declaration import (
     CONFIG_KEYS,
     DONE,
-    DTYPES,
     FAILED,
     METRIC_FIELDS,
     check_compress,
     check_config_field,
-    check_device,
     resolve_device,
 )
-from services.model_files import check_model_folder
-from services.models import (  # noqa: F401 - re-exported: model names and test models live in services.models
-    MODELS_DIR,
-    RANDOM_MODELS,
-    REPO_ROOT,
-    _random_model,
-    _tiny_bpe_tokenizer,
-    resolve_model,
-    shipped_models,
-)
+from services.environment import environment_info
+from services.models import ModelHandle
 
 CONFIG_DEFAULTS: dict[str, Any] = {"policy_params": {}, "workload_params": {}, "n_examples": 1, "seed": 0}
 RECORD_KEYS = CONFIG_KEYS
 WARMUP_PROMPT_TOKENS = 64
 
 
-@dataclass
-class ModelHandle:
-    """A loaded model with its tokenizer: `kind` is "gpt" (the small byte-level GPT) or "hf"
-    (a Hugging Face causal LM); `encode`/`decode`/`count_tokens` use the model's own tokenizer,
-    so workloads measure `context_length` in the model's tokens."""
-
-    name: str
-    model: Any
-    tokenizer: Any
-    kind: str
-    device: str
-    dtype: str
-    source: str
-    info: dict = field(default_factory=dict)
-    # NAtS scorer adapter attached at load (`services.adapters`): its folder as given and content hash
-    adapter: str | None = None
-    adapter_sha256: str | None = None
-
-    def encode(self, text: str) -> list[int]:
-        if self.kind == "hf":
-            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-        return self.tokenizer.encode(text)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
-
-    def has_chat_template(self) -> bool:
-        return self.kind == "hf" and bool(getattr(self.tokenizer, "chat_template", None))
-
-    def check_chat(self, workload: str) -> None:
-        """ValueError when the workload parameter chat='on' cannot be honoured by this model."""
-        if not self.has_chat_template():
-            raise ValueError(f"workload {workload!r}: parameter 'chat'='on' needs a Hugging Face model whose "
-                             f"tokenizer has a chat template; {self.name!r} has none (use chat='off')")
-
-    def encode_instance(self, inst) -> list[int]:
-        """The token ids of an instance: its prompt, or with `meta["chat"]` the user turn through
-        the chat template (generation prompt added) followed by the assistant prefix."""
-        chat = inst.meta.get("chat")
-        if chat is None:
-            return self.encode(inst.prompt)
-        self.check_chat(inst.workload)
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": chat["user"]}],
-                                                  add_generation_prompt=True, tokenize=False)
-        # the template writes its own special tokens (BOS included); the prefix continues the text
-        return list(self.tokenizer(text + chat["assistant_prefix"], add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: list[int]) -> str:
-        if self.kind == "hf":
-            eos = self.tokenizer.eos_token_id
-            if eos is not None and eos in ids:
-                ids = ids[: ids.index(eos)]
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-        return self.tokenizer.decode(ids)
-
-
-# ---------------------------------------------------------------- loading
-
-def _torch_dtype(dtype: str):
-    import torch
-
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return getattr(torch, dtype)
-
-
-def _check_device(device: str) -> str:
-    """The device to load on: "auto" resolved (cuda if torch sees a GPU, else cpu); ValueError
-    for an unknown name or a CUDA device on a machine without one."""
-    import torch
-
-    device = resolve_device(check_device(device))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA device is available (use --device cpu)")
-    return device
-
-
-def _load_folder(folder: Path, torch_dtype):
-    # Config, safetensors headers and restricted .bin unpickling first: one line naming a bad file.
-    model_type = check_model_folder(folder).get("model_type")
-    if model_type in (None, "natsbench-gpt"):
-        from nats_model.models.gpt import GPT
-        from nats_model.tokenizer import ByteTokenizer
-
-        try:
-            return GPT.from_pretrained(folder, device="cpu", dtype=torch_dtype), ByteTokenizer(), "gpt"
-        except (TypeError, ValueError, RuntimeError, KeyError) as exc:  # config fields, state-dict mismatch
-            raise ValueError(f"GPT checkpoint folder {str(folder)!r}: config.json and model.safetensors do not "
-                             f"make a model: {_first_line(exc)}") from None
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    try:  # the config first: the tokenizer reads it too, and a bad field must be named as the config's
-        AutoConfig.from_pretrained(folder, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - transformers' config validation raises its own types
-        raise ValueError(f"{folder / 'config.json'} is not a valid Hugging Face config: {_first_line(exc)}") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"Hugging Face model folder {str(folder)!r} has no usable tokenizer: {_first_line(exc)}") \
-            from None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch_dtype)
-    except Exception as exc:  # noqa: BLE001 - a bad config.json surfaces as many types (transformers' own included)
-        raise ValueError(f"Hugging Face model folder {str(folder)!r} could not be loaded: {_first_line(exc)}") from None
-    return model.eval(), tok, "hf"
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, at most 300 characters."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-    text = lines[0]
-    if text.endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for GPT:" / "Validation error ...:"
-        text = f"{text} {lines[1]}"
-    return text if len(text) <= 300 else text[:297] + "..."
+# the cell runner's loader and model check (the worker contract, `services.worker`): the models'
+# own, looked up at call time (a test that swaps `services.models.load_model` swaps the runner's too)
+def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
+               adapter: str | None = None) -> ModelHandle:
+    """`services.models.load_model` (see there)."""
+    return models.load_model(name_or_path, device=device, dtype=dtype, adapter=adapter)
 
 
 def check_model(name_or_path: str) -> None:
-    """Resolve a model name and check its files without loading the weights (the sweep driver
-    calls this before Ray starts); ValueError with one line naming the name or the bad file."""
-    folder = resolve_model(name_or_path)
-    if folder is not None:
-        check_model_folder(folder)
+    """`services.models.check_model` (see there)."""
+    models.check_model(name_or_path)
 
-
-def load_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
-               adapter: str | None = None) -> ModelHandle:
-    """Load a shipped model by name, a GPT checkpoint folder, a local Hugging Face folder or a
-    `random:` test model (see the module docstring); ValueError naming what was tried. `adapter`:
-    a NAtS scorer adapter folder for a Hugging Face model (`nats_model.adapter`), checked against the
-    base (config and weight hash) and attached; the `nats` policy then takes W / chunk size / Global
-    bias from it."""
-    torch_dtype = _torch_dtype(dtype)
-    device = _check_device(device)
-    name = str(name_or_path)
-    folder = resolve_model(name)
-    if folder is None:
-        model, tok, kind = _random_model(name)
-        source = name
-    else:
-        model, tok, kind = _load_folder(folder, torch_dtype)
-        source = str(folder.resolve())
-    model = model.to(device=device, dtype=torch_dtype).eval()
-    if kind != "hf" and hasattr(model, "cpu_decode_layout"):
-        model.cpu_decode_layout()  # our GPT on the CPU: decode-friendly weight layout (see its docstring)
-    info = {"kind": kind, "source": source, "n_parameters": sum(p.numel() for p in model.parameters())}
-    from services.model_base import base_model  # the base a dashboard compares this run on
-
-    info["base_model"] = base_model(name, adapter)
-    handle = ModelHandle(name=name, model=model, tokenizer=tok, kind=kind, device=device, dtype=dtype,
-                         source=source, info=info)
-    if adapter is not None:
-        from services.adapters import attach_to_model
-
-        if kind != "hf":
-            raise ValueError(f"adapter {str(adapter)!r}: NAtS adapters are for Hugging Face models; {name!r} is a "
-                             "natsbench GPT (its scorers live in its own checkpoint)")
-        attached = attach_to_model(model, adapter, None if name.startswith("random:") else folder)
-        handle.adapter, handle.adapter_sha256 = attached["adapter"], attached["adapter_sha256"]
-        info["adapter"] = {"path": attached["adapter"], "sha256": attached["adapter_sha256"], **attached["config"]}
-    return handle
-
-
-# ---------------------------------------------------------------- environment
-
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str | None:
-    env = os.environ.get("NATSBENCH_GIT_COMMIT")
-    if env:
-        return env
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-@functools.lru_cache(maxsize=1)
-def _package_versions() -> dict:
-    from importlib import metadata
-
-    versions = {}
-    for pkg in ("natsbench", "torch", "transformers", "numpy", "triton"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return versions
-
-
-def environment_info(device: str = "cpu") -> dict:
-    """Where and with what a cell ran: git commit (`-dirty` with local changes; env
-    NATSBENCH_GIT_COMMIT overrides, e.g. inside a Ray job without .git), package versions,
-    device name, host, CPU threads."""
-    import torch
-
-    versions = dict(_package_versions())
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        device_name = torch.cuda.get_device_name(torch.device(device))
-    else:
-        device_name = _cpu_name()
-    return {"git_commit": _git_commit(), "python": platform.python_version(), "packages": versions,
-            "device": str(device), "device_name": device_name, "host": socket.gethostname(),
-            "platform": platform.platform(), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-
-
-# ---------------------------------------------------------------- one cell
 
 def normalize_config(config: dict, handle: ModelHandle | None = None) -> dict:
     """The cell config with defaults filled in; ValueError naming a missing or bad field."""

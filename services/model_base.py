@@ -14,7 +14,7 @@ trained from scratch is its own base). The records, in the order they are looked
 
 A name that resolves to no folder (a store read on another machine, a `random:` test model) is its own
 base. The result is a plain dict, stored in the run record's `extras.model_info` by
-`services.evaluation.load_model` and derived by the dashboard for older rows.
+`services.models.load_model` and derived by the dashboard for older rows.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json
 import re
 from pathlib import Path
 
-from services.models import MODELS_DIR, REPO_ROOT
+from services.paths import MODELS_DIR, REPO_ROOT
 
 IMPORT_RECORD = "natsbench_import.json"  # services.model_import.IMPORT_RECORD (not imported: no torch here)
 FINETUNE_RECORD = "finetune_config.json"

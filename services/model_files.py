@@ -5,7 +5,7 @@ object), the header of every `*.safetensors` file (its JSON header parses and th
 declares fit in the file, so a truncated download is caught without reading the weights), and a
 `pytorch_model*.bin` file only through PyTorch's restricted unpickler
 (`torch.load(weights_only=True)`, memory-mapped), so a pickle that carries code is refused, never
-run. The sweep driver calls it (through `services.evaluation.check_model`) for every model of a
+run. The sweep driver calls it (through `services.models.check_model`) for every model of a
 sweep before Ray starts, and `load_model` calls it before loading.
 """
 

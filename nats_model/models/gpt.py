@@ -243,7 +243,7 @@ class GPT(nn.Module):
         distinct weights so none stays in cache) 2048 x 512 row-major 422-464 us, column-major 221 us;
         512 x 2048 row-major 255-292 us, column-major 486 us; square ones within noise. Same values and shapes;
         prefill GEMMs take the same time; results can differ from the row-major layout in the last
-        bits (another summation order), so it is applied once, at load (`services.evaluation.load_model`
+        bits (another summation order), so it is applied once, at load (`services.models.load_model`
         and the decode benchmark), never between two runs of one model. `save_pretrained` writes
         contiguous tensors either way."""
         for module in self.modules():

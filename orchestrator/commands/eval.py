@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         return _fail(f"--seed must be >= 0, got {args.seed}")
 
-    from services import evaluation, workloads
+    from services import evaluation, models, workloads
 
     # bad input is reported before the model is loaded or anything runs
     try:
@@ -128,14 +128,14 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--compress: workload {args.workload!r} has no question after its context; allowed: "
                      "streaming, prompt")
     if args.adapter is not None:  # another base, a wrong shape, a missing file: refused before loading
-        from services.adapters import check_adapter_for_model
+        from services.models import check_adapter_for_model
 
         try:
             check_adapter_for_model(args.model, args.adapter)
         except ValueError as exc:
             return _fail(str(exc).splitlines()[0])
     try:
-        handle = evaluation.load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+        handle = models.load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
     except (ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
     try:  # lengths are measured in the model's tokens: e.g. a context too short for the task

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
             from pathlib import Path
 
-            from services.models import MODELS_DIR
+            from services.paths import MODELS_DIR
 
             # a folder as given, or a model in models/ by name (smollm2-135m-instruct); finetune_hf checks the folder
             model_dir = Path(args.model).expanduser()

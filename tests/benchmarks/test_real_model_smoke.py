@@ -20,7 +20,7 @@ import real_model  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny():
-    from services.evaluation import load_model
+    from services.models import load_model
 
     return load_model("random:tiny-llama", dtype="float32")
 

@@ -99,7 +99,7 @@ def test_mask_agreement_counts_sets_overlap_and_ties():
 
 def test_our_side_and_the_join_with_a_stand_in_kvpress_side():
     bench = load_bench()
-    from services.evaluation import load_model
+    from services.models import load_model
 
     handle = load_model("random:tiny-llama")
     g = torch.Generator().manual_seed(1)

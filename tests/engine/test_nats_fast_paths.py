@@ -26,14 +26,14 @@ from nats_model.policies.nats import NatsPolicy
 
 @pytest.fixture(scope="module")
 def tiny_nats():
-    from services.evaluation import load_model
+    from services.models import load_model
 
     return load_model("tiny-nats-ft").model
 
 
 @pytest.fixture(scope="module")
 def tiny_llama_nats():
-    from services.evaluation import load_model
+    from services.models import load_model
 
     return load_model("tiny-llama-base", adapter="models/tiny-llama-nats").model
 

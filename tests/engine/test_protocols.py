@@ -22,7 +22,7 @@ P, CHUNK, CONTEXT = 60, 16, 38
 
 @pytest.fixture(scope="module")
 def model():
-    from services.evaluation import load_model
+    from services.models import load_model
 
     torch.manual_seed(0)
     return load_model("random:tiny-llama").model
@@ -125,7 +125,8 @@ def test_unsupported_protocol_and_missing_context_end_are_refused(model, ids):
 @pytest.mark.parametrize("chat", [False, True])
 def test_encode_split_finds_the_context_end_in_the_models_tokens(chat, monkeypatch):
     from services import workloads
-    from services.evaluation import encode_split, load_model
+    from services.evaluation import encode_split
+    from services.models import load_model
 
     handle = load_model("random:tiny-llama")
     if chat:  # a minimal template: the user turn verbatim between markers

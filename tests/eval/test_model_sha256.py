@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from nats_model.adapter import base_weights_sha256
 from orchestrator.plan import build_cells
 from orchestrator.spec import parse_spec
-from services.models import MODELS_DIR
+from services.paths import MODELS_DIR
 
 SHIPPED = MODELS_DIR / "tiny-base"
 pytestmark = pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="models/tiny-base absent")
@@ -73,7 +73,8 @@ def test_a_shipped_model_by_name_carries_its_folders_hash_and_random_models_none
 
 
 def test_a_cell_planned_for_other_weights_fails_naming_model_sha256(tmp_path):
-    from services.evaluation import load_model, run_cell
+    from services.evaluation import run_cell
+    from services.models import load_model
 
     folder = _copy_model(tmp_path / "my-model")
     config = build_cells(_spec(str(folder)))[0].config

@@ -1,4 +1,4 @@
-"""`services.evaluation`: load_model, run_cell records (done and failed), environment."""
+"""`services.models.load_model` and `services.evaluation.run_cell`: loading, run records (done and failed), environment."""
 
 import json
 import math
@@ -8,8 +8,9 @@ import re
 import pytest
 import torch
 
-from services import evaluation, workloads
-from services.evaluation import load_model, run_cell
+from services import environment, workloads
+from services.evaluation import run_cell
+from services.models import load_model
 
 RECORD_FIELDS = {"model", "policy", "policy_params", "workload", "workload_params", "n_examples", "seed",
                  "device", "dtype", "run_key", "sweep", "status", "error", "attempts", "environment",
@@ -169,7 +170,7 @@ def test_hugging_face_model_with_its_own_tokenizer(tmp_path):
 
 
 def test_environment_info():
-    env = evaluation.environment_info()
+    env = environment.environment_info()
     assert set(env) >= {"git_commit", "packages", "device", "device_name", "host", "python"}
     # the tests run in a git checkout: HEAD's commit, "-dirty" with uncommitted changes (or the override)
     pinned = os.environ.get("NATSBENCH_GIT_COMMIT")

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from orchestrator.cli import main
-from services.evaluation import MODELS_DIR
+from services.paths import MODELS_DIR
 
 pytestmark = [
     pytest.mark.slow,

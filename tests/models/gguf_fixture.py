@@ -20,7 +20,7 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def tiny_llama_and_tokenizer():
     """(LlamaForCausalLM with 2 layers, hidden 64, 4 heads, 2 KV heads; its byte-level BPE tokenizer)."""
-    from services.evaluation import _random_model
+    from services.models import _random_model
 
     model, tok, _ = _random_model("random:tiny-llama")
     return model, tok

@@ -64,7 +64,8 @@ def test_import_matches_source_model(tiny_gguf, tmp_path):
 
 
 def test_imported_folder_runs_a_cell(tiny_gguf, tmp_path):
-    from services.evaluation import load_model, run_cell
+    from services.evaluation import run_cell
+    from services.models import load_model
 
     out = tmp_path / "m"
     import_gguf(tiny_gguf["f32"], out, dtype="float32", progress=lambda m: None)

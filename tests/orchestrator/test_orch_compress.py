@@ -98,12 +98,12 @@ def test_sweep_refuses_before_any_work(tmp_path, capsys):
 
 
 def test_eval_refuses_an_unsupported_protocol_before_loading(capsys, monkeypatch):
-    from services import evaluation
+    from services import models
 
     def no_load(*a, **k):
         raise AssertionError("the model must not be loaded")
 
-    monkeypatch.setattr(evaluation, "load_model", no_load)
+    monkeypatch.setattr(models, "load_model", no_load)
     assert main(["eval", "--model", "random:tiny-gpt", "--policy", "snapkv", "--policy-param", "budget=0.5",
                  "--workload", "passkey", "--compress", "streaming"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [

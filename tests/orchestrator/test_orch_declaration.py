@@ -72,7 +72,7 @@ def test_device_auto_is_accepted_and_kept_in_the_key():
 def test_device_auto_runs_a_cell_on_what_it_resolves_to():
     import torch
 
-    from services.evaluation import load_model
+    from services.models import load_model
     from services.worker import CellWorker
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services import workloads
-from services.evaluation import load_model
+from services.models import load_model
 
 
 @pytest.fixture(scope="module")
