@@ -38,6 +38,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import docker_images
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -46,8 +47,9 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_OVERRIDE = "tests/docker/compose.test.yml"
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.cpu.yml", TEST_OVERRIDE)
 BASE_IMAGE = "natsbench-base:bookworm"
-APP_IMAGE = "natsbench:compose-test"
-PG_IMAGE = "natsbench-postgres:test"
+# Tagged <repository>:<prefix>-<digest of the build inputs> (docker_images.image_key).
+APP_REPO, VENV_REPO, PG_REPO = "natsbench", "natsbench-venv", "natsbench-postgres"
+APP_DOCKERFILE, PG_DOCKERFILE = "docker/Dockerfile", "docker/postgres.Dockerfile"
 WHEELHOUSE = REPO / "docker" / "wheelhouse"
 SWEEP = "smoke"  # configs/smoke.yaml: 2 workloads x 3 policies on random:tiny-gpt = 6 cells
 SMOKE_CELLS = 6
@@ -120,8 +122,10 @@ def _image_exists(name: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def images(docker_engine):
-    """The base (mmdebstrap, once), the wheelhouse and the two images (docker's build cache)."""
+def images(docker_engine) -> dict[str, str]:
+    """The base (mmdebstrap, once), the wheelhouse (once, under ~/.cache/natsbench) and the two images,
+    each tagged by the digest of its build inputs (docker_images.image_key): reused when that tag exists,
+    else built on docker's layer cache. {"app": image, "postgres": image} for compose.test.yml."""
     t0 = time.monotonic()
     if not _image_exists(BASE_IMAGE):
         # minbase + python3 and its venv module: what docker/Dockerfile needs from a base.
@@ -135,19 +139,59 @@ def images(docker_engine):
             code = mm.wait()
             log.seek(0)
             assert code == 0 and imp.returncode == 0, f"base image: {log.read()[-3000:]}\n{imp.stderr}"
-    if not list(WHEELHOUSE.glob("torch-2.13.0*.whl")) or _wheelhouse_stale():
-        run([sys.executable, str(REPO / "scripts" / "docker_wheelhouse.py"), str(WHEELHOUSE)], timeout=900)
-        (WHEELHOUSE / ".pyproject.stamp").write_text(_deps_fingerprint())
-    # PostgreSQL from Debian's package: apt-get inside the build needs the mirror (host network).
-    run(["docker", "build", "-q", "--network", "host", "-f", "docker/postgres.Dockerfile",
-         "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", PG_IMAGE, "."], cwd=REPO, timeout=900)
-    # The project image needs no network at all: every wheel comes from the wheelhouse.
-    run(["docker", "build", "-q", "--network", "none", "-f", "docker/Dockerfile",
-         "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "OFFLINE=1", "-t", APP_IMAGE, "."],
-        cwd=REPO, timeout=1200)
-    # Superseded builds of these two images (dangling, labelled by the Dockerfiles) only.
+    base_id = run(["docker", "image", "inspect", "-f", "{{.Id}}", BASE_IMAGE]).stdout.strip()
+    # The wheels live once under the cache folder (a fresh clone's docker/wheelhouse/ is empty) and are
+    # hard-linked into the build context; filled again only when pyproject's dependencies change.
+    cached = docker_images.cache_dir() / "docker-wheelhouse"
+    if not list(cached.glob("torch-2.13.0*.whl")) or _wheelhouse_stale(cached):
+        run([sys.executable, str(REPO / "scripts" / "docker_wheelhouse.py"), str(cached)], timeout=900)
+        (cached / ".pyproject.stamp").write_text(_deps_fingerprint())
+    docker_images.link_wheels(cached, WHEELHOUSE)
+    built = []
+    pg_args = {"BASE_IMAGE": BASE_IMAGE}
+    pg = f"{PG_REPO}:test-{docker_images.image_key(REPO, PG_DOCKERFILE, base_id, pg_args)}"
+    if not _image_exists(pg):
+        # PostgreSQL from Debian's package: apt-get inside the build needs the mirror (host network).
+        run(["docker", "build", "-q", "--network", "host", "-f", PG_DOCKERFILE, *_build_args(pg_args),
+             "-t", pg, "."], cwd=REPO, timeout=900)
+        built.append(pg)
+    app_args = {"BASE_IMAGE": BASE_IMAGE, "OFFLINE": "1"}
+    key = docker_images.image_key(REPO, APP_DOCKERFILE, base_id, app_args)
+    app, venv = f"{APP_REPO}:compose-test-{key}", f"{VENV_REPO}:compose-test-{key}"
+    if not _image_exists(app):
+        # The project image needs no network at all: every wheel comes from the wheelhouse. Its first stage
+        # gets a tag of its own, so that pruning dangling images never drops the virtualenv layers a
+        # source change would otherwise rebuild (docker's cache reuses them for the second command).
+        for target, tag in (("--target=venv", venv), (None, app)):
+            run(["docker", "build", "-q", "--network", "none", "-f", APP_DOCKERFILE, *_build_args(app_args),
+                 *([target] if target else []), "-t", tag, "."], cwd=REPO, timeout=1200)
+        built.append(app)
+    if built:
+        _drop_superseded({APP_REPO: app, VENV_REPO: venv, PG_REPO: pg})
+    print(f"images ready in {time.monotonic() - t0:.0f} s: {app}, {pg} ({'built ' + ', '.join(built) if built else 'reused'})")
+    return {"app": app, "postgres": pg}
+
+
+def _build_args(args: dict[str, str]) -> list[str]:
+    return [a for k, v in args.items() for a in ("--build-arg", f"{k}={v}")]
+
+
+KEEP_SUPERSEDED = 2  # per repository: earlier keys stay for a checkout or two that still builds them
+
+
+def _drop_superseded(current: dict[str, str]) -> None:
+    """Untag all but the newest KEEP_SUPERSEDED earlier keys of each test image (and the unkeyed tags the
+    test used before), then prune the dangling images the Dockerfiles label."""
+    for repo, keep in current.items():
+        out = run(["docker", "image", "ls", repo, "--format", "{{.CreatedAt}}\t{{.Repository}}:{{.Tag}}"])
+        tags = sorted((line.split("\t") for line in out.stdout.splitlines() if line.strip()), reverse=True)
+        prefix = keep.rsplit("-", 1)[0] + "-"
+        older = [tag for _, tag in tags if tag != keep and tag.startswith(prefix)]
+        legacy = [tag for _, tag in tags if tag in (f"{APP_REPO}:compose-test", f"{PG_REPO}:test")]
+        drop = older[KEEP_SUPERSEDED:] + legacy
+        if drop:
+            run(["docker", "image", "rm", *drop], timeout=300, check=False)
     run(["docker", "image", "prune", "-f", "--filter", "label=org.natsbench.image"], timeout=300)
-    print(f"images ready in {time.monotonic() - t0:.0f} s")
 
 
 def _deps_fingerprint() -> str:
@@ -158,8 +202,8 @@ def _deps_fingerprint() -> str:
     return hashlib.sha256(json.dumps(project["dependencies"]).encode()).hexdigest()
 
 
-def _wheelhouse_stale() -> bool:
-    stamp = WHEELHOUSE / ".pyproject.stamp"
+def _wheelhouse_stale(folder: Path) -> bool:
+    stamp = folder / ".pyproject.stamp"
     return not stamp.exists() or stamp.read_text() != _deps_fingerprint()
 
 
@@ -172,13 +216,14 @@ def _free_port() -> int:
 class Stack:
     """One compose project (a random name, free host ports) and the commands the test runs on it."""
 
-    def __init__(self, workers: int, sweep_workers: int) -> None:
+    def __init__(self, workers: int, sweep_workers: int, images: dict[str, str]) -> None:
         self.project = f"nbtest{secrets.token_hex(4)}"
         self.workers = workers
         self.ports = {"NATSBENCH_PG_PORT": _free_port(), "NATSBENCH_RAY_DASHBOARD_PORT": _free_port(),
                       "NATSBENCH_DASHBOARD_PORT": _free_port()}
         self.env = {**os.environ, **{k: str(v) for k, v in self.ports.items()},
-                    "NATSBENCH_SWEEP_WORKERS": str(sweep_workers), "COMPOSE_PROJECT_NAME": self.project}
+                    "NATSBENCH_SWEEP_WORKERS": str(sweep_workers), "COMPOSE_PROJECT_NAME": self.project,
+                    "NATSBENCH_TEST_IMAGE": images["app"], "NATSBENCH_TEST_PG_IMAGE": images["postgres"]}
         self.t0 = time.monotonic()
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
@@ -344,7 +389,7 @@ def stack_factory(images):
     stacks: list[Stack] = []
 
     def make(workers: int, sweep_workers: int) -> Stack:
-        stack = Stack(workers, sweep_workers)
+        stack = Stack(workers, sweep_workers, images)
         stacks.append(stack)
         return stack
 
