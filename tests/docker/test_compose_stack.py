@@ -1,13 +1,15 @@
 """`docker compose up` for real: build the images offline, bring the stack up, run the smoke sweep.
 
-What runs (every step reuses what exists: the base image, the wheels, docker's build cache):
+What runs (every step reuses what exists: the base image, the wheels, images of the same inputs):
 1. a docker engine: Debian's `docker.io` (+ `docker-compose` v1, `mmdebstrap`) installed when missing
    and `dockerd` started in the background as root when none answers (stopped again at the end);
 2. the base image `natsbench-base:bookworm`: Debian bookworm with python3 from `mmdebstrap` (no
-   image registry is reachable); the wheelhouse docker/wheelhouse/ (scripts/docker_wheelhouse.py:
-   the CPU torch from the local wheel cache + every dependency); the images `natsbench:compose-test`
-   (docker/Dockerfile, OFFLINE=1, built with `--network none`) and `natsbench-postgres:test`
-   (docker/postgres.Dockerfile: Debian's postgresql, apt through host networking during the build);
+   image registry is reachable); the wheelhouse (scripts/docker_wheelhouse.py: the CPU torch from the
+   local wheel cache + every dependency), kept under ~/.cache/natsbench/docker-wheelhouse and
+   hard-linked into docker/wheelhouse/; the images `natsbench:compose-test-<key>` (docker/Dockerfile,
+   OFFLINE=1, built with `--network none`) and `natsbench-postgres:test-<key>` (docker/postgres.Dockerfile:
+   Debian's postgresql, apt through host networking during the build), the key a digest of every
+   input of the build (docker_images.py): an image whose tag exists is used as it is;
 3. the stack: `docker-compose -f docker-compose.yml -f docker-compose.cpu.yml -f
    tests/docker/compose.test.yml -p PROJECT up -d --no-build [--scale ray-worker-cpu=2]` (the
    v1 binary: Debian bookworm has no `docker compose` v2 plugin; the files are the ones
