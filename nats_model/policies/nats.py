@@ -11,12 +11,17 @@ import torch
 from nats_model.engine.cache import LayerStore
 from nats_model.engine.decode_attention import packed_invalid, packed_ready
 from nats_model.mask import GLOBAL, LOCAL, SLIDING
-from nats_model.policies.base import Policy, Step, drop_lowest
+from nats_model.policies.base import Policy, Step, drop_lowest, model_state, run_state
 from nats_model.scorer import infer_types
 
 DEFAULT_GLOBAL_BIAS = 0.1  # infer_types' default, used when neither the policy nor the model sets one
 _RANK_STEP = 1 << 40  # eviction-order key: rank * _RANK_STEP + position
 VISIBLE_ALWAYS = 1 << 62  # `visible_until` of a slot no query position bounds yet
+
+
+def _fast_masks() -> bool:
+    """The packed decode eviction (`_select_decode_packed`); NATSBENCH_FAST_MASKS=0: the row-form rule."""
+    return os.environ.get("NATSBENCH_FAST_MASKS", "1") != "0"
 
 
 @dataclass
@@ -44,6 +49,20 @@ class NatsPolicy(Policy):
     window: int | None = None
     global_bias: float | None = None
     chunk_size: int | None = None
+    # window / global_bias / chunk_size the model's config gives (`bind_model`)
+    _model_settings: dict | None = model_state()
+    # per layer: (last completed Global chunk (n_seg,), logit sum of the unfinished chunk (n_seg, 3))
+    _state: dict = run_state(dict)
+    # (step, what `_typed` returned for it): `visible` / `visible_until` and `select` type a step once
+    _typed_step: tuple = run_state(lambda: (None, None))
+    # (step, `visible_until`'s bounds): `select` reads the rule's keep set off it
+    _until_step: tuple = run_state(lambda: (None, None))
+    # once-per-step values every layer shares: (seen, leaving key), (q_pos, positions, position-0 mask)
+    _leaving: tuple | None = run_state()
+    _decode_pos: tuple | None = run_state()
+    # ((bias, device), Global-bias logit row, order-key base per type), made once per run
+    _consts: tuple | None = run_state()
+    _fast: bool = run_state(_fast_masks)
 
     name: ClassVar[str] = "nats"
     observe: ClassVar[str] = "none"
@@ -70,8 +89,6 @@ class NatsPolicy(Policy):
         if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int)
                                             or self.chunk_size < 1):
             raise ValueError(f"nats: chunk_size must be None (from the model) or an int >= 1, got {self.chunk_size!r}")
-        self.__dict__["_model_settings"] = {}
-        self.reset()
 
     def bind_model(self, model) -> None:
         """Take window / global_bias / chunk_size from the model; ValueError when it has no NAtS scorers."""
@@ -85,11 +102,11 @@ class NatsPolicy(Policy):
             found = {"window": cfg.window, "global_bias": cfg.global_bias, "chunk_size": cfg.chunk_size}
         else:
             found = {k: getattr(cfg, f"nats_{k}", None) for k in ("window", "global_bias", "chunk_size")}
-        self.__dict__["_model_settings"] = {k: v for k, v in found.items() if v is not None}
+        self._model_settings = {k: v for k, v in found.items() if v is not None}
 
     def settings(self) -> tuple[int, float, int]:
         """(window W, global bias, chunk size C; 1 = token types) in effect: policy field, else model."""
-        model = self.__dict__["_model_settings"]
+        model = self._model_settings or {}
         window = self.window if self.window is not None else model.get("window")
         if window is None:
             raise ValueError("nats: window unknown: give window=<int >= 0> or a model whose config has it "
@@ -97,17 +114,6 @@ class NatsPolicy(Policy):
         bias = self.global_bias if self.global_bias is not None else model.get("global_bias", DEFAULT_GLOBAL_BIAS)
         chunk = self.chunk_size if self.chunk_size is not None else model.get("chunk_size") or 1
         return int(window), float(bias), int(chunk)
-
-    def reset(self) -> None:
-        super().reset()
-        # per layer: last completed Global chunk (n_seg,) and logit sum of the unfinished chunk (n_seg, 3)
-        self.__dict__["_state"] = {}
-        self.__dict__["_typed_step"] = (None, None)
-        self.__dict__.pop("_until_step", None)
-        self.__dict__.pop("_leaving", None)
-        self.__dict__.pop("_decode_pos", None)
-        # the packed decode eviction (`_select_decode_packed`); NATSBENCH_FAST_MASKS=0: the row-form rule
-        self.__dict__["_fast"] = os.environ.get("NATSBENCH_FAST_MASKS", "1") != "0"
 
     def visible(self, store: LayerStore, step: Step) -> torch.Tensor | None:
         """(n_seg, T, row_cap): the rule of docs/METHOD.md ("Visibility") for every query of a chunk,
@@ -164,7 +170,7 @@ class NatsPolicy(Policy):
                             torch.where(typ == SLIDING, pos + window, local_end))
         bound = torch.maximum(bound, unit_end - 1)
         until = torch.where(store.valid_rows(), bound, -1)
-        self.__dict__["_until_step"] = (step, until)  # `select` reads the rule's keep set off it
+        self._until_step = (step, until)  # `select` reads the rule's keep set off it
         return until
 
     def select(self, store: LayerStore, step: Step) -> torch.Tensor | None:
@@ -175,7 +181,7 @@ class NatsPolicy(Policy):
         if ty.get("decode"):
             return self._select_decode(store, step, ty, window)
         occupied, typ, pos, cid, seen = store.valid_rows(), ty["typ"], ty["pos"], ty["cid"], step.seen
-        until_step, until = self.__dict__.get("_until_step", (None, None))
+        until_step, until = self._until_step
         if until_step is step:  # `visible_until` ran for this step: the slots a query at seen may see
             keep = until >= seen[:, None]
         else:  # what a query at position seen (= t+1) may see
@@ -190,7 +196,7 @@ class NatsPolicy(Policy):
     def _typed(self, store: LayerStore, step: Step) -> dict:
         """Types the step's tokens once per (layer, step) (visible and select share it): updates the
         layer state and the slots' order keys; returns row-form typ/pos/cid and the step's chunks."""
-        cached_step, cached = self.__dict__["_typed_step"]
+        cached_step, cached = self._typed_step
         if cached_step is step:
             return cached
         if step.type_logits is None:
@@ -202,7 +208,7 @@ class NatsPolicy(Policy):
             raise ValueError(f"nats: expected per-token type logits (B, Hkv, {step.q_pos.shape[1]}, 3), "
                              f"got {tuple(step.type_logits.shape)}")
         n_seg, dev = B * Hkv, step.q_pos.device
-        state = self.__dict__["_state"]
+        state = self._state
         if step.layer not in state:
             state[step.layer] = (torch.full((n_seg,), -1, dtype=torch.long, device=dev),
                                  torch.zeros(n_seg, 3, device=dev))
@@ -212,7 +218,7 @@ class NatsPolicy(Policy):
             if logits.dtype != torch.float32:
                 logits = logits.float()
             out = self._typed_decode(store, step, logits, bias, last_before, partial)
-            self.__dict__["_typed_step"] = (step, out)
+            self._typed_step = (step, out)
             return out
         logits = step.type_logits.reshape(n_seg, T, 3).float()  # (n_seg, T, 3)
         valid, seen = step.q_valid, step.seen
@@ -244,7 +250,7 @@ class NatsPolicy(Policy):
         store.set_rows(store.aux["nats_order"], self.order_key(typ, pos))
         out = {"typ": typ, "pos": pos, "cid": cid, "last_global": last_global, "last_global_before": last_before,
                "types_c": types_c, "abs_c": abs_c, "done": done}
-        self.__dict__["_typed_step"] = (step, out)
+        self._typed_step = (step, out)
         return out
 
     def _typed_decode(self, store: LayerStore, step: Step, logits: torch.Tensor, bias: float,
@@ -257,7 +263,7 @@ class NatsPolicy(Policy):
         if first is not None:  # position 0 is Global
             types.masked_fill_(first, GLOBAL)
         last_global = torch.where(types == GLOBAL, q_pos, last_before)
-        self.__dict__["_state"][step.layer] = (last_global, partial)
+        self._state[step.layer] = (last_global, partial)
         # order_key(types, q_pos) from a per-type table
         key = key_base[types] + q_pos
         if first is not None:
@@ -268,31 +274,31 @@ class NatsPolicy(Policy):
     def _decode_positions(self, q_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(the decode token's position per segment (n_seg,), where it is position 0 or None when
         nowhere), once per step: the engine hands every layer the same `q_pos` tensor."""
-        cached = self.__dict__.get("_decode_pos")
+        cached = self._decode_pos
         if cached is None or cached[0] is not q_pos:
             pos = q_pos[:, 0]
             first = pos == 0
             cached = (q_pos, pos, first if bool(first.any()) else None)
-            self.__dict__["_decode_pos"] = cached
+            self._decode_pos = cached
         return cached[1], cached[2]
 
     def _decode_consts(self, bias: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(the Global bias as a logit row (3,), the order-key base per type (3,)), made once per run."""
-        cached = self.__dict__.get("_consts")
+        cached = self._consts
         if cached is None or cached[0] != (bias, device):
             base = torch.zeros(3, dtype=torch.long, device=device)
             base[GLOBAL], base[LOCAL], base[SLIDING] = _RANK_STEP, 0, 2 * _RANK_STEP
             row = torch.zeros(3, device=device)
             row[GLOBAL] = bias
             cached = ((bias, device), row, base)
-            self.__dict__["_consts"] = cached
+            self._consts = cached
         return cached[1], cached[2]
 
     def _select_decode(self, store: LayerStore, step: Step, ty: dict, window: int) -> torch.Tensor | None:
         """`select` after one decode token per segment (token types): the same rule and cap, on the
         occupied slots only (a slice when every segment holds the same count)."""
         capped = self.budget is not None or self.budget_tokens is not None
-        if (not capped and self.__dict__["_fast"] and packed_ready(store, 1, False, True, None)
+        if (not capped and self._fast and packed_ready(store, 1, False, True, None)
                 and (not store.uniform or store.common_len() < 0)):  # the heads' counts differ
             return self._select_decode_packed(store, step, ty, window)
         n = store.common_len()
@@ -334,10 +340,10 @@ class NatsPolicy(Policy):
     def _leaving_key(self, step: Step, window: int) -> torch.Tensor:
         """(n_seg, 1): the order key of the Sliding-window token that leaves the window at this
         step (position seen - W - 1), once per step (all layers share it)."""
-        cached = self.__dict__.get("_leaving")
+        cached = self._leaving
         if cached is None or cached[0] is not step.seen:
             cached = (step.seen, (2 * _RANK_STEP - window - 1 + step.seen)[:, None])
-            self.__dict__["_leaving"] = cached
+            self._leaving = cached
         return cached[1]
 
     def _select_decode_packed(self, store: LayerStore, step: Step, ty: dict, window: int) -> torch.Tensor | None:

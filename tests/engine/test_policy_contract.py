@@ -87,3 +87,29 @@ def test_policy_visibility_mask_applies_inside_a_chunk():
     scores = (q @ kk.transpose(-1, -2)) * hd ** -0.5
     ref = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ vv
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_every_policy_keeps_its_state_in_declared_fields_and_reset_clears_it():
+    """The state contract (docs/DESIGN.md, Policy contract): after a run every attribute of a registered
+    policy is a dataclass field (parameters, `run_state()` / `model_state()` fields, nothing else), and
+    `reset` gives every `run_state()` field its fresh value again; a second run gives the same tokens."""
+    import dataclasses
+
+    from nats_model.policies import available, build
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, d_model=32, attention="nats",
+                          window=3)).eval()
+    ids = torch.randint(0, 50, (2, 40))
+    for name in available():
+        policy = build(name) if name in ("full", "nats") else build(name, budget=0.5)
+        compress = "prompt" if "streaming" not in policy.protocols else None
+        first = generate(model, ids, policy, 5, prefill_chunk_size=16, compress=compress).tokens
+        declared = {f.name for f in dataclasses.fields(policy)}
+        assert set(vars(policy)) <= declared, f"{name}: state outside its fields: {set(vars(policy)) - declared}"
+        run_fields = [f for f in dataclasses.fields(policy) if f.metadata.get("run_state")]
+        policy.reset()
+        for f in run_fields:
+            assert getattr(policy, f.name) == f.default_factory(), f"{name}: reset left {f.name} set"
+        again = generate(model, ids, policy, 5, prefill_chunk_size=16, compress=compress).tokens
+        assert torch.equal(first, again), name
