@@ -168,7 +168,7 @@ def markdown(tables: dict[str, dict], profile: dict | None) -> list[str]:
                  "| context | full TTFT s | nats TTFT s | nats/full | full ms/token | nats ms/token | nats/full "
                  "| nats kept | full KV MiB | nats KV MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
         for c in ctxs:
-            def g(name, key, c=c):
+            def g(name, key, c=c, t=t):
                 return t[f"{name}@{c} {key}"]
             lines.append(f"| {c} | {g('full', 'ttft_s'):.3f} | {g('nats', 'ttft_s'):.3f} | "
                          f"{g('nats', 'ttft_s') / g('full', 'ttft_s'):.2f} | {g('full', 'ms_per_token'):.2f} | "

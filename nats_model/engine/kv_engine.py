@@ -43,7 +43,7 @@ class KVEngine:
     relayout (old and new buffers alive together). `observe_block`: queries per block when the
     attention statistics of an observing policy (H2O, TOVA, SnapKV) are computed in prefill;
     a block holds `(B * Hkv, g * observe_block, kept)` float32 probabilities at a time
-    (`nats_model.prefill_attention`). `triton_decode`: on CUDA, a plain decode step over a store
+    (`nats_model.engine.prefill_attention`). `triton_decode`: on CUDA, a plain decode step over a store
     whose heads hold different counts runs the Triton kernel `nats_model.kernels.decode` (never on
     the CPU); False, or NATSBENCH_TRITON_DECODE=0, keeps the torch path.
     """
@@ -180,7 +180,7 @@ def attend_store(store: LayerStore, q: torch.Tensor, q_pos: torch.Tensor, q_vali
 
     `chunk_in_order`: the step's real tokens were just appended in order and every other occupied
     slot precedes them (the `KVEngine` invariant). Then a prefill step without a policy visibility
-    rule or sliding window goes to `nats_model.prefill_attention.attend_prefill`: fused kernels, no
+    rule or sliding window goes to `nats_model.engine.prefill_attention.attend_prefill`: fused kernels, no
     dense mask, statistics in blocks of `observe_block` queries, and probs for only the last
     `probs_rows` queries (`Policy.probs_rows`; None: all)."""
     if (chunk_in_order and not decode and visible is None and sliding_window is None

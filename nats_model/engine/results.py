@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 @dataclass
 class CacheStats:
     """What the cache held at the end of a run. kv_bytes_* count K and V storage (see
-    nats_model.cache); kept_per_layer_head (n_layers, B, Hkv)."""
+    nats_model.engine.cache); kept_per_layer_head (n_layers, B, Hkv)."""
 
     kv_bytes_physical: int
     kv_bytes_physical_peak: int
