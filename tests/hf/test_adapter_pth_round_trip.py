@@ -136,7 +136,7 @@ def test_tiny_llama_adapter_round_trips_through_the_authors_pth(tmp_path, capsys
 def test_smollm2_adapter_round_trips_through_the_authors_pth(tmp_path, capsys):
     """models/smollm2-135m-nats on the real model, the demo's SmolLM2 cell (passkey @1024, chat template, seed
     0): the imported adapter types, generates and keeps what the folder does, and finds the pass key (the
-    folder scores 1.0 there: models/smollm2-135m-nats/eval.json)."""
+    folder scores 1.0 on passkey@1024: benchmarks/results/quality_vs_kv_smollm2_passkey1024.json)."""
     from services import model_registry, workloads
     from services.models import load_model
 
