@@ -228,14 +228,10 @@ def cell_count(spec: SweepSpec) -> int:
     """How many cells `plan.expand(spec)` gives (before duplicates are merged), without building them."""
     total = 0
     for m in spec.models:
-        per_model = 0
-        for w in spec.workloads:
-            if w.models is not None and m.name not in w.models:
-                continue
-            policies = sum(grid_size(p.params) * len(p.compress_values()) for p in spec.policies
-                           if p.models is None or m.name in p.models)
-            per_model += grid_size(w.params) * policies
-        total += per_model * len(spec.seeds)
+        workloads = sum(grid_size(w.params) for w in spec.workloads if w.models is None or m.name in w.models)
+        policies = sum(grid_size(p.params) * len(p.compress_values()) for p in spec.policies
+                       if p.models is None or m.name in p.models)
+        total += workloads * policies * len(spec.seeds)
     return total
 
 

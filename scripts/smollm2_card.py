@@ -31,6 +31,11 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores ({_cpu_name()}), no GPU"
 
 
+def _metrics() -> list[dict]:
+    """The rows of the adapter's metrics.jsonl (training rows have a loss, validation rows do not)."""
+    return [json.loads(x) for x in (ADAPTER / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
 def points_table(points: list[dict]) -> list[str]:
     lines = ["| workload | policy | protocol | budget | physical KV fraction | accuracy / ppl | 95% interval | n |",
              "|---|---|---|---|---|---|---|---|"]
@@ -44,8 +49,7 @@ def points_table(points: list[dict]) -> list[str]:
 def card() -> str:
     cfg = json.loads((ADAPTER / "adapter_config.json").read_text())
     train = json.loads((ADAPTER / "train_record.json").read_text())
-    metrics = [json.loads(x) for x in (ADAPTER / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    steps = [m for m in metrics if "loss" in m]  # training rows (the validation rows have no loss)
+    steps = [m for m in _metrics() if "loss" in m]
     last = steps[-1] if steps else {}
     out = ["# smollm2-135m-nats", "",
            "NAtS type scorers (the only trained weights) for the frozen SmolLM2-135M-Instruct "
@@ -108,10 +112,8 @@ def main() -> int:
         record = {"command": args.command, "config": args.config, "wall_s": args.wall_s, "machine": _machine()}
         if args.append_stage:  # a stage continuing the recorded one (nats.init_adapter): keep both
             old = json.loads((ADAPTER / "train_record.json").read_text())
-            steps = [m for m in map(json.loads, filter(str.strip, (ADAPTER / "metrics.jsonl").read_text().splitlines()))
-                     if "step" in m]
             if record["wall_s"] is None:  # the stage's own clock: the last metrics row
-                record["wall_s"] = steps[-1]["seconds"]
+                record["wall_s"] = [m for m in _metrics() if "step" in m][-1]["seconds"]
             prior = old.get("stages") or [{k: old[k] for k in ("config", "command", "wall_s")} | {"steps": args.prior_steps}]
             stage = {"config": args.config, "command": args.command, "wall_s": record["wall_s"],
                      "steps": json.loads((ADAPTER / "adapter_config.json").read_text())["steps"]}
