@@ -103,6 +103,13 @@ def upgrade(conn: Connection, display_url: str) -> tuple[str | None, str]:
 
     Returns (revision before, revision after). A foreign version raises SchemaError.
     """
+    if conn.dialect.name == "postgresql":
+        # Two processes upgrading the same database at once: the second waits here, before it
+        # reads anything, then finds head. Reading first raced: under READ COMMITTED the version
+        # table could be missing for one statement and the other's committed tables present for
+        # the next, which looked like another application's database. (SQLite needs no lock:
+        # the write transaction began with BEGIN IMMEDIATE.)
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.natsbench_schema'))"))
     before = current_revision(conn)
     if before is not None and before not in known_revisions():
         check(conn, display_url)  # raises the foreign-schema message
@@ -114,10 +121,6 @@ def upgrade(conn: Connection, display_url: str) -> tuple[str | None, str]:
                 f"{tables[:8]} and no natsbench schema version); nothing was written to it: point --db "
                 "at a natsbench store or an empty database"
             )
-    if conn.dialect.name == "postgresql":
-        # Two processes upgrading the same database at once: the second waits, then finds head.
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.natsbench_schema'))"))
-        before = current_revision(conn)
     from alembic import command
     from alembic.util import CommandError
 

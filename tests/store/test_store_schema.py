@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,41 @@ def test_old_schema_asks_for_db_upgrade(store_url, monkeypatch):
         pytest.raises(SchemaError, match=rf"version {schema.HEAD_REVISION}, this natsbench needs 9999.*db upgrade"),
     ):
         store.sweeps()
+
+
+def test_concurrent_upgrades_of_an_empty_database_all_succeed(empty_url, monkeypatch):
+    """Drivers starting together on an empty database: one creates the schema, the others wait and find it.
+
+    Reading the version is slowed down, so that a driver which reads before it waits for the others sees
+    their tables appear between its two reads (the race CI once hit on PostgreSQL)."""
+    import threading
+
+    read_version = schema.current_revision
+
+    def slow_read(conn):
+        revision = read_version(conn)
+        time.sleep(0.3)
+        return revision
+
+    monkeypatch.setattr(schema, "current_revision", slow_read)
+    n = 6
+    barrier = threading.Barrier(n)
+    outcomes: list[object] = [None] * n
+
+    def upgrade(i: int) -> None:
+        try:
+            with Store(empty_url) as store:
+                barrier.wait(timeout=30)
+                time.sleep(0.15 * i)  # staggered: some read while the first one is still creating tables
+                outcomes[i] = store.upgrade()[1]
+        except Exception as exc:  # recorded, asserted below
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=upgrade, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert outcomes == [schema.head_revision()] * n
+    with Store(empty_url) as store:
+        store.check_schema()
