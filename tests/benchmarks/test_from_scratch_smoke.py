@@ -1,11 +1,11 @@
 """benchmarks/from_scratch.py runs end to end on tiny settings and ends with its JSON summary."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+from bench_helpers import load_benchmark
 
 from nats_model.models.gpt import GPT, GPTConfig
 
@@ -16,10 +16,7 @@ PPL_KEYS = ("scratch_nats_ppl", "twin_full_ppl", "twin_h2o_12_5_ppl", "twin_stre
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("from_scratch_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("from_scratch.py", "from_scratch_bench")
 
 
 def _pair(tmp_path: Path) -> tuple[Path, Path]:

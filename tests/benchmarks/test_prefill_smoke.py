@@ -6,18 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "prefill.py"
-
-
-def _load_prefill():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_prefill", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -43,7 +35,7 @@ def test_prefill_prints_a_table_and_a_json_last_line():
 
 
 def test_prefill_summary_over_contexts_reads_memory_at_the_longest(monkeypatch, capsys):
-    prefill = _load_prefill()
+    prefill = load_benchmark("prefill.py", "bench_prefill")
     calls = []
 
     def fake_spawn(name, ctx, args, repeats):  # TTFT grows with the context, TOVA's peak is 1.5x full's

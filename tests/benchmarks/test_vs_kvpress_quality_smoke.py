@@ -2,7 +2,6 @@
 packing, kept-set agreement with exact ties, --n-at) and our side on a tiny random Llama joined with a
 stand-in for the kvpress side (accuracy with Wilson intervals, kept sets)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,16 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "vs_kvpress_quality.py"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("vs_kvpress_quality", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("vs_kvpress_quality.py")
 
 
 def run(*args):

@@ -5,22 +5,20 @@ side runs here on a short prompt and is joined with a stand-in for the kvpress s
 """
 
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
 from argparse import Namespace
 from pathlib import Path
 
+from bench_helpers import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "vs_kvpress.py"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("vs_kvpress", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("vs_kvpress.py")
 
 
 def test_skips_cleanly_without_kvpress(tmp_path):
